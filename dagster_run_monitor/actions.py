@@ -1,0 +1,137 @@
+"""Act: apply decided actions through Dagster's instance API, each visible in the event log."""
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from dagster import DagsterInstance
+from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData, JobFailureData
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.workspace.context import BaseWorkspaceRequestContext
+from dagster._utils.error import serializable_error_info_from_exc_info
+
+from dagster_run_monitor import constants as c
+from dagster_run_monitor.policy import (
+    Action,
+    CancelRun,
+    EnforceMaxRuntime,
+    FailRun,
+    ResumeRun,
+    WarnRun,
+)
+
+
+def apply_actions(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    actions: Sequence[Action],
+    workspace: Callable[[], BaseWorkspaceRequestContext],
+    logger: logging.Logger,
+) -> None:
+    """Apply one run's actions, unless its status changed since it was observed."""
+    if any(not isinstance(a, WarnRun) for a in actions):
+        current = instance.get_run_by_id(run.run_id)
+        if current is None or current.status != run.status:
+            logger.info(
+                "Run %s changed status during the pass (%s -> %s); leaving it for the next pass.",
+                run.run_id,
+                run.status.value,
+                current.status.value if current else "deleted",
+            )
+            actions = [a for a in actions if isinstance(a, WarnRun)]
+    for action in actions:
+        logger.info("Run %s: %s", run.run_id, action)
+        if isinstance(action, WarnRun):
+            warn(instance, run, action)
+        elif isinstance(action, FailRun):
+            fail(instance, run, action, logger)
+        elif isinstance(action, CancelRun):
+            message = _with_debug_info(instance, run, action.message, logger)
+            instance.add_run_tags(run.run_id, {c.REASON_TAG: c.REASON_CANCEL_TIMEOUT})
+            instance.report_run_canceled(run, message)
+        elif isinstance(action, EnforceMaxRuntime):
+            enforce_max_runtime(instance, run, action.limit_seconds)
+        elif isinstance(action, ResumeRun):
+            instance.report_engine_event(action.message, run)
+            instance.resume_run(run.run_id, workspace(), action.attempt)
+
+
+def warn(instance: DagsterInstance, run: DagsterRun, action: WarnRun) -> None:
+    event = DagsterEvent(
+        event_type_value=DagsterEventType.ENGINE_EVENT.value,
+        job_name=run.job_name,
+        message=action.message,
+        event_specific_data=EngineEventData({}),
+    )
+    instance.report_dagster_event(event, run_id=run.run_id, log_level=logging.WARNING)
+    instance.add_run_tags(run.run_id, {action.tag: action.value})
+
+
+def fail(
+    instance: DagsterInstance, run: DagsterRun, action: FailRun, logger: logging.Logger
+) -> None:
+    message = action.message
+    if action.debug_info:
+        message = _with_debug_info(instance, run, message, logger, action.container_logs)
+    instance.add_run_tags(run.run_id, {c.REASON_TAG: action.reason})
+    if action.terminate_first:
+        _terminate(instance, run, logger)
+    current = instance.get_run_by_id(run.run_id) or run
+    if current.is_finished:  # the worker ended the run itself on termination
+        return
+    failure = JobFailureData(error=None, failure_reason=action.failure_reason)
+    instance.report_run_failed(current, message, failure if action.failure_reason else None)
+
+
+def enforce_max_runtime(instance: DagsterInstance, run: DagsterRun, limit: float) -> None:
+    """Dagster's own sequence, message for message."""
+    instance.add_run_tags(run.run_id, {c.REASON_TAG: c.REASON_MAX_RUNTIME})
+    instance.report_run_canceling(run, message=c.max_runtime_canceling_message(limit))
+    try:
+        if instance.run_launcher.terminate(run_id=run.run_id):
+            instance.report_run_failed(run, c.max_runtime_failed_message(limit))
+    except Exception:
+        instance.report_engine_event(
+            c.TERMINATE_EXCEPTION_MESSAGE,
+            job_name=run.job_name,
+            run_id=run.run_id,
+            engine_event_data=EngineEventData(
+                error=serializable_error_info_from_exc_info(sys.exc_info())
+            ),
+        )
+    current = instance.get_run_by_id(run.run_id)
+    if current is not None and not current.is_finished:
+        instance.report_run_failed(current, message=c.FORCE_FAILED_MESSAGE)
+
+
+def _terminate(instance: DagsterInstance, run: DagsterRun, logger: logging.Logger) -> None:
+    """Stop a worker that may still start late; a failure here does not stop the action."""
+    try:
+        instance.run_launcher.terminate(run_id=run.run_id)
+    except Exception:
+        logger.exception("Failed to terminate the run worker of run %s", run.run_id)
+        instance.report_engine_event(
+            "Exception while attempting to terminate the run worker.",
+            run,
+            EngineEventData(error=serializable_error_info_from_exc_info(sys.exc_info())),
+        )
+
+
+def _with_debug_info(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    message: str,
+    logger: logging.Logger,
+    container_logs: bool = True,
+) -> str:
+    try:
+        if container_logs:
+            info = instance.run_launcher.get_run_worker_debug_info(run)
+        else:
+            info = instance.run_launcher.get_run_worker_debug_info(
+                run, include_container_logs=False
+            )
+    except Exception:
+        logger.exception("Failure fetching debug info for failed run worker")
+        info = None
+    return f"{message}\n{info}" if info else message

@@ -1,0 +1,81 @@
+"""Names users and tools see: daemon type, tags and event-log messages, in one place."""
+
+DAEMON_TYPE = "RUN_MONITOR"
+
+# Run tags we read.
+MAX_RUNTIME_TAG = "dagster/max_runtime"  # == dagster.MAX_RUNTIME_SECONDS_TAG
+MAX_RUNTIME_ALIAS_TAG = "dagster/max_runtime_seconds"
+
+# Run tags we write.
+TAG_PREFIX = "run_monitor/"
+REASON_TAG = f"{TAG_PREFIX}reason"  # why the monitor ended or resumed the run
+WARNED_TAG_PREFIX = f"{TAG_PREFIX}warned/"  # one warning per cause: warned/<cause> = value
+
+# Values of REASON_TAG.
+REASON_START_TIMEOUT = "start_timeout"
+REASON_START_FAILED = "worker_failed_to_start"
+REASON_CANCEL_TIMEOUT = "cancel_timeout"
+REASON_MAX_RUNTIME = "max_runtime"
+REASON_WORKER_CRASH = "worker_crash"
+REASON_WORKER_RESUMED = "worker_resumed"
+
+# Event-log messages. The first group is Dagster's built-in monitor's, word for word.
+RESUME_RUN_LOG_MESSAGE = "Launching a new run worker to resume run"  # written by resume_run
+
+
+def start_timeout_message(seconds: float) -> str:
+    return f"Run timed out due to taking longer than {_num(seconds)} seconds to start."
+
+
+def cancel_timeout_message(seconds: float) -> str:
+    return f"Run timed out due to taking longer than {_num(seconds)} seconds to cancel."
+
+
+def max_runtime_canceling_message(seconds: float) -> str:
+    return f"Canceling due to exceeding maximum runtime of {int(seconds)} seconds."
+
+
+def max_runtime_failed_message(seconds: float) -> str:
+    return f"Exceeded maximum runtime of {int(seconds)} seconds."
+
+
+TERMINATE_EXCEPTION_MESSAGE = (
+    "Exception while attempting to terminate run. Run will still be marked as failed."
+)
+FORCE_FAILED_MESSAGE = (
+    "This job is being forcibly marked as failed. The computational resources created by the"
+    " run may not have been fully cleaned up."
+)
+
+
+def resuming_message(health: str, run_id: str) -> str:
+    return f"Detected run worker status {health}. Resuming run {run_id} with a new worker."
+
+
+def crash_failed_message(health: str, run_id: str, max_attempts: int, can_resume: bool) -> str:
+    if can_resume and max_attempts > 0:
+        return (
+            f"Detected run worker status {health}. Marking run {run_id} as failed, because it"
+            f" has surpassed the configured maximum attempts to resume the run: {max_attempts}."
+        )
+    return f"Detected run worker status {health}. Marking run {run_id} as failed."
+
+
+# Messages of our own.
+def start_failed_message(health: str, run_id: str) -> str:
+    return (
+        f"Detected run worker status {health} before the run started. Marking run {run_id}"
+        " as failed."
+    )
+
+
+def invalid_tag_message(tag: str, value: str, default: float) -> str:
+    applied = f"{_num(default)} seconds" if default else "no limit"
+    return (
+        f"Invalid value {value!r} for tag {tag}: expected seconds or a duration such as"
+        f" '90s', '2h' or 'PT1H30M'. Using the instance default instead ({applied})."
+    )
+
+
+def _num(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else str(seconds)

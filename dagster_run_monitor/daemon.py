@@ -1,0 +1,72 @@
+"""The daemon: one pass = observe, decide, act; then free concurrency slots like Dagster's."""
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+from dagster import DagsterInstance
+from dagster._core.workspace.context import IWorkspaceProcessContext
+from dagster._daemon.daemon import DaemonIterator, IntervalDaemon
+from dagster._daemon.monitoring import execute_concurrency_slots_iteration
+from dagster._daemon.utils import DaemonErrorCapture
+from dagster._time import get_current_timestamp
+
+from dagster_run_monitor.actions import apply_actions
+from dagster_run_monitor.constants import DAEMON_TYPE
+from dagster_run_monitor.facts import observe
+from dagster_run_monitor.instance import read_settings
+from dagster_run_monitor.policy import decide
+from dagster_run_monitor.settings import MonitorSettings
+
+
+class RunMonitorDaemon(IntervalDaemon):
+    """Replaces Dagster's MONITORING daemon when the instance is a run-monitor instance."""
+
+    def __init__(self, settings: MonitorSettings):
+        super().__init__(interval_seconds=settings.poll_interval_seconds)
+        self._pool = ThreadPoolExecutor(
+            max_workers=settings.health_check_threads, thread_name_prefix="run_monitor_health"
+        )
+        self._unhealthy_since: dict[str, float] = {}
+
+    @classmethod
+    def daemon_type(cls) -> str:
+        return DAEMON_TYPE
+
+    @classmethod
+    def from_instance(cls, instance: DagsterInstance) -> "RunMonitorDaemon":
+        return cls(read_settings(instance))
+
+    def __exit__(self, *exc_info) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        super().__exit__(*exc_info)
+
+    def run_iteration(self, workspace_process_context: IWorkspaceProcessContext) -> DaemonIterator:
+        yield from self.monitor_runs(workspace_process_context)
+        yield from execute_concurrency_slots_iteration(workspace_process_context, self._logger)
+
+    def monitor_runs(self, context: IWorkspaceProcessContext) -> DaemonIterator:
+        """One monitoring pass. Yields an error per run that could not be handled."""
+        instance = context.instance
+        settings = read_settings(instance)
+        now = get_current_timestamp()
+        facts, runs = observe(instance, settings, now, self._pool, self._unhealthy_since)
+        self._unhealthy_since = {
+            f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None
+        }
+        workspace = cache(context.create_request_context)
+        for run_facts in facts:
+            try:
+                actions = decide(run_facts, settings, now)
+                if actions:
+                    apply_actions(
+                        instance, runs[run_facts.run_id], actions, workspace, self._logger
+                    )
+            except Exception:
+                yield DaemonErrorCapture.process_exception(
+                    exc_info=sys.exc_info(),
+                    logger=self._logger,
+                    log_message=f"Hit error while monitoring run {run_facts.run_id}",
+                )
+            else:
+                yield None

@@ -1,0 +1,86 @@
+"""Batched event-log reads: a few queries per pass, however many runs are in progress."""
+
+from collections.abc import Sequence
+
+import sqlalchemy as db
+from dagster._core.events import DagsterEventType
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log import SqlEventLogStorage, SqlEventLogStorageTable
+from dagster._core.storage.event_log.base import EventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._serdes import deserialize_value
+from dagster._time import utc_datetime_from_naive
+
+from dagster_run_monitor.constants import RESUME_RUN_LOG_MESSAGE
+
+CHUNK = 500  # run ids per IN (...) clause
+
+
+def _single_database(storage: EventLogStorage) -> bool:
+    """True where all runs' events share one table (Postgres, MySQL, consolidated SQLite)."""
+    return isinstance(storage, SqlEventLogStorage) and not isinstance(
+        storage, SqliteEventLogStorage
+    )
+
+
+def latest_event_times(
+    storage: EventLogStorage, run_ids: Sequence[str], event_type: DagsterEventType
+) -> dict[str, float]:
+    """Timestamp of each run's most recent event of ``event_type``."""
+    if not run_ids:
+        return {}
+    if not _single_database(storage):
+        times = {}
+        for run_id in run_ids:
+            records = storage.get_records_for_run(
+                run_id, of_type=event_type, limit=1, ascending=False
+            ).records
+            if records:
+                times[run_id] = records[0].event_log_entry.timestamp
+        return times
+    table = SqlEventLogStorageTable
+    times = {}
+    with storage.index_connection() as conn:  # type: ignore[attr-defined]
+        for chunk in _chunks(run_ids):
+            query = (
+                db.select(table.c.run_id, db.func.max(table.c.timestamp))
+                .where(table.c.run_id.in_(chunk))
+                .where(table.c.dagster_event_type == event_type.value)
+                .group_by(table.c.run_id)
+            )
+            for run_id, timestamp in conn.execute(query):
+                times[run_id] = utc_datetime_from_naive(timestamp).timestamp()
+    return times
+
+
+def count_resume_attempts(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str, int]:
+    """Resume attempts per run: the engine events ``instance.resume_run`` writes."""
+    counts = dict.fromkeys(run_ids, 0)
+    if not run_ids:
+        return counts
+    if not _single_database(storage):
+        for run_id in run_ids:
+            records = storage.get_records_for_run(
+                run_id, of_type=DagsterEventType.ENGINE_EVENT
+            ).records
+            counts[run_id] = sum(
+                r.event_log_entry.message == RESUME_RUN_LOG_MESSAGE for r in records
+            )
+        return counts
+    table = SqlEventLogStorageTable
+    with storage.index_connection() as conn:  # type: ignore[attr-defined]
+        for chunk in _chunks(run_ids):
+            query = (
+                db.select(table.c.run_id, table.c.event)
+                .where(table.c.run_id.in_(chunk))
+                .where(table.c.dagster_event_type == DagsterEventType.ENGINE_EVENT.value)
+                .where(table.c.event.like(f"%{RESUME_RUN_LOG_MESSAGE}%"))
+            )
+            for run_id, event in conn.execute(query):
+                entry = deserialize_value(event, EventLogEntry)
+                counts[run_id] += entry.message == RESUME_RUN_LOG_MESSAGE
+    return counts
+
+
+def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]

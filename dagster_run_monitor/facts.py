@@ -1,0 +1,107 @@
+"""Observe: read in-progress runs and what each policy needs to know about them."""
+
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from dagster import DagsterInstance
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
+
+from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times
+from dagster_run_monitor.health import Health, check_workers
+from dagster_run_monitor.settings import MonitorSettings
+
+MONITORED_STATUSES = (
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.SUSPENDED,
+    DagsterRunStatus.CANCELING,
+)
+HEALTH_CHECKED_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
+PAGE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the decision core knows about one in-progress run. Times are UNIX seconds."""
+
+    run_id: str
+    job_name: str
+    status: DagsterRunStatus
+    created_at: float
+    updated_at: float
+    tags: Mapping[str, str] = field(default_factory=dict)
+    started_at: float | None = None  # RUN_START
+    launched_at: float | None = None  # latest PIPELINE_STARTING event
+    canceling_at: float | None = None  # latest RUN_CANCELING event
+    health: Health | None = None  # None where the launcher has no health check
+    unhealthy_since: float | None = None  # first pass that saw this worker unhealthy
+    resume_attempts: int = 0
+
+
+def read_in_progress_runs(instance: DagsterInstance) -> list[RunRecord]:
+    """Every run the monitor watches, read in pages."""
+    records: list[RunRecord] = []
+    cursor = None
+    while True:
+        page = instance.get_run_records(
+            filters=RunsFilter(statuses=list(MONITORED_STATUSES)), limit=PAGE_SIZE, cursor=cursor
+        )
+        records.extend(page)
+        if len(page) < PAGE_SIZE:
+            return records
+        cursor = page[-1].dagster_run.run_id
+
+
+def observe(
+    instance: DagsterInstance,
+    settings: MonitorSettings,
+    now: float,
+    pool: ThreadPoolExecutor,
+    unhealthy_since: Mapping[str, float],
+) -> tuple[list[RunFacts], dict[str, DagsterRun]]:
+    """Facts for each in-progress run, and the runs themselves by id for the actions."""
+    records = read_in_progress_runs(instance)
+    runs = {r.dagster_run.run_id: r.dagster_run for r in records}
+    ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
+    storage = instance.event_log_storage
+    launched = latest_event_times(
+        storage, ids_in(DagsterRunStatus.STARTING), DagsterEventType.PIPELINE_STARTING
+    )
+    canceling = latest_event_times(
+        storage, ids_in(DagsterRunStatus.CANCELING), DagsterEventType.PIPELINE_CANCELING
+    )
+    health: dict[str, Health] = {}
+    if settings.can_check_health:
+        health = check_workers(
+            instance.run_launcher,
+            [runs[i] for i in ids_in(*HEALTH_CHECKED_STATUSES)],
+            pool,
+            settings.health_check_timeout_seconds,
+        )
+    crashed = [i for i, h in health.items() if not h.healthy]
+    attempts = count_resume_attempts(storage, crashed)
+    facts = [
+        RunFacts(
+            run_id=record.dagster_run.run_id,
+            job_name=record.dagster_run.job_name,
+            status=record.dagster_run.status,
+            created_at=record.create_timestamp.timestamp(),
+            updated_at=record.update_timestamp.timestamp(),
+            tags=record.dagster_run.tags,
+            started_at=record.start_time,
+            launched_at=launched.get(record.dagster_run.run_id),
+            canceling_at=canceling.get(record.dagster_run.run_id),
+            health=health.get(record.dagster_run.run_id),
+            unhealthy_since=(
+                unhealthy_since.get(record.dagster_run.run_id, now)
+                if record.dagster_run.run_id in attempts
+                else None
+            ),
+            resume_attempts=attempts.get(record.dagster_run.run_id, 0),
+        )
+        for record in records
+    ]
+    return facts, runs

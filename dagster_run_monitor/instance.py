@@ -1,0 +1,68 @@
+"""The instance class named in dagster.yaml, and a mixin for users who have their own."""
+
+from collections.abc import Sequence
+from typing import Any
+
+from dagster import DagsterInstance
+from dagster._core.instance.ref import InstanceRef
+
+from dagster_run_monitor.constants import DAEMON_TYPE
+from dagster_run_monitor.settings import (
+    MonitorSettings,
+    run_monitoring_config_field,
+    settings_from_config,
+)
+
+BUILTIN_MONITORING_DAEMON = "MONITORING"
+
+
+class RunMonitorInstanceMixin:
+    """For users with their own instance class: ``class Mine(RunMonitorInstanceMixin, Theirs)``."""
+
+    def __init__(self, *args: Any, run_monitoring: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        read_settings(self)  # fail at start-up, naming the key, on a bad value
+
+    @classmethod
+    def config_schema(cls) -> dict:
+        parent = getattr(super(), "config_schema", None)
+        return {**(parent() if parent else {}), "run_monitoring": run_monitoring_config_field()}
+
+    @classmethod
+    def config_defaults(cls, base_dir: str) -> dict:
+        parent = getattr(super(), "config_defaults", None)
+        return parent(base_dir) if parent else InstanceRef.config_defaults(base_dir)
+
+    @property
+    def run_monitoring_max_resume_run_attempts(self) -> int:
+        """The documented default (3) where the launcher can resume; read by run workers too."""
+        configured = self.run_monitoring_settings.get("max_resume_run_attempts")  # type: ignore[attr-defined]
+        if configured is not None or not self.run_monitoring_enabled:  # type: ignore[attr-defined]
+            return configured or 0
+        return read_settings(self).resume_attempts
+
+    def get_required_daemon_types(self) -> Sequence[str]:
+        from dagster_run_monitor.registration import install
+
+        install()
+        types = list(super().get_required_daemon_types())  # type: ignore[misc]
+        if BUILTIN_MONITORING_DAEMON in types:
+            types[types.index(BUILTIN_MONITORING_DAEMON)] = DAEMON_TYPE
+        return types
+
+
+class RunMonitorInstance(RunMonitorInstanceMixin, DagsterInstance):
+    """``instance_class: {module: dagster_run_monitor, class: RunMonitorInstance}``."""
+
+
+def read_settings(instance: DagsterInstance) -> MonitorSettings:
+    """Validated settings of any instance; the launcher's abilities are read only if enabled."""
+    config = instance.get_settings("run_monitoring") or {}
+    if not config.get("enabled"):
+        return settings_from_config(config)
+    launcher = instance.run_launcher
+    return settings_from_config(
+        config,
+        can_check_health=launcher.supports_check_run_worker_health,
+        can_resume=launcher.supports_resume_run,
+    )

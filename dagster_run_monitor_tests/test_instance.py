@@ -1,0 +1,136 @@
+"""The instance class, the mixin, the daemon hook and start-up validation."""
+
+import textwrap
+
+import dagster._daemon.controller as controller
+import pytest
+from dagster import DagsterInstance
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.dagster_run import DagsterRunStatus as S
+from dagster._core.test_utils import instance_for_test
+
+from dagster_run_monitor import RunMonitorInstance, RunMonitorInstanceMixin, registration
+from dagster_run_monitor.constants import DAEMON_TYPE
+from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor_tests.conftest import INSTANCE_CLASS, SCRIPTED_LAUNCHER, monitor_instance
+from dagster_run_monitor_tests.helpers import T0, make_run, monitor_pass, status_of
+
+
+def test_our_daemon_replaces_the_builtin_monitoring_daemon(instance):
+    types = instance.get_required_daemon_types()
+    assert DAEMON_TYPE in types and "MONITORING" not in types
+    daemon = controller.create_daemon_of_type(DAEMON_TYPE, instance)
+    assert isinstance(daemon, RunMonitorDaemon)
+    assert daemon.interval_seconds == 120
+    assert type(controller.create_daemon_of_type("SENSOR", instance)).__name__ == "SensorDaemon"
+
+
+def test_monitoring_disabled_runs_no_monitor_daemon():
+    with monitor_instance(run_monitoring={"enabled": False}) as instance:
+        types = instance.get_required_daemon_types()
+        assert DAEMON_TYPE not in types and "MONITORING" not in types
+
+
+def test_hook_is_installed_once_and_chains_with_other_wrappers(instance, monkeypatch):
+    def base(daemon_type, instance):
+        return f"base:{daemon_type}"
+
+    monkeypatch.setattr(controller, "create_daemon_of_type", base)
+    registration.install()
+    ours = controller.create_daemon_of_type
+    registration.install()
+    assert controller.create_daemon_of_type is ours  # idempotent
+
+    def other_plugin(daemon_type, instance):  # another plugin wraps ours, without functools
+        return "other" if daemon_type == "OTHER" else ours(daemon_type, instance)
+
+    other_plugin.__wrapped__ = ours
+    monkeypatch.setattr(controller, "create_daemon_of_type", other_plugin)
+    registration.install()
+    assert controller.create_daemon_of_type is other_plugin
+    assert other_plugin("OTHER", instance) == "other"
+    assert other_plugin("SENSOR", instance) == "base:SENSOR"
+    assert isinstance(other_plugin(DAEMON_TYPE, instance), RunMonitorDaemon)
+
+
+def test_hook_fails_loudly_on_an_unsupported_dagster(monkeypatch):
+    monkeypatch.delattr(controller, "create_daemon_of_type")
+    with pytest.raises(ImportError, match="no dagster._daemon.controller.create_daemon_of_type"):
+        registration.install()
+
+
+class TheirInstance(DagsterInstance):
+    """A user's own instance class with its own key."""
+
+    def __init__(self, *args, team=None, **kwargs):
+        self.team = team
+        super().__init__(*args, **kwargs)
+
+    @classmethod
+    def config_schema(cls):
+        return {"team": str}
+
+    @staticmethod
+    def config_defaults(base_dir):
+        return InstanceRef.config_defaults(base_dir)
+
+
+class TheirMonitoredInstance(RunMonitorInstanceMixin, TheirInstance):
+    pass
+
+
+def test_mixin_for_users_with_their_own_instance_class(workspace_context):
+    overrides = {
+        "instance_class": {"module": __name__, "class": "TheirMonitoredInstance"},
+        "team": "data",
+        "run_launcher": SCRIPTED_LAUNCHER,
+        "run_monitoring": {"enabled": True, "start_timeout_seconds": 30},
+    }
+    with instance_for_test(overrides=overrides) as instance:
+        assert isinstance(instance, TheirMonitoredInstance) and instance.team == "data"
+        assert DAEMON_TYPE in instance.get_required_daemon_types()
+        run = make_run(instance, S.STARTING, launched=T0 - 30)
+        with workspace_context(instance) as ctx:
+            monitor_pass(instance, ctx)
+        assert status_of(instance, run.run_id) == S.FAILURE
+
+
+def test_resume_default_follows_the_documentation_where_the_launcher_can_resume():
+    with monitor_instance() as instance:
+        assert instance.run_monitoring_max_resume_run_attempts == 3
+    no_resume = {**SCRIPTED_LAUNCHER, "config": {"can_resume": False}}
+    with monitor_instance(launcher=no_resume) as instance:
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+    with monitor_instance(launcher=None) as instance:  # DefaultRunLauncher
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+    with monitor_instance(run_monitoring={"max_resume_run_attempts": 1}) as instance:
+        assert instance.run_monitoring_max_resume_run_attempts == 1
+
+
+@pytest.mark.parametrize(
+    "block, fragment",
+    [
+        ({"start_timeout_seconds": -5}, "run_monitoring.start_timeout_seconds"),
+        ({"poll_interval_seconds": 0}, "run_monitoring.poll_interval_seconds"),
+        ({"worker_unknown_grace_seconds": -1}, "run_monitoring.worker_unknown_grace_seconds"),
+        ({"cancel_timeout_seconds": "soon"}, "cancel_timeout_seconds"),
+        ({"max_resume_run_atempts": 3}, "max_resume_run_atempts"),
+    ],
+)
+def test_invalid_settings_fail_at_start_up_naming_the_key(tmp_path, block, fragment):
+    (tmp_path / "dagster.yaml").write_text(
+        textwrap.dedent(
+            f"""
+            instance_class: {INSTANCE_CLASS}
+            run_monitoring: {{enabled: true, {", ".join(f"{k}: {v}" for k, v in block.items())}}}
+            """
+        )
+    )
+    with pytest.raises(DagsterInvalidConfigError) as error:
+        DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path)))
+    assert fragment in str(error.value)
+
+
+def test_instance_class_is_importable_from_the_package_root():
+    assert RunMonitorInstance.__module__ == "dagster_run_monitor.instance"

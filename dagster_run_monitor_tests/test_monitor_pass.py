@@ -1,0 +1,397 @@
+"""One monitoring pass against a real DagsterInstance, on SQLite and on Postgres."""
+
+import logging
+
+from dagster import MAX_RUNTIME_SECONDS_TAG, Definitions, asset, define_asset_job, job, op
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import DagsterRunStatus as S
+from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
+
+from dagster_run_monitor import constants as c
+from dagster_run_monitor.actions import apply_actions
+from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.policy import ResumeRun
+from dagster_run_monitor_tests.helpers import (
+    T0,
+    at,
+    events,
+    make_run,
+    messages,
+    monitor_pass,
+    report,
+    status_of,
+    tags_of,
+)
+from dagster_run_monitor_tests.launchers import (
+    AFTER_RESUME_TAG,
+    HEALTH_RAISE_TAG,
+    HEALTH_SLEEP_TAG,
+    HEALTH_TAG,
+    RESUME_RAISE_TAG,
+    TERMINATE_TAG,
+    TERMINATED_TAG,
+)
+
+
+def resume_events(instance, run_id):
+    return [m for m in messages(instance, run_id) if m == c.RESUME_RUN_LOG_MESSAGE]
+
+
+# --- start timeout -----------------------------------------------------------------------
+
+
+def test_starting_run_past_start_timeout_fails_and_its_worker_is_terminated(
+    instance, workspace_context
+):
+    late = make_run(instance, S.STARTING, launched=T0 - 180)
+    on_time = make_run(instance, S.STARTING, launched=T0 - 179)
+    with workspace_context(instance) as ctx:
+        assert monitor_pass(instance, ctx) == []
+
+    assert status_of(instance, late.run_id) == S.FAILURE
+    tags = tags_of(instance, late.run_id)
+    assert tags[RUN_FAILURE_REASON_TAG] == "START_TIMEOUT"
+    assert tags[c.REASON_TAG] == c.REASON_START_TIMEOUT
+    assert tags[TERMINATED_TAG] == "true"
+    assert events(instance, late.run_id)[-1] == (
+        DagsterEventType.RUN_FAILURE.value,
+        "Run timed out due to taking longer than 180 seconds to start.\n"
+        "scripted worker debug info (container logs: True)",
+    )
+    assert status_of(instance, on_time.run_id) == S.STARTING
+
+
+def test_not_started_run_times_out_from_its_creation(instance, workspace_context):
+    run = make_run(instance, S.NOT_STARTED, created=T0 - 180)
+    with workspace_context(instance) as ctx:
+        monitor_pass(instance, ctx)
+    assert status_of(instance, run.run_id) == S.FAILURE
+    assert tags_of(instance, run.run_id)[RUN_FAILURE_REASON_TAG] == "START_TIMEOUT"
+    assert TERMINATED_TAG not in tags_of(instance, run.run_id)
+
+
+def test_start_timeout_zero_disables_the_check(make_instance, workspace_context):
+    with make_instance(run_monitoring={"start_timeout_seconds": 0}) as instance:
+        run = make_run(instance, S.STARTING, launched=T0 - 10**6)
+        with workspace_context(instance) as ctx:
+            assert monitor_pass(instance, ctx) == []
+        assert status_of(instance, run.run_id) == S.STARTING
+
+
+def test_dead_worker_of_a_starting_run_fails_before_the_start_timeout(instance, workspace_context):
+    run = make_run(instance, S.STARTING, launched=T0 - 5, tags={HEALTH_TAG: "FAILED"})
+    with workspace_context(instance) as ctx:
+        monitor_pass(instance, ctx)
+    assert status_of(instance, run.run_id) == S.FAILURE
+    assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_START_FAILED
+    assert messages(instance, run.run_id)[-1].startswith(
+        f"Detected run worker status FAILED: 'worker is failed' before the run started. Marking"
+        f" run {run.run_id} as failed."
+    )
+
+
+# --- cancel timeout ----------------------------------------------------------------------
+
+
+def test_canceling_run_past_cancel_timeout_is_canceled(instance, workspace_context):
+    stuck = make_run(instance, S.CANCELING, canceling=T0 - 180)
+    with at(T0 - 1):  # a tag write moves update_timestamp, not the cancel time
+        instance.add_run_tags(stuck.run_id, {"note": "touched"})
+    recent = make_run(instance, S.CANCELING, canceling=T0 - 179)
+    with workspace_context(instance) as ctx:
+        assert monitor_pass(instance, ctx) == []
+    assert status_of(instance, stuck.run_id) == S.CANCELED
+    assert events(instance, stuck.run_id)[-1] == (
+        DagsterEventType.RUN_CANCELED.value,
+        "Run timed out due to taking longer than 180 seconds to cancel.\n"
+        "scripted worker debug info (container logs: True)",
+    )
+    assert tags_of(instance, stuck.run_id)[c.REASON_TAG] == c.REASON_CANCEL_TIMEOUT
+    assert status_of(instance, recent.run_id) == S.CANCELING
+
+
+def test_cancel_timeout_counts_from_the_last_canceling_event(instance, workspace_context):
+    run = make_run(instance, S.CANCELING, canceling=T0 - 1000)
+    with at(T0 - 10):
+        instance.report_run_canceling(instance.get_run_by_id(run.run_id))
+    with workspace_context(instance) as ctx:
+        monitor_pass(instance, ctx)
+    assert status_of(instance, run.run_id) == S.CANCELING
+
+
+# --- max runtime -------------------------------------------------------------------------
+
+
+@op
+def noop():
+    pass
+
+
+@job(tags={MAX_RUNTIME_SECONDS_TAG: 10})
+def job_with_timeout():
+    noop()
+
+
+@asset
+def an_asset():
+    return 1
+
+
+asset_job = define_asset_job(name="some_job", selection="*", tags={MAX_RUNTIME_SECONDS_TAG: 10})
+defs = Definitions(assets=[an_asset], jobs=[asset_job, job_with_timeout])
+
+
+def test_max_runtime_from_job_and_asset_job_tags(instance, workspace_context):
+    runs = []
+    for job_def in (defs.resolve_job_def("job_with_timeout"), defs.resolve_job_def("some_job")):
+        tags = dict(job_def.tags)
+        assert tags[MAX_RUNTIME_SECONDS_TAG] == "10"
+        runs.append(
+            make_run(instance, S.STARTED, tags=tags, started=T0 - 11, job_name=job_def.name)
+        )
+    under = make_run(instance, S.STARTED, tags={MAX_RUNTIME_SECONDS_TAG: "10"}, started=T0 - 10)
+    with workspace_context(instance) as ctx:
+        assert monitor_pass(instance, ctx) == []
+    for run in runs:
+        assert status_of(instance, run.run_id) == S.FAILURE
+        log = events(instance, run.run_id)
+        assert (
+            DagsterEventType.RUN_CANCELING.value,
+            "Canceling due to exceeding maximum runtime of 10 seconds.",
+        ) in log
+        assert log[-1] == (
+            DagsterEventType.RUN_FAILURE.value,
+            "Exceeded maximum runtime of 10 seconds.",
+        )
+        assert tags_of(instance, run.run_id)[TERMINATED_TAG] == "true"
+        assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_MAX_RUNTIME
+    assert status_of(instance, under.run_id) == S.STARTED
+
+
+def test_global_max_runtime_and_duration_tags(make_instance, workspace_context):
+    with make_instance(run_monitoring={"max_runtime_seconds": 100}) as instance:
+        by_default = make_run(instance, S.STARTED, started=T0 - 101)
+        by_duration = make_run(
+            instance, S.STARTED, tags={MAX_RUNTIME_SECONDS_TAG: "PT1M"}, started=T0 - 61
+        )
+        alias = make_run(
+            instance, S.STARTED, tags={"dagster/max_runtime_seconds": "1h"}, started=T0 - 101
+        )
+        with workspace_context(instance) as ctx:
+            monitor_pass(instance, ctx)
+        assert status_of(instance, by_default.run_id) == S.FAILURE
+        assert status_of(instance, by_duration.run_id) == S.FAILURE
+        assert "Exceeded maximum runtime of 60 seconds." in messages(instance, by_duration.run_id)
+        assert status_of(instance, alias.run_id) == S.STARTED
+
+
+def test_max_runtime_fails_the_run_even_if_terminate_fails_or_raises(instance, workspace_context):
+    refused = make_run(
+        instance,
+        S.STARTED,
+        tags={MAX_RUNTIME_SECONDS_TAG: "5", TERMINATE_TAG: "false"},
+        started=T0 - 6,
+    )
+    raised = make_run(
+        instance,
+        S.STARTED,
+        tags={MAX_RUNTIME_SECONDS_TAG: "5", TERMINATE_TAG: "raise"},
+        started=T0 - 6,
+    )
+    with workspace_context(instance) as ctx:
+        assert monitor_pass(instance, ctx) == []
+    for run in (refused, raised):
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert messages(instance, run.run_id)[-1] == c.FORCE_FAILED_MESSAGE
+    assert c.TERMINATE_EXCEPTION_MESSAGE in messages(instance, raised.run_id)
+    assert c.TERMINATE_EXCEPTION_MESSAGE not in messages(instance, refused.run_id)
+
+
+def test_bad_max_runtime_tag_warns_once_on_the_run_and_the_default_applies(
+    make_instance, workspace_context
+):
+    with make_instance(run_monitoring={"max_runtime_seconds": 100}) as instance:
+        run = make_run(
+            instance, S.STARTED, tags={MAX_RUNTIME_SECONDS_TAG: "10 minutes"}, started=T0 - 50
+        )
+        expected = c.invalid_tag_message(MAX_RUNTIME_SECONDS_TAG, "10 minutes", 100)
+        with workspace_context(instance) as ctx:
+            monitor_pass(instance, ctx, now=T0)
+            monitor_pass(instance, ctx, now=T0 + 10)
+            assert messages(instance, run.run_id).count(expected) == 1
+            warning = next(e for e in instance.all_logs(run.run_id) if e.message == expected)
+            assert warning.level == 30  # logging.WARNING: shown as a warning in the UI
+            assert status_of(instance, run.run_id) == S.STARTED
+            monitor_pass(instance, ctx, now=T0 + 51)  # 101 s after start: the default applies
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert messages(instance, run.run_id)[-1] == "Exceeded maximum runtime of 100 seconds."
+
+
+# --- crashed workers ---------------------------------------------------------------------
+
+
+def test_crashed_worker_is_resumed(instance, workspace_context):
+    run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"})
+    with workspace_context(instance) as ctx:
+        assert monitor_pass(instance, ctx) == []
+    assert status_of(instance, run.run_id) == S.STARTED
+    log = messages(instance, run.run_id)
+    assert log[-2:] == [
+        f"Detected run worker status FAILED: 'worker is failed'. Resuming run {run.run_id}"
+        " with a new worker.",
+        c.RESUME_RUN_LOG_MESSAGE,
+    ]
+    assert tags_of(instance, run.run_id)[HEALTH_TAG] == "RUNNING"  # the new worker
+
+
+def test_worker_that_keeps_dying_is_resumed_max_attempts_times_then_failed(
+    make_instance, workspace_context
+):
+    with make_instance(run_monitoring={"max_resume_run_attempts": 2}) as instance:
+        run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED", AFTER_RESUME_TAG: "FAILED"})
+        with workspace_context(instance) as ctx:
+            for i in range(4):
+                assert monitor_pass(instance, ctx, now=T0 + i) == []
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert len(resume_events(instance, run.run_id)) == 2
+        assert messages(instance, run.run_id)[-1] == (
+            f"Detected run worker status FAILED: 'worker is failed'. Marking run {run.run_id} as"
+            " failed, because it has surpassed the configured maximum attempts to resume the run:"
+            " 2.\nscripted worker debug info (container logs: False)"
+        )
+        assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_WORKER_CRASH
+
+
+def test_documented_default_of_three_resumes(instance, workspace_context):
+    assert instance.run_monitoring_max_resume_run_attempts == 3
+    run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED", AFTER_RESUME_TAG: "FAILED"})
+    with workspace_context(instance) as ctx:
+        for i in range(5):
+            monitor_pass(instance, ctx, now=T0 + i)
+    assert len(resume_events(instance, run.run_id)) == 3
+    assert status_of(instance, run.run_id) == S.FAILURE
+
+
+def test_zero_resume_attempts_never_resumes(make_instance, workspace_context):
+    with make_instance(run_monitoring={"max_resume_run_attempts": 0}) as instance:
+        run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "NOT_FOUND"})
+        with workspace_context(instance) as ctx:
+            monitor_pass(instance, ctx)
+        assert resume_events(instance, run.run_id) == []
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert messages(instance, run.run_id)[-1] == (
+            f"Detected run worker status NOT_FOUND: 'worker is not_found'. Marking run {run.run_id}"
+            " as failed."
+        )
+
+
+def test_unknown_health_is_not_a_crash_until_the_grace_period_ends(
+    make_instance, workspace_context
+):
+    with make_instance(run_monitoring={"worker_unknown_grace_seconds": 60}) as instance:
+        unknown = make_run(instance, S.STARTED, tags={HEALTH_TAG: "UNKNOWN"})
+        api_error = make_run(instance, S.STARTED, tags={HEALTH_RAISE_TAG: "1"})
+        daemon = RunMonitorDaemon.from_instance(instance)
+        with workspace_context(instance) as ctx:
+            assert monitor_pass(instance, ctx, now=T0, daemon=daemon) == []
+            assert monitor_pass(instance, ctx, now=T0 + 59, daemon=daemon) == []
+            for run in (unknown, api_error):
+                assert resume_events(instance, run.run_id) == []
+                assert status_of(instance, run.run_id) == S.STARTED
+            monitor_pass(instance, ctx, now=T0 + 60, daemon=daemon)
+        assert len(resume_events(instance, unknown.run_id)) == 1
+        assert any(
+            "Detected run worker status UNKNOWN: 'Health check raised ConnectionError" in m
+            for m in messages(instance, api_error.run_id)
+        )
+
+
+def test_health_recovering_resets_the_grace_period(make_instance, workspace_context):
+    with make_instance(run_monitoring={"worker_unknown_grace_seconds": 60}) as instance:
+        run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "UNKNOWN"})
+        daemon = RunMonitorDaemon.from_instance(instance)
+        with workspace_context(instance) as ctx:
+            monitor_pass(instance, ctx, now=T0, daemon=daemon)
+            instance.add_run_tags(run.run_id, {HEALTH_TAG: "RUNNING"})
+            monitor_pass(instance, ctx, now=T0 + 30, daemon=daemon)
+            instance.add_run_tags(run.run_id, {HEALTH_TAG: "UNKNOWN"})
+            monitor_pass(instance, ctx, now=T0 + 61, daemon=daemon)
+            assert resume_events(instance, run.run_id) == []
+            monitor_pass(instance, ctx, now=T0 + 121, daemon=daemon)
+        assert len(resume_events(instance, run.run_id)) == 1
+
+
+def test_a_run_the_user_terminated_is_never_resumed(instance, workspace_context):
+    run = make_run(instance, S.CANCELING, canceling=T0 - 5, tags={HEALTH_TAG: "FAILED"})
+    with workspace_context(instance) as ctx:
+        monitor_pass(instance, ctx)
+        monitor_pass(instance, ctx, now=T0 + 180)
+    assert resume_events(instance, run.run_id) == []
+    assert status_of(instance, run.run_id) == S.CANCELED
+
+
+def test_no_resume_when_the_user_terminates_during_the_pass(instance, workspace_context):
+    """The pass saw STARTED with a dead worker; the user pressed Terminate before it acted."""
+    run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"})
+    instance.report_run_canceling(run)
+    with workspace_context(instance) as ctx:
+        actions = [ResumeRun(1, "resume")]
+        apply_actions(instance, run, actions, ctx.create_request_context, logging.getLogger())
+    assert resume_events(instance, run.run_id) == []
+    assert status_of(instance, run.run_id) == S.CANCELING
+
+
+# --- isolation ---------------------------------------------------------------------------
+
+
+def test_an_error_on_one_run_is_reported_and_the_others_are_handled(instance, workspace_context):
+    broken = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED", RESUME_RAISE_TAG: "1"})
+    fine = make_run(instance, S.STARTING, launched=T0 - 500)
+    with workspace_context(instance) as ctx:
+        errors = monitor_pass(instance, ctx)
+    assert len(errors) == 1
+    assert "could not start a new worker" in errors[0].to_string()
+    assert status_of(instance, fine.run_id) == S.FAILURE
+    assert (
+        status_of(instance, broken.run_id) == S.FAILURE
+    )  # resume_run fails a run it cannot resume
+
+
+def test_a_hanging_health_check_does_not_hold_up_the_others(make_instance, workspace_context):
+    with make_instance(run_monitoring={"health_check_timeout_seconds": 1}) as instance:
+        hanging = make_run(instance, S.STARTED, tags={HEALTH_SLEEP_TAG: "4"})
+        crashed = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"})
+        with workspace_context(instance) as ctx:
+            assert monitor_pass(instance, ctx) == []
+        assert len(resume_events(instance, crashed.run_id)) == 1
+        assert status_of(instance, hanging.run_id) == S.STARTED
+        assert resume_events(instance, hanging.run_id) == []
+
+
+def test_finished_runs_are_not_touched(instance, workspace_context):
+    done = make_run(instance, S.STARTED, started=T0 - 10**5)
+    with at(T0 - 10**4):
+        report(instance, done, DagsterEventType.RUN_SUCCESS)
+    with workspace_context(instance) as ctx:
+        assert monitor_pass(instance, ctx) == []
+    assert status_of(instance, done.run_id) == S.SUCCESS
+
+
+def test_concurrency_slots_of_finished_runs_are_freed_like_the_builtin_daemon(
+    make_instance, workspace_context
+):
+    with make_instance(run_monitoring={"free_slots_after_run_end_seconds": 60}) as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("db", 2)
+        old = make_run(instance, S.STARTED, started=T0 - 1000)
+        recent = make_run(instance, S.STARTED, started=T0 - 1000)
+        for run in (old, recent):
+            storage.claim_concurrency_slot("db", run.run_id, "step")
+        with at(T0 - 500):
+            report(instance, old, DagsterEventType.RUN_FAILURE)
+        with at(T0 - 10):
+            report(instance, recent, DagsterEventType.RUN_FAILURE)
+        daemon = RunMonitorDaemon.from_instance(instance)
+        with workspace_context(instance) as ctx, at(T0):
+            list(daemon.run_iteration(ctx))
+        assert storage.get_concurrency_run_ids() == {recent.run_id}
