@@ -35,6 +35,5 @@ setup(
     classifiers=[
         "Framework :: Dagster",
         "Programming Language :: Python :: 3",
-        "License :: OSI Approved :: Apache Software License",
     ],
 )

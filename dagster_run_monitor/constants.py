@@ -11,6 +11,13 @@ TAG_PREFIX = "run_monitor/"
 REASON_TAG = f"{TAG_PREFIX}reason"  # why the monitor ended or resumed the run
 WARNED_TAG_PREFIX = f"{TAG_PREFIX}warned/"  # one warning per cause: warned/<cause> = value
 
+# Written by ProcessRunLauncher: where the run's current worker process is.
+WORKER_PID_TAG = f"{TAG_PREFIX}worker_pid"
+WORKER_HOST_TAG = f"{TAG_PREFIX}worker_host"
+WORKER_START_TAG = f"{TAG_PREFIX}worker_start_ticks"  # /proc start time, tells pid reuse apart
+WORKER_LOG_TAG = f"{TAG_PREFIX}worker_log"
+WORKER_EXIT_TAG = f"{TAG_PREFIX}worker_exit"  # "<pid>:<returncode>", written when it ends
+
 # Values of REASON_TAG.
 REASON_START_TIMEOUT = "start_timeout"
 REASON_START_FAILED = "worker_failed_to_start"

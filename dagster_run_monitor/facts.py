@@ -1,6 +1,6 @@
 """Observe: read in-progress runs and what each policy needs to know about them."""
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -41,13 +41,15 @@ class RunFacts:
     resume_attempts: int = 0
 
 
-def read_in_progress_runs(instance: DagsterInstance) -> list[RunRecord]:
-    """Every run the monitor watches, read in pages."""
+def read_in_progress_runs(
+    instance: DagsterInstance, statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES
+) -> list[RunRecord]:
+    """Every run in ``statuses``, read in pages."""
     records: list[RunRecord] = []
     cursor = None
     while True:
         page = instance.get_run_records(
-            filters=RunsFilter(statuses=list(MONITORED_STATUSES)), limit=PAGE_SIZE, cursor=cursor
+            filters=RunsFilter(statuses=list(statuses)), limit=PAGE_SIZE, cursor=cursor
         )
         records.extend(page)
         if len(page) < PAGE_SIZE:
@@ -61,9 +63,10 @@ def observe(
     now: float,
     pool: ThreadPoolExecutor,
     unhealthy_since: Mapping[str, float],
+    statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES,
 ) -> tuple[list[RunFacts], dict[str, DagsterRun]]:
-    """Facts for each in-progress run, and the runs themselves by id for the actions."""
-    records = read_in_progress_runs(instance)
+    """Facts for each run in ``statuses``, and the runs themselves by id for the actions."""
+    records = read_in_progress_runs(instance, statuses)
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
     storage = instance.event_log_storage

@@ -5,6 +5,7 @@ from typing import Any
 
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.settings import (
@@ -40,6 +41,20 @@ class RunMonitorInstanceMixin:
         if configured is not None or not self.run_monitoring_enabled:  # type: ignore[attr-defined]
             return configured or 0
         return read_settings(self).resume_attempts
+
+    def run_will_resume(self, run_id: str) -> bool:
+        """Asked by a run worker that is being stopped: a run the user is terminating will not
+        be resumed, so its worker stops its steps instead of leaving them running."""
+        run = self.get_run_by_id(run_id)  # type: ignore[attr-defined]
+        if run is None or run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
+            return False
+        return super().run_will_resume(run_id)  # type: ignore[misc]
+
+    def count_resume_run_attempts(self, run_id: str) -> int:
+        """One query instead of Dagster's scan of every engine event of the run."""
+        from dagster_run_monitor.eventlog import count_resume_attempts
+
+        return count_resume_attempts(self.event_log_storage, [run_id])[run_id]  # type: ignore[attr-defined]
 
     def get_required_daemon_types(self) -> Sequence[str]:
         from dagster_run_monitor.registration import install

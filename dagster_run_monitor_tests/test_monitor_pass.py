@@ -11,6 +11,7 @@ from dagster_run_monitor import constants as c
 from dagster_run_monitor.actions import apply_actions
 from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor.policy import ResumeRun
+from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.helpers import (
     T0,
     at,
@@ -395,3 +396,21 @@ def test_concurrency_slots_of_finished_runs_are_freed_like_the_builtin_daemon(
         with workspace_context(instance) as ctx, at(T0):
             list(daemon.run_iteration(ctx))
         assert storage.get_concurrency_run_ids() == {recent.run_id}
+
+
+def test_crash_checks_between_full_passes_only_touch_dead_workers(instance, workspace_context):
+    due_to_time_out = make_run(instance, S.STARTING, launched=T0 - 500)
+    crashed = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"})
+    daemon = RunMonitorDaemon.from_instance(instance)
+    with workspace_context(instance) as ctx, at(T0):
+        assert [e for e in daemon.monitor_runs(ctx, crashes_only=True) if e] == []
+    assert status_of(instance, due_to_time_out.run_id) == S.STARTING  # left for the full pass
+    assert len(resume_events(instance, crashed.run_id)) == 1
+
+
+def test_local_process_launchers_get_frequent_crash_checks():
+    launcher = {"module": "dagster_run_monitor", "class": "ProcessRunLauncher"}
+    with monitor_instance(launcher=launcher) as instance:
+        assert RunMonitorDaemon.from_instance(instance).interval_seconds == 2
+    with monitor_instance() as instance:  # a remote launcher: only the full passes
+        assert RunMonitorDaemon.from_instance(instance).interval_seconds == 120

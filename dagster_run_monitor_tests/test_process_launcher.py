@@ -1,0 +1,201 @@
+"""ProcessRunLauncher and process_step_executor: real worker processes, real signals."""
+
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRunStatus as S
+
+from dagster_run_monitor import constants as c
+from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.launchers.process_executor import recorded_step_processes
+from dagster_run_monitor.launchers.processes import is_alive
+from dagster_run_monitor_tests.conftest import monitor_instance
+from dagster_run_monitor_tests.helpers import messages, status_of
+from dagster_run_monitor_tests.processes import wait_until
+
+pytestmark = pytest.mark.slow
+
+JOBS_FILE = str(Path(__file__).with_name("jobs.py"))
+PROCESS_LAUNCHER = {"module": "dagster_run_monitor", "class": "ProcessRunLauncher"}
+FAST = {"worker_unknown_grace_seconds": 0, "poll_interval_seconds": 1}
+
+
+@pytest.fixture
+def process_instance(storage):
+    def factory(**run_monitoring):
+        launcher = {**PROCESS_LAUNCHER, "config": {"terminate_grace_seconds": 5}}
+        return monitor_instance(storage, {**FAST, **run_monitoring}, launcher)
+
+    return factory
+
+
+def launch(instance: DagsterInstance, job_name: str, file: str = JOBS_FILE, **kwargs) -> DagsterRun:
+    """Create and launch a run of ``job_name`` from ``file`` through the instance's launcher."""
+    recon = ReconstructableRepository.for_file(file, "defs").get_reconstructable_job(job_name)
+    run = instance.create_run_for_job(
+        job_def=recon.get_definition(), job_code_origin=recon.get_python_origin(), **kwargs
+    )
+    instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    return instance.get_run_by_id(run.run_id)
+
+
+def watch(instance, context, run_id, until, timeout=90, what="the run to finish"):
+    """Run monitor passes every 0.3 s, as the daemon's crash checks do, until ``until()``."""
+    daemon = RunMonitorDaemon.from_instance(instance)
+
+    def one_pass():
+        errors = [e for e in daemon.monitor_runs(context) if e is not None]
+        assert errors == [], errors
+        return until()
+
+    return wait_until(one_pass, timeout=timeout, what=what, interval=0.3)
+
+
+def step_starts(instance, run_id) -> Counter:
+    return Counter(
+        e.step_key for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
+    )
+
+
+def has_event(instance, run_id, event_type, step_key=None) -> bool:
+    return any(
+        step_key is None or e.step_key == step_key
+        for e in instance.all_logs(run_id, of_type=event_type)
+    )
+
+
+def worker_pid(instance, run_id) -> int:
+    return int(instance.get_run_by_id(run_id).tags[c.WORKER_PID_TAG])
+
+
+KILL_POINTS = {
+    "while the first step runs": (DagsterEventType.STEP_START, "extract"),
+    "after the second step succeeded": (DagsterEventType.STEP_SUCCESS, "transform"),
+    "while the last step runs": (DagsterEventType.STEP_START, "report"),
+}
+
+
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_killed_worker_group_is_resumed_and_finished_steps_do_not_run_again(
+    process_instance, workspace_context, point
+):
+    event_type, step = KILL_POINTS[point]
+    with process_instance() as instance, workspace_context(instance) as ctx:
+        run = launch(instance, "four_steps")
+        wait_until(lambda: has_event(instance, run.run_id, event_type, step), 60, point)
+        pid = worker_pid(instance, run.run_id)
+        os.killpg(pid, signal.SIGKILL)
+        watch(
+            instance,
+            ctx,
+            run.run_id,
+            lambda: status_of(instance, run.run_id).value in ("SUCCESS", "FAILURE", "CANCELED"),
+        )
+
+        assert status_of(instance, run.run_id) == S.SUCCESS
+        assert step_starts(instance, run.run_id) == {
+            "extract": 1,
+            "transform": 1,
+            "load": 1,
+            "report": 1,
+        }
+        log = messages(instance, run.run_id)
+        assert log.count(c.RESUME_RUN_LOG_MESSAGE) == 1
+        assert any(
+            m.startswith(f"Detected run worker status FAILED: 'Run worker process {pid}")
+            for m in log
+        )
+        assert not is_alive(pid)
+
+
+def test_a_worker_that_keeps_dying_is_resumed_max_times_then_failed(
+    process_instance, workspace_context
+):
+    with (
+        process_instance(max_resume_run_attempts=2) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = launch(instance, "always_dies")
+        watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE)
+        log = messages(instance, run.run_id)
+        assert log.count(c.RESUME_RUN_LOG_MESSAGE) == 2
+        assert "was killed by signal SIGKILL" in log[-1]
+        assert "surpassed the configured maximum attempts to resume the run: 2" in log[-1]
+
+
+def test_terminate_cancels_the_run_stops_every_process_and_never_resumes(
+    process_instance, workspace_context
+):
+    with process_instance() as instance, workspace_context(instance) as ctx:
+        run = launch(instance, "sleeps")
+        wait_until(
+            lambda: has_event(instance, run.run_id, DagsterEventType.STEP_START), 60, "the step"
+        )
+        pid = worker_pid(instance, run.run_id)
+        (step,) = recorded_step_processes(instance, run.run_id).values()
+        assert instance.run_launcher.terminate(run.run_id)
+        wait_until(lambda: status_of(instance, run.run_id) == S.CANCELED, 30, "CANCELED")
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # a few monitor passes: nothing to resume
+            assert [
+                e for e in RunMonitorDaemon.from_instance(instance).monitor_runs(ctx) if e
+            ] == []
+        assert c.RESUME_RUN_LOG_MESSAGE not in messages(instance, run.run_id)
+        assert status_of(instance, run.run_id) == S.CANCELED
+        assert not is_alive(pid) and not is_alive(step.pid, step.start_ticks)
+
+
+BROKEN = """
+import os, sys
+print("this deploy is broken: ImportError: no module named 'warehouse'", flush=True)
+os._exit(3)
+"""
+
+
+def test_a_worker_that_never_starts_fails_the_run_long_before_the_start_timeout(
+    process_instance, workspace_context, tmp_path
+):
+    code = tmp_path / "location.py"
+    code.write_text(Path(JOBS_FILE).read_text())
+    with (
+        process_instance(start_timeout_seconds=180) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        recon = ReconstructableRepository.for_file(str(code), "defs").get_reconstructable_job(
+            "four_steps"
+        )
+        run = instance.create_run_for_job(
+            job_def=recon.get_definition(), job_code_origin=recon.get_python_origin()
+        )
+        code.write_text(BROKEN)  # a broken deploy lands between submit and launch
+        started = time.monotonic()
+        instance.launch_run(run.run_id, workspace=None)
+        watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE, 60)
+        assert time.monotonic() - started < 60
+        failure = messages(instance, run.run_id)[-1]
+        assert "Run worker process" in failure and "exited with code 3" in failure
+        assert "this deploy is broken" in failure
+        tags = instance.get_run_by_id(run.run_id).tags
+        assert tags[c.REASON_TAG] == c.REASON_START_FAILED
+
+
+def test_max_runtime_stops_the_worker_and_its_steps(process_instance, workspace_context):
+    with process_instance() as instance, workspace_context(instance) as ctx:
+        run = launch(instance, "sleeps", tags={c.MAX_RUNTIME_TAG: "2"})
+        wait_until(
+            lambda: has_event(instance, run.run_id, DagsterEventType.STEP_START), 60, "the step"
+        )
+        pid = worker_pid(instance, run.run_id)
+        (step,) = recorded_step_processes(instance, run.run_id).values()
+        watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE, 60)
+        assert "Exceeded maximum runtime of 2 seconds." in messages(instance, run.run_id)
+        assert not is_alive(pid), "run worker left behind"
+        assert not is_alive(step.pid, step.start_ticks), "step process left behind"
