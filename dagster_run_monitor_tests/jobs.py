@@ -4,29 +4,10 @@ import os
 import signal
 import time
 
-from dagster import Definitions, OpExecutionContext, in_process_executor, job, op
+from dagster import Definitions, in_process_executor, job, op
 
 from dagster_run_monitor import process_step_executor
-
-STEP_SECONDS = float(os.environ.get("DAGSTER_RUN_MONITOR_TEST_STEP_SECONDS", "1.5"))
-
-
-def _step(name: str):
-    @op(name=name)
-    def _op(context: OpExecutionContext, upstream=None):
-        context.log.info(f"{name} working for {STEP_SECONDS}s in process {os.getpid()}")
-        time.sleep(STEP_SECONDS)
-        return name
-
-    return _op
-
-
-extract, transform, load, report = (_step(n) for n in ("extract", "transform", "load", "report"))
-
-
-@job(executor_def=process_step_executor)
-def four_steps():
-    report(load(transform(extract())))
+from dagster_run_monitor.demo_job import crash_demo  # four steps, each its own process
 
 
 @op
@@ -49,4 +30,4 @@ def sleeps():
     sleep_long()
 
 
-defs = Definitions(jobs=[four_steps, always_dies, sleeps])
+defs = Definitions(jobs=[crash_demo, always_dies, sleeps])

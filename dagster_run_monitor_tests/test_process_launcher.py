@@ -89,7 +89,7 @@ def test_killed_worker_group_is_resumed_and_finished_steps_do_not_run_again(
 ):
     event_type, step = KILL_POINTS[point]
     with process_instance() as instance, workspace_context(instance) as ctx:
-        run = launch(instance, "four_steps")
+        run = launch(instance, "crash_demo")
         wait_until(lambda: has_event(instance, run.run_id, event_type, step), 60, point)
         pid = worker_pid(instance, run.run_id)
         os.killpg(pid, signal.SIGKILL)
@@ -170,7 +170,7 @@ def test_a_worker_that_never_starts_fails_the_run_long_before_the_start_timeout(
         workspace_context(instance) as ctx,
     ):
         recon = ReconstructableRepository.for_file(str(code), "defs").get_reconstructable_job(
-            "four_steps"
+            "crash_demo"
         )
         run = instance.create_run_for_job(
             job_def=recon.get_definition(), job_code_origin=recon.get_python_origin()

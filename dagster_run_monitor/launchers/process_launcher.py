@@ -89,41 +89,37 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
     # --- launching ---------------------------------------------------------------------
 
     def launch_run(self, context: LaunchRunContext) -> None:
-        run = context.dagster_run
-        origin = check.not_none(context.job_code_origin, "run has no code origin")
-        args = ExecuteRunArgs(
-            job_origin=origin,
-            run_id=run.run_id,
-            instance_ref=self._instance.get_ref(),
-            set_exit_code_on_failure=True,
-        )
-        self._start_worker(run, "execute_run", serialize_value(args), attempt=0)
+        self._start_worker(context.dagster_run, ExecuteRunArgs, "execute_run", attempt=0)
 
     @property
     def supports_resume_run(self) -> bool:
         return True
 
     def resume_run(self, context: ResumeRunContext) -> None:
-        run = context.dagster_run
-        origin = check.not_none(context.job_code_origin, "run has no code origin")
-        args = ResumeRunArgs(
+        attempt = context.resume_attempt_number or 1
+        self._start_worker(context.dagster_run, ResumeRunArgs, "resume_run", attempt)
+
+    def _start_worker(
+        self,
+        run: DagsterRun,
+        args_type: type[ExecuteRunArgs] | type[ResumeRunArgs],
+        command: str,
+        attempt: int,
+    ) -> None:
+        origin = check.not_none(run.job_code_origin, "run has no code origin")
+        args = args_type(
             job_origin=origin,
             run_id=run.run_id,
             instance_ref=self._instance.get_ref(),
             set_exit_code_on_failure=True,
         )
-        attempt = context.resume_attempt_number or 1
-        self._start_worker(run, "resume_run", serialize_value(args), attempt)
-
-    def _start_worker(self, run: DagsterRun, command: str, args: str, attempt: int) -> None:
-        origin = check.not_none(run.job_code_origin)
         log_path = self.log_dir / (
             f"{run.run_id}.resume{attempt}.log" if attempt else f"{run.run_id}.log"
         )
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                [origin.executable_path, "-m", "dagster", "api", command, args],
+                [origin.executable_path, "-m", "dagster", "api", command, serialize_value(args)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

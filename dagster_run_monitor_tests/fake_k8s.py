@@ -1,0 +1,340 @@
+"""A fake Kubernetes API under the real ``dagster_k8s.K8sRunLauncher``.
+
+Only the two API objects that dagster-k8s's ``DagsterKubernetesClient`` calls are faked
+(``kubernetes.client.BatchV1Api`` and ``CoreV1Api``); job construction, retries, health checks,
+resume and debug info are dagster-k8s's own code. Answers are real ``kubernetes.client`` models,
+and every API call is recorded, so tests can count what a monitoring pass costs.
+
+``dagster.yaml``::
+
+    run_launcher:
+      module: dagster_run_monitor_tests.fake_k8s
+      class: FakeClusterK8sRunLauncher
+      config: {service_account_name: dagster, instance_config_map: dagster-instance, ...}
+"""
+
+import copy
+import datetime
+import tempfile
+import threading
+from collections import Counter
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+from dagster_k8s import K8sRunLauncher
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+from urllib3 import HTTPResponse
+from urllib3.exceptions import ReadTimeoutError
+
+JobState = Literal["active", "succeeded", "failed"]
+POD_SUFFIX = "x2v9q"  # the random suffix Kubernetes gives a Job's pod, fixed here
+REASONS = {
+    404: "Not Found",
+    409: "Conflict",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def api_error(status: int) -> ApiException:
+    """What the kubernetes client raises for an HTTP error answer."""
+    return ApiException(status=status, reason=REASONS.get(status, "Error"))
+
+
+def read_timeout() -> ReadTimeoutError:
+    """What the kubernetes client raises when the API server does not answer in time."""
+    return ReadTimeoutError(None, "/apis/batch/v1", "Read timed out. (read timeout=60)")  # type: ignore[arg-type]
+
+
+class FakeCluster:
+    """Jobs and their pods by name, faults to inject, and a record of every API call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.batch_api = FakeBatchV1Api(self)
+        self.core_api = FakeCoreV1Api(self)
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.jobs: dict[str, k8s.V1Job] = {}
+            self.pods: dict[str, k8s.V1Pod] = {}
+            self.new_job_state: JobState = "active"  # the state a created Job starts in
+            self.read_faults: dict[str | None, Callable[[], Exception]] = {}  # None: every read
+            self.calls: list[tuple[str, str]] = []  # (API method, object name or selector value)
+            self.unexpected: list[str] = []  # API methods called that the fake does not know
+            self.slept: list[float] = []  # retry back-offs of dagster-k8s (see ``sleep``)
+
+    # --- what tests do to the cluster --------------------------------------------------------
+
+    def set_state(self, job_name: str, state: JobState) -> None:
+        """The Job's pod is running, has succeeded, or has failed (OOMKilled)."""
+        with self._lock:
+            job = self.jobs[job_name]
+            job.status = _job_status(state, job.status.start_time)
+            pod = self.pods[f"{job_name}-{POD_SUFFIX}"]
+            pod.status = _pod_status(state, pod.spec)
+
+    def remove(self, job_name: str) -> None:
+        """The Job is gone (TTL, ``kubectl delete``, a lost namespace): reads answer 404."""
+        with self._lock:
+            self.jobs.pop(job_name, None)
+            self.pods.pop(f"{job_name}-{POD_SUFFIX}", None)
+
+    def fail_reads(self, error: Callable[[], Exception], job_name: str | None = None) -> None:
+        """Reads about ``job_name`` (every read if None) raise ``error()`` until ``heal``."""
+        with self._lock:
+            self.read_faults[job_name] = error
+
+    def heal(self) -> None:
+        with self._lock:
+            self.read_faults.clear()
+
+    def sleep(self, seconds: float) -> None:
+        """Stands in for ``time.sleep`` in dagster-k8s's retry loop (``cluster`` fixture)."""
+        with self._lock:
+            self.slept.append(seconds)
+
+    # --- what tests read -----------------------------------------------------------------
+
+    def state(self, job_name: str) -> JobState | None:
+        job = self.jobs.get(job_name)
+        if job is None:
+            return None
+        status = job.status
+        return "active" if status.active else "succeeded" if status.succeeded else "failed"
+
+    def count(self, about: str = "") -> Counter[str]:
+        """API calls per method whose object name contains ``about`` (e.g. a run id)."""
+        with self._lock:
+            return Counter(method for method, subject in self.calls if about in subject)
+
+    # --- the API ----------------------------------------------------------------------------
+
+    def _call(self, method: str, subject: str, read: bool = True) -> None:
+        self.calls.append((method, subject))
+        if read:
+            fault = self.read_faults.get(subject) or self.read_faults.get(None)
+            if fault is not None:
+                raise fault()
+
+    def read_job(self, method: str, name: str, namespace: str) -> k8s.V1Job:
+        with self._lock:
+            self._call(method, name)
+            job = self.jobs.get(name)
+            if job is None or job.metadata.namespace != namespace:
+                raise api_error(404)
+            return job
+
+    def create_job(self, body: k8s.V1Job, namespace: str) -> k8s.V1Job:
+        with self._lock:
+            name = body.metadata.name
+            self._call("create_namespaced_job", name, read=False)
+            if name in self.jobs:
+                raise api_error(409)
+            now = _now()
+            body = copy.deepcopy(body)  # the API server stores its own copy
+            body.metadata.namespace = namespace
+            body.metadata.uid = f"uid-{name}"
+            body.metadata.creation_timestamp = now
+            body.status = _job_status(self.new_job_state, now)
+            self.jobs[name] = body
+            template = body.spec.template
+            pod_name = f"{name}-{POD_SUFFIX}"
+            labels = {**(template.metadata.labels or {}), "job-name": name}
+            self.pods[pod_name] = k8s.V1Pod(
+                metadata=k8s.V1ObjectMeta(name=pod_name, namespace=namespace, labels=labels),
+                spec=template.spec,
+                status=_pod_status(self.new_job_state, template.spec),
+            )
+            return body
+
+    def list_jobs(self, namespace: str, field_selector: str) -> k8s.V1JobList:
+        name = _selected(field_selector, "metadata.name")
+        with self._lock:
+            self._call("list_namespaced_job", name)
+            job = self.jobs.get(name)
+            items = [job] if job is not None and job.metadata.namespace == namespace else []
+            return k8s.V1JobList(items=items)
+
+    def delete_job(self, name: str, namespace: str) -> k8s.V1Status:
+        with self._lock:
+            self._call("delete_namespaced_job", name, read=False)
+            if self.jobs.get(name) is None:
+                raise api_error(404)
+            del self.jobs[name]
+            return k8s.V1Status(status="Success")
+
+    def list_pods(
+        self, namespace: str, field_selector: str | None, label_selector: str | None
+    ) -> k8s.V1PodList:
+        by_job = bool(label_selector)
+        if by_job:
+            subject = _selected(label_selector or "", "job-name")
+        else:
+            subject = _selected(field_selector or "", "metadata.name")
+        with self._lock:
+            self._call("list_namespaced_pod", subject)
+            pods = [
+                pod
+                for pod in self.pods.values()
+                if pod.metadata.namespace == namespace
+                and (pod.metadata.labels["job-name"] if by_job else pod.metadata.name) == subject
+            ]
+            return k8s.V1PodList(items=pods)
+
+    def delete_pod(self, name: str, namespace: str) -> k8s.V1Pod:
+        with self._lock:
+            self._call("delete_namespaced_pod", name, read=False)
+            pod = self.pods.pop(name, None)
+            if pod is None:
+                raise api_error(404)
+            return pod
+
+    def pod_log(self, name: str, preload: bool) -> HTTPResponse | str:
+        with self._lock:
+            self._call("read_namespaced_pod_log", name)
+            if name not in self.pods:
+                raise api_error(404)
+        text = f"{name}: executing run\n"
+        return text if preload else HTTPResponse(body=text.encode(), preload_content=True)
+
+    def list_events(self, field_selector: str) -> k8s.CoreV1EventList:
+        with self._lock:
+            self._call("list_namespaced_event", _selected(field_selector, "involvedObject.name"))
+            return k8s.CoreV1EventList(items=[])
+
+
+class _FakeApi:
+    """Records calls to API methods the fake does not implement, so tests can assert none."""
+
+    def __init__(self, cluster: FakeCluster) -> None:
+        self._cluster = cluster
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_"):
+            self._cluster.unexpected.append(f"{type(self).__name__}.{name}")
+        raise AttributeError(name)
+
+
+class FakeBatchV1Api(_FakeApi):
+    """The ``BatchV1Api`` methods dagster-k8s calls."""
+
+    def create_namespaced_job(self, namespace: str, body: k8s.V1Job, **_: Any) -> k8s.V1Job:
+        return self._cluster.create_job(body, namespace)
+
+    def read_namespaced_job_status(self, name: str, namespace: str, **_: Any) -> k8s.V1Job:
+        return self._cluster.read_job("read_namespaced_job_status", name, namespace)
+
+    def read_namespaced_job(self, name: str, namespace: str, **_: Any) -> k8s.V1Job:
+        return self._cluster.read_job("read_namespaced_job", name, namespace)
+
+    def list_namespaced_job(self, namespace: str, field_selector: str = "", **_: Any):
+        return self._cluster.list_jobs(namespace, field_selector)
+
+    def delete_namespaced_job(self, name: str, namespace: str, **_: Any) -> k8s.V1Status:
+        return self._cluster.delete_job(name, namespace)
+
+
+class FakeCoreV1Api(_FakeApi):
+    """The ``CoreV1Api`` methods dagster-k8s calls."""
+
+    def list_namespaced_pod(
+        self,
+        namespace: str,
+        field_selector: str | None = None,
+        label_selector: str | None = None,
+        **_: Any,
+    ) -> k8s.V1PodList:
+        return self._cluster.list_pods(namespace, field_selector, label_selector)
+
+    def read_namespaced_pod_log(
+        self, name: str, namespace: str, _preload_content: bool = True, **_: Any
+    ) -> HTTPResponse | str:
+        return self._cluster.pod_log(name, _preload_content)
+
+    def list_namespaced_event(
+        self, namespace: str, field_selector: str = "", **_: Any
+    ) -> k8s.CoreV1EventList:
+        return self._cluster.list_events(field_selector)
+
+    def delete_namespaced_pod(self, name: str, namespace: str, **_: Any) -> k8s.V1Pod:
+        return self._cluster.delete_pod(name, namespace)
+
+
+CLUSTER = FakeCluster()  # the cluster every FakeClusterK8sRunLauncher talks to
+
+
+class FakeClusterK8sRunLauncher(K8sRunLauncher):
+    """The real ``K8sRunLauncher``, its API client pointed at :data:`CLUSTER`.
+
+    Takes K8sRunLauncher's own config; the kubeconfig it loads (a Kubernetes client
+    requirement) names a server that is never contacted."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["load_incluster_config"] = False
+        kwargs["kubeconfig_file"] = kwargs.get("kubeconfig_file") or fake_kubeconfig()
+        super().__init__(
+            k8s_client_batch_api=CLUSTER.batch_api, k8s_client_core_api=CLUSTER.core_api, **kwargs
+        )
+
+
+@cache
+def fake_kubeconfig() -> str:
+    path = Path(tempfile.mkdtemp(prefix="fake-kube-")) / "config"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        "clusters: [{name: fake, cluster: {server: 'https://fake-cluster.invalid'}}]\n"
+        "users: [{name: fake, user: {token: fake}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
+    )
+    return str(path)
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _selected(selector: str, key: str) -> str:
+    """``value`` from a ``key=value`` selector."""
+    found, _, value = selector.partition("=")
+    assert found == key, f"unexpected selector {selector!r}"
+    return value
+
+
+def _job_status(state: JobState, start_time: datetime.datetime) -> k8s.V1JobStatus:
+    if state == "active":
+        return k8s.V1JobStatus(active=1, start_time=start_time)
+    if state == "succeeded":
+        return k8s.V1JobStatus(succeeded=1, start_time=start_time, completion_time=_now())
+    failed = k8s.V1JobCondition(type="Failed", status="True", reason="BackoffLimitExceeded")
+    return k8s.V1JobStatus(failed=1, start_time=start_time, conditions=[failed])
+
+
+def _pod_status(state: JobState, spec: k8s.V1PodSpec) -> k8s.V1PodStatus:
+    if state == "active":
+        phase, container_state = (
+            "Running",
+            k8s.V1ContainerState(running=k8s.V1ContainerStateRunning(started_at=_now())),
+        )
+    else:
+        exit_code, reason = (0, "Completed") if state == "succeeded" else (137, "OOMKilled")
+        phase = "Succeeded" if state == "succeeded" else "Failed"
+        container_state = k8s.V1ContainerState(
+            terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code, reason=reason)
+        )
+    statuses = [
+        k8s.V1ContainerStatus(
+            name=c.name,
+            image=c.image,
+            image_id="",
+            ready=state == "active",
+            restart_count=0,
+            state=container_state,
+        )
+        for c in spec.containers
+    ]
+    return k8s.V1PodStatus(phase=phase, container_statuses=statuses)

@@ -1,0 +1,338 @@
+"""Our monitor with the real ``dagster_k8s.K8sRunLauncher``; only the Kubernetes API is fake.
+
+Runs are launched for real (the launcher builds and creates the first Job), so resume and
+debug info go through dagster-k8s's own code. See ``fake_k8s.py`` for what is faked.
+"""
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from types import SimpleNamespace
+from typing import Any
+
+import dagster_k8s.client
+import kubernetes
+import pytest
+import sqlalchemy
+from dagster import DagsterInstance, Definitions, job, op
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.events import DagsterEventType
+from dagster._core.launcher import WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRunStatus as S
+from sqlalchemy.engine import Engine
+
+from dagster_run_monitor import constants as c
+from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor_tests.conftest import monitor_instance
+from dagster_run_monitor_tests.fake_k8s import (
+    CLUSTER,
+    POD_SUFFIX,
+    FakeCluster,
+    api_error,
+    read_timeout,
+)
+from dagster_run_monitor_tests.helpers import T0, messages, monitor_pass, report, status_of, tags_of
+from dagster_run_monitor_tests.processes import wait_until
+
+LAUNCHER_CONFIG: dict[str, Any] = {
+    "service_account_name": "dagster",
+    "instance_config_map": "dagster-instance",
+    "dagster_home": "/opt/dagster/dagster_home",
+    "job_image": "example.com/etl:1.0",
+    "job_namespace": "dagster",
+    "load_incluster_config": False,
+}
+FAKE_K8S_LAUNCHER = {
+    "module": "dagster_run_monitor_tests.fake_k8s",
+    "class": "FakeClusterK8sRunLauncher",
+    "config": LAUNCHER_CONFIG,
+}
+NO_ACTIVE_PODS = "Run has not completed but K8s job has no active pods"  # the launcher's words
+
+
+@op
+def work() -> None:
+    pass
+
+
+@job
+def k8s_job() -> None:
+    work()
+
+
+defs = Definitions(jobs=[k8s_job])
+ORIGIN = (
+    ReconstructableRepository.for_file(__file__, "defs")
+    .get_reconstructable_job("k8s_job")
+    .get_python_origin()
+)
+
+
+@pytest.fixture
+def cluster(monkeypatch) -> Iterator[FakeCluster]:
+    """The fake cluster, emptied. dagster-k8s's retry back-off (3 x 10 s on a 5xx) is recorded
+    in ``cluster.slept`` instead of slept."""
+    CLUSTER.reset()
+    clock = SimpleNamespace(sleep=CLUSTER.sleep, time=time.time)
+    monkeypatch.setattr(dagster_k8s.client, "time", clock)
+    yield CLUSTER
+    assert CLUSTER.unexpected == [], "dagster-k8s called API methods the fake does not know"
+
+
+@pytest.fixture
+def k8s_instance(storage, cluster) -> Callable[..., AbstractContextManager[DagsterInstance]]:
+    """Factory: ``with k8s_instance(**run_monitoring) as instance`` with the K8s launcher."""
+    return lambda **run_monitoring: monitor_instance(storage, run_monitoring, FAKE_K8S_LAUNCHER)
+
+
+def start(instance: DagsterInstance) -> DagsterRun:
+    """A run launched through the launcher (its first Job created) whose worker started it."""
+    run = instance.create_run_for_job(job_def=k8s_job, job_code_origin=ORIGIN)
+    instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    report(instance, run, DagsterEventType.RUN_START)
+    run = instance.get_run_by_id(run.run_id)
+    assert run is not None and run.status == S.STARTED
+    return run
+
+
+def job_name(run: DagsterRun, attempt: int = 0) -> str:
+    """The launcher's Job name for the run's first worker (0) and each resume (1, 2, ...)."""
+    return f"dagster-run-{run.run_id}" + (f"-{attempt}" if attempt else "")
+
+
+def resumes(instance: DagsterInstance, run: DagsterRun) -> int:
+    return messages(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE)
+
+
+def worker_command(cluster: FakeCluster, name: str) -> list[str]:
+    return cluster.jobs[name].spec.template.spec.containers[0].args[:3]
+
+
+# --- a crashed worker ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ended", ["failed", "succeeded"])
+def test_a_job_that_ended_under_a_started_run_is_resumed_with_a_new_job(
+    k8s_instance, cluster, workspace_context, ended
+):
+    """``succeeded``: the worker exited 0 without ending the run; the launcher calls it FAILED."""
+    with k8s_instance() as instance, workspace_context(instance) as ctx:
+        run = start(instance)
+        assert worker_command(cluster, job_name(run)) == ["dagster", "api", "execute_run"]
+        assert monitor_pass(instance, ctx, now=T0) == []
+        assert resumes(instance, run) == 0
+
+        cluster.set_state(job_name(run), ended)
+        assert monitor_pass(instance, ctx, now=T0 + 120) == []
+        assert cluster.state(job_name(run, 1)) == "active"
+        assert worker_command(cluster, job_name(run, 1)) == ["dagster", "api", "resume_run"]
+        assert status_of(instance, run.run_id) == S.STARTED
+        assert messages(instance, run.run_id)[-4:] == [
+            f"Detected run worker status FAILED: '{NO_ACTIVE_PODS}'. Resuming run {run.run_id}"
+            " with a new worker.",
+            c.RESUME_RUN_LOG_MESSAGE,
+            "[FakeClusterK8sRunLauncher] Creating Kubernetes run worker job",
+            "[FakeClusterK8sRunLauncher] Kubernetes run worker job created",
+        ]
+
+        assert monitor_pass(instance, ctx, now=T0 + 240) == []  # the new Job is running
+        report(instance, run, DagsterEventType.RUN_SUCCESS)  # the new worker finishes the run
+        cluster.set_state(job_name(run, 1), "succeeded")
+        assert monitor_pass(instance, ctx, now=T0 + 360) == []
+        assert status_of(instance, run.run_id) == S.SUCCESS
+        assert resumes(instance, run) == 1
+        assert cluster.count(run.run_id)["create_namespaced_job"] == 2
+
+
+# --- a missing Job or an API failure: UNKNOWN, then the grace period ---------------------
+
+FAULTS: dict[str, tuple[Callable[[FakeCluster, str], None], str]] = {
+    # how the fault is made, and what the launcher's health message then contains
+    "job_missing_404": (lambda cluster, name: cluster.remove(name), "could not be found"),
+    "api_503": (
+        lambda cluster, name: cluster.fail_reads(lambda: api_error(503), name),
+        "DagsterK8sAPIRetryLimitExceeded: Retry limit of 3 exceeded",
+    ),
+    "read_timeout": (
+        lambda cluster, name: cluster.fail_reads(read_timeout, name),
+        "ReadTimeoutError",
+    ),
+}
+READS_PER_CHECK = {"job_missing_404": 1, "api_503": 4, "read_timeout": 1}  # 503: 1 + 3 retries
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_unknown_worker_health_is_resumed_only_after_the_grace_period(
+    k8s_instance, cluster, workspace_context, fault
+):
+    make_fault, health_message = FAULTS[fault]
+    with (
+        k8s_instance(worker_unknown_grace_seconds=60) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = start(instance)
+        make_fault(cluster, job_name(run))
+        daemon = RunMonitorDaemon.from_instance(instance)
+        for now in (T0, T0 + 59):
+            assert monitor_pass(instance, ctx, now=now, daemon=daemon) == []
+            assert resumes(instance, run) == 0
+            assert status_of(instance, run.run_id) == S.STARTED
+        reads = cluster.count(run.run_id)["read_namespaced_job_status"]
+        assert reads == 2 * READS_PER_CHECK[fault]
+        assert cluster.slept == ([10.0] * 6 if fault == "api_503" else [])
+
+        assert monitor_pass(instance, ctx, now=T0 + 60, daemon=daemon) == []
+        assert resumes(instance, run) == 1
+        detected = messages(instance, run.run_id)[-4]
+        assert detected.startswith("Detected run worker status UNKNOWN: '")
+        assert health_message in detected
+        assert detected.endswith(f"Resuming run {run.run_id} with a new worker.")
+        assert cluster.state(job_name(run, 1)) == "active"
+
+        assert monitor_pass(instance, ctx, now=T0 + 180, daemon=daemon) == []
+        assert resumes(instance, run) == 1
+        assert status_of(instance, run.run_id) == S.STARTED
+
+
+# --- attempts used up ------------------------------------------------------------------
+
+
+def test_a_job_that_keeps_failing_fails_the_run_with_the_launchers_debug_info(
+    k8s_instance, cluster, workspace_context
+):
+    cluster.new_job_state = "failed"  # every Job's pod is OOMKilled
+    with (
+        k8s_instance(max_resume_run_attempts=1) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = start(instance)
+        assert monitor_pass(instance, ctx, now=T0) == []
+        assert resumes(instance, run) == 1
+        assert monitor_pass(instance, ctx, now=T0 + 120) == []
+
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_WORKER_CRASH
+        pod = f"{job_name(run, 1)}-{POD_SUFFIX}"
+        assert messages(instance, run.run_id)[-1] == (
+            f"Detected run worker status FAILED: '{NO_ACTIVE_PODS}'. Marking run {run.run_id} as"
+            " failed, because it has surpassed the configured maximum attempts to resume the"
+            f" run: 1.\nDebug information for pod {pod}:\n\n"
+            "Pod status: Failed\n"
+            "Container 'dagster' status: Terminated with exit code 137: OOMKilled\n\n"
+            "No warning events for pod.\n"
+            f"For more information about the failure, try running `kubectl describe pod {pod}`,"
+            f" `kubectl logs {pod}`, or `kubectl describe job {job_name(run, 1)}` in your"
+            " cluster."
+        )
+        assert resumes(instance, run) == 1
+        assert cluster.count(run.run_id)["read_namespaced_pod_log"] == 0  # no container logs
+
+
+# --- cost ------------------------------------------------------------------------------
+
+
+@contextmanager
+def event_log_selects() -> Iterator[list[str]]:
+    """Every SELECT on the event_logs table while inside, from any thread or engine."""
+    statements: list[str] = []
+
+    def record(conn, cursor, statement: str, *args: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "event_logs" in statement:
+            statements.append(statement)
+
+    sqlalchemy.event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        sqlalchemy.event.remove(Engine, "before_cursor_execute", record)
+
+
+def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
+    k8s_instance, cluster, workspace_context
+):
+    with k8s_instance() as instance, workspace_context(instance) as ctx:
+        healthy, crashed = start(instance), start(instance)
+        cluster.set_state(job_name(crashed), "failed")
+
+        with event_log_selects() as launcher_reads:  # the health check alone, one run
+            assert instance.run_launcher.check_run_worker_health(healthy).status == (
+                WorkerStatus.RUNNING
+            )
+        cluster.calls.clear()
+        with event_log_selects() as pass_reads:
+            assert monitor_pass(instance, ctx, now=T0) == []
+        first = {
+            name: dict(cluster.count(run.run_id))
+            for name, run in (("healthy", healthy), ("crashed", crashed))
+        }
+        cluster.calls.clear()
+        assert monitor_pass(instance, ctx, now=T0 + 120) == []
+        second = {
+            "healthy": dict(cluster.count(healthy.run_id)),
+            "resumed": dict(cluster.count(crashed.run_id)),
+        }
+        print(f"\nK8s API calls per run, pass 1: {first}\nK8s API calls per run, pass 2: {second}")
+        print(
+            f"event-log SELECTs: launcher health check of one run {len(launcher_reads)},"
+            f" whole pass 1 (2 runs) {len(pass_reads)}"
+        )
+
+        assert first == {
+            "healthy": {"read_namespaced_job_status": 1},
+            "crashed": {"read_namespaced_job_status": 1, "create_namespaced_job": 1},
+        }
+        assert second == {
+            "healthy": {"read_namespaced_job_status": 1},
+            "resumed": {"read_namespaced_job_status": 1},
+        }
+        # check_run_worker_health counts the run's resumes (to name the Job) on every call
+        assert len(launcher_reads) == 1
+
+
+# --- a real cluster (opt-in) -----------------------------------------------------------
+
+
+@pytest.mark.k8s
+@pytest.mark.skipif(
+    not os.environ.get("KUBECONFIG"),
+    reason="needs a Kubernetes cluster: KUBECONFIG=~/.kube/config pytest -m k8s"
+    " dagster_run_monitor_tests/test_k8s.py (namespace: $DAGSTER_RUN_MONITOR_K8S_NAMESPACE,"
+    " default 'default'; creates and deletes two Jobs)",
+)
+def test_on_a_real_cluster_a_failed_job_is_resumed_with_a_new_job(workspace_context):
+    """Scenario 1 with the stock K8sRunLauncher. The image has no ``dagster`` executable, so
+    the worker's container cannot start and its Job fails: only Job-level behaviour is tested.
+    """
+    namespace = os.environ.get("DAGSTER_RUN_MONITOR_K8S_NAMESPACE", "default")
+    config = {**LAUNCHER_CONFIG, "service_account_name": "default", "job_namespace": namespace}
+    launcher = {
+        "module": "dagster_k8s",
+        "class": "K8sRunLauncher",
+        "config": {**config, "job_image": "busybox:1.36"},
+    }
+    with (
+        monitor_instance("sqlite", {}, launcher) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = start(instance)
+        batch = kubernetes.client.BatchV1Api()
+        try:
+            wait_until(
+                lambda: (
+                    instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
+                ),
+                timeout=300,
+                what="the worker's Job to fail",
+                interval=2,
+            )
+            assert monitor_pass(instance, ctx) == []
+            assert resumes(instance, run) == 1
+            assert batch.read_namespaced_job(job_name(run, 1), namespace).metadata.name
+        finally:
+            for name in (job_name(run), job_name(run, 1)):
+                try:
+                    batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+                except kubernetes.client.rest.ApiException:
+                    pass
