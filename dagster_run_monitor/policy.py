@@ -143,20 +143,17 @@ def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[A
         health, run.run_id, settings.max_resume_run_attempts, settings.can_resume
     )
     failed = run.health is not None and run.health.status == WorkerStatus.FAILED.value
-    return [FailRun(message, c.REASON_WORKER_CRASH, debug_info=failed, container_logs=False)]
+    return [FailRun(message, c.REASON_WORKER_CRASH, debug_info=failed)]
 
 
 def is_crashed(run: RunFacts, settings: MonitorSettings, now: float, starting: bool) -> bool:
-    """A definite failure counts at once; UNKNOWN, transient results, and NOT_FOUND before the
-    worker has started count once they have lasted the grace period."""
+    """A definite failure of a started worker counts at once. UNKNOWN, transient results, and
+    anything unhealthy while the run is still STARTING (a worker being created can look
+    missing or not running yet) count once they have lasted the grace period."""
     health: Health | None = run.health
     if health is None or health.healthy:
         return False
-    uncertain = (
-        health.transient
-        or health.status == WorkerStatus.UNKNOWN.value
-        or (starting and health.status == WorkerStatus.NOT_FOUND.value)
-    )
+    uncertain = starting or health.transient or health.status == WorkerStatus.UNKNOWN.value
     if not uncertain:
         return True
     since = now if run.unhealthy_since is None else run.unhealthy_since

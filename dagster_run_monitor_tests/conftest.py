@@ -8,7 +8,12 @@ from dagster import DagsterInstance
 from dagster._core.test_utils import create_test_daemon_workspace_context, instance_for_test
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 
-from dagster_run_monitor_tests.helpers import PG_URL, postgres_unavailable
+from dagster_run_monitor_tests.helpers import (
+    create_pg_database,
+    drop_pg_database,
+    pg_url,
+    postgres_unavailable,
+)
 
 INSTANCE_CLASS = {"module": "dagster_run_monitor", "class": "RunMonitorInstance"}
 SCRIPTED_LAUNCHER = {
@@ -27,10 +32,21 @@ def require_postgres() -> None:
     pytest.skip(f"PostgreSQL not reachable at 127.0.0.1:5432 ({reason})")
 
 
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of this session's own on the local server, dropped at the end."""
+    require_postgres()
+    create_pg_database()
+    try:
+        yield pg_url()
+    finally:
+        drop_pg_database()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def storage(request) -> str:
     if request.param == "postgres":
-        require_postgres()
+        request.getfixturevalue("postgres_database")
     return request.param
 
 
@@ -47,7 +63,7 @@ def monitor_instance(
     if launcher:
         overrides["run_launcher"] = dict(launcher)
     if storage == "postgres":
-        overrides["storage"] = {"postgres": {"postgres_url": PG_URL}}
+        overrides["storage"] = {"postgres": {"postgres_url": pg_url()}}
     with instance_for_test(overrides=overrides) as instance:
         if storage == "postgres":
             instance.wipe()

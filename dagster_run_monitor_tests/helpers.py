@@ -1,6 +1,7 @@
 """Building runs in a given state at given times, and reading what a user would see."""
 
 import datetime
+import os
 from typing import Any
 
 from dagster import DagsterInstance
@@ -12,8 +13,33 @@ from dagster._utils.error import SerializableErrorInfo
 
 from dagster_run_monitor.daemon import RunMonitorDaemon
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+PG_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+PG_DATABASE = os.environ.get("DAGSTER_RUN_MONITOR_PG_DATABASE", f"run_monitor_test_{os.getpid()}")
 T0 = 1_800_000_000.0  # a fixed "now" for tests that freeze time
+
+
+def pg_url() -> str:
+    """This test session's own database, so that parallel sessions do not wipe each other."""
+    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{PG_DATABASE}"
+
+
+def create_pg_database() -> None:
+    _admin(f'CREATE DATABASE "{PG_DATABASE}"')
+
+
+def drop_pg_database() -> None:
+    _admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+
+
+def _admin(statement: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(dbname="test", connect_timeout=3, **PG_SERVER)
+    connection.autocommit = True
+    try:
+        connection.cursor().execute(statement)
+    finally:
+        connection.close()
 
 
 def postgres_unavailable() -> str | None:
@@ -23,9 +49,7 @@ def postgres_unavailable() -> str | None:
     except ImportError as exc:
         return f"psycopg2 is not installed: {exc}"
     try:
-        psycopg2.connect(
-            host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3
-        ).close()
+        psycopg2.connect(dbname="test", connect_timeout=3, **PG_SERVER).close()
     except Exception as exc:
         return f"cannot connect: {str(exc).strip()}"
     return None

@@ -15,7 +15,7 @@ import yaml
 from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 
-from dagster_run_monitor_tests.helpers import PG_URL
+from dagster_run_monitor_tests.helpers import pg_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -37,7 +37,7 @@ def write_home(
     if launcher:
         config["run_launcher"] = dict(launcher)
     if storage == "postgres":
-        config["storage"] = {"postgres": {"postgres_url": PG_URL}}
+        config["storage"] = {"postgres": {"postgres_url": pg_url()}}
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return home

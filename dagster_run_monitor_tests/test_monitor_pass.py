@@ -81,8 +81,11 @@ def test_start_timeout_zero_disables_the_check(make_instance, workspace_context)
 
 def test_dead_worker_of_a_starting_run_fails_before_the_start_timeout(instance, workspace_context):
     run = make_run(instance, S.STARTING, launched=T0 - 5, tags={HEALTH_TAG: "FAILED"})
+    daemon = RunMonitorDaemon.from_instance(instance)
     with workspace_context(instance) as ctx:
-        monitor_pass(instance, ctx)
+        monitor_pass(instance, ctx, now=T0, daemon=daemon)
+        assert status_of(instance, run.run_id) == S.STARTING  # first sight: may be starting
+        monitor_pass(instance, ctx, now=T0 + 60, daemon=daemon)  # the grace period later
     assert status_of(instance, run.run_id) == S.FAILURE
     assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_START_FAILED
     assert messages(instance, run.run_id)[-1].startswith(
@@ -258,7 +261,7 @@ def test_worker_that_keeps_dying_is_resumed_max_attempts_times_then_failed(
         assert messages(instance, run.run_id)[-1] == (
             f"Detected run worker status FAILED: 'worker is failed'. Marking run {run.run_id} as"
             " failed, because it has surpassed the configured maximum attempts to resume the run:"
-            " 2.\nscripted worker debug info (container logs: False)"
+            " 2.\nscripted worker debug info (container logs: True)"
         )
         assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_WORKER_CRASH
 

@@ -142,7 +142,7 @@ def test_crashed_worker_fails_when_attempts_are_used_up():
         " has surpassed the configured maximum attempts to resume the run: 3."
     )
     assert action.reason == c.REASON_WORKER_CRASH
-    assert action.debug_info and not action.container_logs
+    assert action.debug_info and action.container_logs
 
 
 @pytest.mark.parametrize(
@@ -188,7 +188,9 @@ def test_uncertain_health_counts_only_after_the_grace_period(health):
 
 
 def test_dead_worker_of_a_starting_run_fails_before_the_start_timeout():
-    run = facts(S.STARTING, launched_at=NOW - 5, health=FAILED)
+    first_sight = facts(S.STARTING, launched_at=NOW - 5, health=FAILED, unhealthy_since=NOW)
+    assert decide(first_sight, SETTINGS, NOW) == []  # a container being created looks "failed"
+    run = facts(S.STARTING, launched_at=NOW - 65, health=FAILED, unhealthy_since=NOW - 60)
     (action,) = decide(run, SETTINGS, NOW)
     assert action == FailRun(
         c.start_failed_message("FAILED: 'exit code 137'", "r1"),
