@@ -23,6 +23,8 @@ setup(
         "docker": ["dagster-docker>=0.29,<0.30"],
         "k8s": ["dagster-k8s>=0.29,<0.30"],
         "test": [
+            "dagster-docker>=0.29,<0.30",
+            "dagster-k8s>=0.29,<0.30",
             "dagster-postgres>=0.29,<0.30",
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",

@@ -11,6 +11,7 @@ from dagster._core.workspace.context import BaseWorkspaceRequestContext
 from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.debug_info import worker_debug_info
 from dagster_run_monitor.policy import (
     Action,
     CancelRun,
@@ -125,12 +126,7 @@ def _with_debug_info(
     container_logs: bool = True,
 ) -> str:
     try:
-        if container_logs:
-            info = instance.run_launcher.get_run_worker_debug_info(run)
-        else:
-            info = instance.run_launcher.get_run_worker_debug_info(
-                run, include_container_logs=False
-            )
+        info = worker_debug_info(instance.run_launcher, run, container_logs)
     except Exception:
         logger.exception("Failure fetching debug info for failed run worker")
         info = None

@@ -31,6 +31,8 @@ from urllib3.exceptions import ReadTimeoutError
 
 JobState = Literal["active", "succeeded", "failed"]
 POD_SUFFIX = "x2v9q"  # the random suffix Kubernetes gives a Job's pod, fixed here
+POD_LOG = ("Started execution of run.", "Loading the day's orders into memory...")  # any pod's
+LOG_TIME = "2027-01-15T08:00:00.000000000Z"
 REASONS = {
     404: "Not Found",
     409: "Conflict",
@@ -115,24 +117,25 @@ class FakeCluster:
     # --- the API ----------------------------------------------------------------------------
 
     def _call(self, method: str, subject: str, read: bool = True) -> None:
-        self.calls.append((method, subject))
-        if read:
-            fault = self.read_faults.get(subject) or self.read_faults.get(None)
-            if fault is not None:
-                raise fault()
+        """Record the call; raise the fault injected for it, outside the lock."""
+        with self._lock:
+            self.calls.append((method, subject))
+            fault = (self.read_faults.get(subject) or self.read_faults.get(None)) if read else None
+        if fault is not None:
+            raise fault()
 
     def read_job(self, method: str, name: str, namespace: str) -> k8s.V1Job:
+        self._call(method, name)
         with self._lock:
-            self._call(method, name)
             job = self.jobs.get(name)
             if job is None or job.metadata.namespace != namespace:
                 raise api_error(404)
             return job
 
     def create_job(self, body: k8s.V1Job, namespace: str) -> k8s.V1Job:
+        name = body.metadata.name
+        self._call("create_namespaced_job", name, read=False)
         with self._lock:
-            name = body.metadata.name
-            self._call("create_namespaced_job", name, read=False)
             if name in self.jobs:
                 raise api_error(409)
             now = _now()
@@ -154,15 +157,15 @@ class FakeCluster:
 
     def list_jobs(self, namespace: str, field_selector: str) -> k8s.V1JobList:
         name = _selected(field_selector, "metadata.name")
+        self._call("list_namespaced_job", name)
         with self._lock:
-            self._call("list_namespaced_job", name)
             job = self.jobs.get(name)
             items = [job] if job is not None and job.metadata.namespace == namespace else []
             return k8s.V1JobList(items=items)
 
     def delete_job(self, name: str, namespace: str) -> k8s.V1Status:
+        self._call("delete_namespaced_job", name, read=False)
         with self._lock:
-            self._call("delete_namespaced_job", name, read=False)
             if self.jobs.get(name) is None:
                 raise api_error(404)
             del self.jobs[name]
@@ -176,8 +179,8 @@ class FakeCluster:
             subject = _selected(label_selector or "", "job-name")
         else:
             subject = _selected(field_selector or "", "metadata.name")
+        self._call("list_namespaced_pod", subject)
         with self._lock:
-            self._call("list_namespaced_pod", subject)
             pods = [
                 pod
                 for pod in self.pods.values()
@@ -187,24 +190,25 @@ class FakeCluster:
             return k8s.V1PodList(items=pods)
 
     def delete_pod(self, name: str, namespace: str) -> k8s.V1Pod:
+        self._call("delete_namespaced_pod", name, read=False)
         with self._lock:
-            self._call("delete_namespaced_pod", name, read=False)
             pod = self.pods.pop(name, None)
             if pod is None:
                 raise api_error(404)
             return pod
 
-    def pod_log(self, name: str, preload: bool) -> HTTPResponse | str:
+    def pod_log(self, name: str, preload: bool, timestamps: bool) -> HTTPResponse | str:
+        self._call("read_namespaced_pod_log", name)
         with self._lock:
-            self._call("read_namespaced_pod_log", name)
             if name not in self.pods:
                 raise api_error(404)
-        text = f"{name}: executing run\n"
+        stamp = f"{LOG_TIME} " if timestamps else ""
+        text = "".join(f"{stamp}{line}\n" for line in POD_LOG)
         return text if preload else HTTPResponse(body=text.encode(), preload_content=True)
 
     def list_events(self, field_selector: str) -> k8s.CoreV1EventList:
+        self._call("list_namespaced_event", _selected(field_selector, "involvedObject.name"))
         with self._lock:
-            self._call("list_namespaced_event", _selected(field_selector, "involvedObject.name"))
             return k8s.CoreV1EventList(items=[])
 
 
@@ -252,9 +256,14 @@ class FakeCoreV1Api(_FakeApi):
         return self._cluster.list_pods(namespace, field_selector, label_selector)
 
     def read_namespaced_pod_log(
-        self, name: str, namespace: str, _preload_content: bool = True, **_: Any
+        self,
+        name: str,
+        namespace: str,
+        _preload_content: bool = True,
+        timestamps: bool = False,
+        **_: Any,
     ) -> HTTPResponse | str:
-        return self._cluster.pod_log(name, _preload_content)
+        return self._cluster.pod_log(name, _preload_content, timestamps)
 
     def list_namespaced_event(
         self, namespace: str, field_selector: str = "", **_: Any

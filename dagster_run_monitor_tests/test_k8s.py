@@ -28,6 +28,8 @@ from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.fake_k8s import (
     CLUSTER,
+    LOG_TIME,
+    POD_LOG,
     POD_SUFFIX,
     FakeCluster,
     api_error,
@@ -190,6 +192,9 @@ def test_unknown_worker_health_is_resumed_only_after_the_grace_period(
         assert health_message in detected
         assert detected.endswith(f"Resuming run {run.run_id} with a new worker.")
         assert cluster.state(job_name(run, 1)) == "active"
+        # Only the API failed: the first worker's Job is still running next to the new one.
+        expected_first = None if fault == "job_missing_404" else "active"
+        assert cluster.state(job_name(run)) == expected_first
 
         assert monitor_pass(instance, ctx, now=T0 + 180, daemon=daemon) == []
         assert resumes(instance, run) == 1
@@ -210,8 +215,15 @@ def test_a_job_that_keeps_failing_fails_the_run_with_the_launchers_debug_info(
         run = start(instance)
         assert monitor_pass(instance, ctx, now=T0) == []
         assert resumes(instance, run) == 1
+        cluster.calls.clear()
         assert monitor_pass(instance, ctx, now=T0 + 120) == []
 
+        assert cluster.count(run.run_id) == {  # the health check, then the debug info
+            "read_namespaced_job_status": 1,
+            "list_namespaced_pod": 2,  # the Job's pods, then each pod by name
+            "read_namespaced_pod_log": 1,
+            "list_namespaced_event": 1,
+        }
         assert status_of(instance, run.run_id) == S.FAILURE
         assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_WORKER_CRASH
         pod = f"{job_name(run, 1)}-{POD_SUFFIX}"
@@ -221,13 +233,14 @@ def test_a_job_that_keeps_failing_fails_the_run_with_the_launchers_debug_info(
             f" run: 1.\nDebug information for pod {pod}:\n\n"
             "Pod status: Failed\n"
             "Container 'dagster' status: Terminated with exit code 137: OOMKilled\n\n"
-            "No warning events for pod.\n"
+            "Last 25 log lines for container 'dagster':\n"
+            + "\n".join(f"{LOG_TIME} {line}" for line in POD_LOG)
+            + "\n\nNo warning events for pod.\n"
             f"For more information about the failure, try running `kubectl describe pod {pod}`,"
             f" `kubectl logs {pod}`, or `kubectl describe job {job_name(run, 1)}` in your"
             " cluster."
         )
         assert resumes(instance, run) == 1
-        assert cluster.count(run.run_id)["read_namespaced_pod_log"] == 0  # no container logs
 
 
 # --- cost ------------------------------------------------------------------------------
@@ -253,42 +266,42 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
     k8s_instance, cluster, workspace_context
 ):
     with k8s_instance() as instance, workspace_context(instance) as ctx:
-        healthy, crashed = start(instance), start(instance)
-        cluster.set_state(job_name(crashed), "failed")
+        runs = {"healthy": start(instance), "crashed": start(instance)}
+        cluster.set_state(job_name(runs["crashed"]), "failed")
 
         with event_log_selects() as launcher_reads:  # the health check alone, one run
-            assert instance.run_launcher.check_run_worker_health(healthy).status == (
+            assert instance.run_launcher.check_run_worker_health(runs["healthy"]).status == (
                 WorkerStatus.RUNNING
             )
-        cluster.calls.clear()
-        with event_log_selects() as pass_reads:
-            assert monitor_pass(instance, ctx, now=T0) == []
-        first = {
-            name: dict(cluster.count(run.run_id))
-            for name, run in (("healthy", healthy), ("crashed", crashed))
-        }
-        cluster.calls.clear()
-        assert monitor_pass(instance, ctx, now=T0 + 120) == []
-        second = {
-            "healthy": dict(cluster.count(healthy.run_id)),
-            "resumed": dict(cluster.count(crashed.run_id)),
-        }
-        print(f"\nK8s API calls per run, pass 1: {first}\nK8s API calls per run, pass 2: {second}")
+        calls: list[dict[str, dict[str, int]]] = []
+        selects: list[int] = []
+        for now in (T0, T0 + 120):
+            cluster.calls.clear()
+            with event_log_selects() as pass_reads:
+                assert monitor_pass(instance, ctx, now=now) == []
+            calls.append({name: dict(cluster.count(r.run_id)) for name, r in runs.items()})
+            selects.append(len(pass_reads))
+        print(f"\nK8s API calls per run, pass 1 (resumes 'crashed'): {calls[0]}")
+        print(f"K8s API calls per run, pass 2 (both healthy): {calls[1]}")
         print(
-            f"event-log SELECTs: launcher health check of one run {len(launcher_reads)},"
-            f" whole pass 1 (2 runs) {len(pass_reads)}"
+            f"event-log SELECTs: one launcher health check {len(launcher_reads)},"
+            f" pass 1 {selects[0]}, pass 2 {selects[1]}"
         )
 
-        assert first == {
-            "healthy": {"read_namespaced_job_status": 1},
-            "crashed": {"read_namespaced_job_status": 1, "create_namespaced_job": 1},
-        }
-        assert second == {
-            "healthy": {"read_namespaced_job_status": 1},
-            "resumed": {"read_namespaced_job_status": 1},
-        }
-        # check_run_worker_health counts the run's resumes (to name the Job) on every call
+        assert calls == [
+            {
+                "healthy": {"read_namespaced_job_status": 1},
+                "crashed": {"read_namespaced_job_status": 1, "create_namespaced_job": 1},
+            },
+            {
+                "healthy": {"read_namespaced_job_status": 1},
+                "crashed": {"read_namespaced_job_status": 1},
+            },
+        ]
+        # check_run_worker_health counts the run's resumes (to name the Job) on every call:
+        # one query per STARTED run per pass, plus ours for each crashed run.
         assert len(launcher_reads) == 1
+        assert selects == [3, 2]
 
 
 # --- a real cluster (opt-in) -----------------------------------------------------------

@@ -1,0 +1,31 @@
+"""What a failure message says about the worker: the launcher's own debug info, or, for
+launchers that give none (Dagster's DockerRunLauncher), the container's state and log tail."""
+
+from dagster._core.launcher import RunLauncher
+from dagster._core.storage.dagster_run import DagsterRun
+
+LOG_TAIL_LINES = 25
+
+
+def worker_debug_info(launcher: RunLauncher, run: DagsterRun, container_logs: bool) -> str | None:
+    if container_logs:
+        info = launcher.get_run_worker_debug_info(run)
+    else:
+        info = launcher.get_run_worker_debug_info(run, include_container_logs=False)
+    if info or not container_logs:
+        return info
+    if type(launcher).__module__.startswith("dagster_docker"):
+        return _docker_container_info(launcher, run)
+    return None
+
+
+def _docker_container_info(launcher: RunLauncher, run: DagsterRun) -> str | None:
+    container = launcher._get_container(run)  # type: ignore[attr-defined]
+    if container is None:
+        return None
+    state = container.attrs.get("State", {})
+    logs = container.logs(tail=LOG_TAIL_LINES).decode(errors="replace").rstrip()
+    return (
+        f"Container {container.short_id}: status {container.status}, exit code"
+        f" {state.get('ExitCode')}.\nLast lines of its output:\n{logs}"
+    )
