@@ -36,8 +36,8 @@ _DAGSTER_KEYS = {
 _OUR_KEYS: dict[str, tuple[int, str]] = {
     "worker_unknown_grace_seconds": (
         60,
-        "How long a worker health result of UNKNOWN, a transient failure, or NOT_FOUND while"
-        " the run is STARTING must persist before it counts as a crash.",
+        "How long a worker health result of UNKNOWN, a transient failure, or any unhealthy"
+        " result while the run is STARTING must persist before it counts as a crash.",
     ),
     "health_check_timeout_seconds": (
         30,

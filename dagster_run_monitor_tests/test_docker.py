@@ -1,0 +1,199 @@
+"""Docker for real: DockerRunLauncher and docker_executor on the engine of
+scripts/docker-engine, Postgres storage, our daemon running as `dagster-daemon run`."""
+
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRunStatus as S
+
+from dagster_run_monitor import constants as c
+from dagster_run_monitor_tests.processes import (
+    REPO_ROOT,
+    daemon,
+    load_instance,
+    wait_until,
+    write_home,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.postgres]
+
+IMAGE = "dagster-run-monitor-worker:bookworm"
+SOCKET = "/tmp/dagster-run-monitor-docker/docker.sock"
+JOBS_FILE = str(Path(__file__).with_name("docker_jobs.py"))
+# A registry on loopback that refuses connections: the pull fails at once, no traffic leaves.
+MISSING_IMAGE = "127.0.0.1:9/dagster-run-monitor-missing:none"
+CONTAINER_TAG = "docker/container_id"  # dagster_docker's DOCKER_CONTAINER_ID_TAG
+
+
+@pytest.fixture(scope="module")
+def docker_client():
+    """The engine of scripts/docker-engine; the tests fail in CI and skip elsewhere without it."""
+    os.environ.setdefault("DOCKER_HOST", f"unix://{SOCKET}")
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        client.images.get(IMAGE)
+    except Exception as exc:
+        reason = f"no Docker engine with image {IMAGE} ({exc}); run scripts/docker-engine start"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield client
+    client.close()
+
+
+def mounts(home: Path) -> dict:
+    """Python, the virtualenv, the code and DAGSTER_HOME, at the same paths as on the host."""
+    read_only = {str(REPO_ROOT), sys.base_prefix, sys.prefix}
+    volumes = {path: {"bind": path, "mode": "ro"} for path in read_only}
+    volumes[str(home)] = {"bind": str(home), "mode": "rw"}
+    socket = os.environ["DOCKER_HOST"].removeprefix("unix://")
+    volumes[socket] = {"bind": socket, "mode": "rw"}  # docker_executor starts step containers
+    return volumes
+
+
+@pytest.fixture
+def docker_home(tmp_path, docker_client, postgres_database):
+    def factory(**run_monitoring):
+        home = tmp_path / "home"
+        launcher = {
+            "module": "dagster_docker",
+            "class": "DockerRunLauncher",
+            "config": {
+                "image": IMAGE,
+                "network": "host",  # never a bridge: no private-range addresses
+                "env_vars": [
+                    f"DOCKER_HOST={os.environ['DOCKER_HOST']}",
+                    f"PATH={Path(sys.executable).parent}:/usr/bin:/bin",
+                    "HOME=/tmp",
+                ],
+                "container_kwargs": {"volumes": mounts(home)},
+            },
+        }
+        settings = {
+            "poll_interval_seconds": 1,
+            "worker_unknown_grace_seconds": 3,
+            "start_timeout_seconds": 120,
+            **run_monitoring,
+        }
+        home = write_home(home, settings, "postgres", launcher)
+        instance = load_instance(home)
+        instance.wipe()
+        return home, instance
+
+    return factory
+
+
+def launch(instance, job_name: str, entry_point=None, image=None, **kwargs) -> DagsterRun:
+    recon = ReconstructableRepository.for_file(JOBS_FILE, "defs").get_reconstructable_job(job_name)
+    origin = recon.get_python_origin()
+    if entry_point or image:
+        repository = origin.repository_origin._replace(
+            entry_point=entry_point or origin.repository_origin.entry_point,
+            container_image=image,
+        )
+        origin = origin._replace(repository_origin=repository)
+    run = instance.create_run_for_job(
+        job_def=recon.get_definition(), job_code_origin=origin, **kwargs
+    )
+    try:
+        instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    except Exception:
+        pass  # a launch that raises fails the run; the test checks what the user sees
+    return instance.get_run_by_id(run.run_id)
+
+
+def status(instance, run_id) -> S:
+    return instance.get_run_by_id(run_id).status
+
+
+def log(instance, run_id) -> list[str]:
+    return [e.message for e in instance.all_logs(run_id)]
+
+
+def run_containers(client, run_id, running_only=False):
+    return client.containers.list(
+        all=not running_only, filters={"label": f"dagster/run_id={run_id}"}
+    )
+
+
+def test_killed_run_worker_container_is_resumed_and_finished_steps_do_not_run_again(
+    docker_home, docker_client
+):
+    home, instance = docker_home(max_resume_run_attempts=2)
+    with daemon(home):
+        run = launch(instance, "docker_steps")
+        wait_until(
+            lambda: any(
+                e.step_key == "transform"
+                for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_SUCCESS)
+            ),
+            180,
+            "two steps to finish",
+        )
+        first = instance.get_run_by_id(run.run_id).tags[CONTAINER_TAG]
+        docker_client.containers.get(first).kill()
+        wait_until(lambda: instance.get_run_by_id(run.run_id).is_finished, 240, "the run to finish")
+    assert status(instance, run.run_id) == S.SUCCESS
+    starts = Counter(
+        e.step_key for e in instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_START)
+    )
+    assert starts == {"extract": 1, "transform": 1, "load": 1, "report": 1}
+    assert log(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    assert instance.get_run_by_id(run.run_id).tags[CONTAINER_TAG] != first
+    assert run_containers(docker_client, run.run_id, running_only=True) == []
+
+
+def test_a_container_that_keeps_dying_is_resumed_max_times_then_failed(docker_home):
+    home, instance = docker_home(max_resume_run_attempts=2)
+    with daemon(home):
+        run = launch(instance, "docker_dies")
+        wait_until(lambda: status(instance, run.run_id) == S.FAILURE, 240, "FAILURE")
+    messages = log(instance, run.run_id)
+    assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 2
+    failure = messages[-1]
+    assert "surpassed the configured maximum attempts to resume the run: 2" in failure
+    assert '"ExitCode": 3' in failure and "exit code 3" in failure
+    assert "run worker about to exit with code 3" in failure  # the container's log tail
+
+
+def test_a_missing_image_fails_the_run_and_leaves_no_container(docker_home, docker_client):
+    home, instance = docker_home()
+    with daemon(home):
+        run = launch(instance, "docker_sleeps", image=MISSING_IMAGE)
+        wait_until(lambda: status(instance, run.run_id) == S.FAILURE, 120, "FAILURE")
+    assert run_containers(docker_client, run.run_id) == []
+
+
+def test_a_container_that_never_starts_the_run_fails_before_the_start_timeout(
+    docker_home, docker_client
+):
+    home, instance = docker_home()
+    broken = ["python", "-c", "print('worker cannot start: broken image'); raise SystemExit(3)"]
+    with daemon(home):
+        run = launch(instance, "docker_sleeps", entry_point=broken)
+        wait_until(lambda: status(instance, run.run_id) == S.FAILURE, 90, "FAILURE")
+    tags = instance.get_run_by_id(run.run_id).tags
+    assert tags[c.REASON_TAG] == c.REASON_START_FAILED
+    failure = log(instance, run.run_id)[-1]
+    assert "worker cannot start: broken image" in failure and "exit code 3" in failure
+    assert run_containers(docker_client, run.run_id, running_only=True) == []
+
+
+def test_max_runtime_stops_the_container(docker_home, docker_client):
+    home, instance = docker_home()
+    with daemon(home):
+        run = launch(instance, "docker_sleeps", tags={c.MAX_RUNTIME_TAG: "5"})
+        wait_until(lambda: status(instance, run.run_id) == S.FAILURE, 120, "FAILURE")
+    assert "Exceeded maximum runtime of 5 seconds." in log(instance, run.run_id)
+    assert run_containers(docker_client, run.run_id, running_only=True) == []
+    (container,) = run_containers(docker_client, run.run_id)
+    assert container.status == "exited"
