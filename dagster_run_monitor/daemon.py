@@ -2,7 +2,6 @@
 
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 from dagster import DagsterInstance
@@ -30,9 +29,6 @@ class RunMonitorDaemon(IntervalDaemon):
         super().__init__(interval_seconds=min(poll, crash_check_interval or poll))
         self._poll_interval = poll
         self._last_full_pass: float | None = None
-        self._pool = ThreadPoolExecutor(
-            max_workers=settings.health_check_threads, thread_name_prefix="run_monitor_health"
-        )
         self._unhealthy_since: dict[str, float] = {}
 
     @classmethod
@@ -46,10 +42,6 @@ class RunMonitorDaemon(IntervalDaemon):
             instance.run_launcher, "health_check_interval_seconds", None
         )
         return cls(settings, crash_check_interval=fast or None)
-
-    def __exit__(self, *exc_info) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        super().__exit__(*exc_info)
 
     def run_iteration(self, workspace_process_context: IWorkspaceProcessContext) -> DaemonIterator:
         now = time.monotonic()
@@ -69,7 +61,7 @@ class RunMonitorDaemon(IntervalDaemon):
         settings = read_settings(instance)
         now = get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES
-        facts, runs = observe(instance, settings, now, self._pool, self._unhealthy_since, statuses)
+        facts, runs = observe(instance, settings, now, self._unhealthy_since, statuses)
         self._unhealthy_since = {
             f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None
         }

@@ -1,7 +1,6 @@
 """Observe: read in-progress runs and what each policy needs to know about them."""
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from dagster import DagsterInstance
@@ -61,7 +60,6 @@ def observe(
     instance: DagsterInstance,
     settings: MonitorSettings,
     now: float,
-    pool: ThreadPoolExecutor,
     unhealthy_since: Mapping[str, float],
     statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES,
 ) -> tuple[list[RunFacts], dict[str, DagsterRun]]:
@@ -81,7 +79,7 @@ def observe(
         health = check_workers(
             instance.run_launcher,
             [runs[i] for i in ids_in(*HEALTH_CHECKED_STATUSES)],
-            pool,
+            settings.health_check_threads,
             settings.health_check_timeout_seconds,
         )
     crashed = [i for i, h in health.items() if not h.healthy]

@@ -1,8 +1,10 @@
 """Worker health checks, run concurrently, each with a time limit."""
 
+import math
+import threading
 import time
-from collections.abc import Iterable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dagster._core.launcher import RunLauncher, WorkerStatus
@@ -28,42 +30,57 @@ class Health:
 
 
 def check_workers(
-    launcher: RunLauncher,
-    runs: Iterable[DagsterRun],
-    pool: ThreadPoolExecutor,
-    timeout_seconds: float,
+    launcher: RunLauncher, runs: Sequence[DagsterRun], threads: int, timeout_seconds: float
 ) -> dict[str, Health]:
-    """Health of each run's worker. A check that raises or outlives its limit is UNKNOWN."""
+    """Health of each run's worker, ``threads`` checks at a time. A check that raises or
+    outlives ``timeout_seconds`` is UNKNOWN. The threads are daemon threads of this call: a
+    check that hangs holds only its own thread, never this pass, the next one, or the
+    process's exit; checks still queued when the batch's time is up (every thread hung) are
+    UNKNOWN too."""
+    queue = deque(runs)
     started: dict[str, float] = {}
-
-    def check(run: DagsterRun) -> Health:
-        started[run.run_id] = time.monotonic()
-        result = launcher.check_run_worker_health(run)
-        return Health(result.status.value, result.msg or "", bool(result.transient))
-
-    futures: Mapping[Future, str] = {pool.submit(check, run): run.run_id for run in runs}
     results: dict[str, Health] = {}
-    pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)
-        for future in done:
-            results[futures[future]] = _result(future)
-        now = time.monotonic()
-        for future in list(pending):
-            began = started.get(futures[future])
-            if began is not None and now - began > timeout_seconds:
-                pending.discard(future)
-                results[futures[future]] = Health(
-                    WorkerStatus.UNKNOWN.value,
-                    f"Health check did not answer within {timeout_seconds:g} seconds",
-                )
+    changed = threading.Condition()
+
+    def worker() -> None:
+        while True:
+            with changed:
+                if not queue:
+                    return
+                run = queue.popleft()
+                started[run.run_id] = time.monotonic()
+            health = _check(launcher, run)
+            with changed:
+                results.setdefault(run.run_id, health)  # a late answer is ignored
+                changed.notify()
+
+    for _ in range(min(threads, len(runs))):
+        threading.Thread(target=worker, daemon=True, name="run_monitor_health").start()
+    batch_deadline = time.monotonic() + timeout_seconds * (1 + math.ceil(len(runs) / threads))
+    with changed:
+        while len(results) < len(runs):
+            changed.wait(0.05)
+            now = time.monotonic()
+            for run in runs:
+                began = started.get(run.run_id)
+                if run.run_id in results:
+                    continue
+                if began is not None and now - began > timeout_seconds:
+                    message = f"Health check did not answer within {timeout_seconds:g} seconds"
+                elif began is None and now > batch_deadline:
+                    queue.clear()
+                    message = "Health check could not start: every check thread was busy"
+                else:
+                    continue
+                results[run.run_id] = Health(WorkerStatus.UNKNOWN.value, message)
     return results
 
 
-def _result(future: Future) -> Health:
-    error = future.exception()
-    if error is None:
-        return future.result()
-    return Health(
-        WorkerStatus.UNKNOWN.value, f"Health check raised {type(error).__name__}: {error}"
-    )
+def _check(launcher: RunLauncher, run: DagsterRun) -> Health:
+    try:
+        result = launcher.check_run_worker_health(run)
+    except Exception as error:
+        return Health(
+            WorkerStatus.UNKNOWN.value, f"Health check raised {type(error).__name__}: {error}"
+        )
+    return Health(result.status.value, result.msg or "", bool(result.transient))

@@ -10,6 +10,9 @@ from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.actions import apply_actions
 from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.facts import observe
+from dagster_run_monitor.health import Health
+from dagster_run_monitor.instance import read_settings
 from dagster_run_monitor.policy import ResumeRun
 from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.helpers import (
@@ -417,3 +420,20 @@ def test_local_process_launchers_get_frequent_crash_checks():
         assert RunMonitorDaemon.from_instance(instance).interval_seconds == 2
     with monitor_instance() as instance:  # a remote launcher: only the full passes
         assert RunMonitorDaemon.from_instance(instance).interval_seconds == 120
+
+
+def test_hung_checks_on_every_thread_do_not_block_the_pass(make_instance):
+    """One thread, hung on the newest run (checked first) far longer than the test may last:
+    the older run's check cannot start, is UNKNOWN, and the pass returns."""
+    settings = {"health_check_threads": 1, "health_check_timeout_seconds": 1}
+    with make_instance(run_monitoring=settings) as instance:
+        waiting = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"})
+        hung = make_run(instance, S.STARTED, tags={HEALTH_SLEEP_TAG: "3600"})
+        facts, _ = observe(instance, read_settings(instance), T0, {})
+        health = {f.run_id: f.health for f in facts}
+        assert health[hung.run_id] == Health(
+            "UNKNOWN", "Health check did not answer within 1 seconds"
+        )
+        assert health[waiting.run_id] == Health(
+            "UNKNOWN", "Health check could not start: every check thread was busy"
+        )
