@@ -11,15 +11,17 @@ from dagster._core.workspace.context import BaseWorkspaceRequestContext
 from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.alerts import send_alert
 from dagster_run_monitor.debug_info import worker_debug_info
 from dagster_run_monitor.policy import (
     Action,
     CancelRun,
-    EnforceMaxRuntime,
     FailRun,
+    Notice,
     ResumeRun,
-    WarnRun,
+    TerminateAndFail,
 )
+from dagster_run_monitor.settings import AlertSettings
 
 
 def apply_actions(
@@ -28,9 +30,10 @@ def apply_actions(
     actions: Sequence[Action],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
+    alerts: AlertSettings | None = None,
 ) -> None:
     """Apply one run's actions, unless its status changed since it was observed."""
-    if any(not isinstance(a, WarnRun) for a in actions):
+    if any(not isinstance(a, Notice) for a in actions):
         current = instance.get_run_by_id(run.run_id)
         if current is None or current.status != run.status:
             logger.info(
@@ -39,32 +42,38 @@ def apply_actions(
                 run.status.value,
                 current.status.value if current else "deleted",
             )
-            actions = [a for a in actions if isinstance(a, WarnRun)]
+            actions = [a for a in actions if isinstance(a, Notice)]
     for action in actions:
         logger.info("Run %s: %s", run.run_id, action)
-        if isinstance(action, WarnRun):
-            warn(instance, run, action)
+        if isinstance(action, Notice):
+            notice(instance, run, action)
+            if action.alert is not None:
+                send_alert(alerts or AlertSettings(), action.alert, logger)
         elif isinstance(action, FailRun):
             fail(instance, run, action, logger)
         elif isinstance(action, CancelRun):
-            message = _with_debug_info(instance, run, action.message, logger)
-            instance.add_run_tags(run.run_id, {c.REASON_TAG: c.REASON_CANCEL_TIMEOUT})
+            message = action.message
+            if action.debug_info:
+                message = _with_debug_info(instance, run, message, logger)
+            instance.add_run_tags(run.run_id, {c.REASON_TAG: action.reason})
             instance.report_run_canceled(run, message)
-        elif isinstance(action, EnforceMaxRuntime):
-            enforce_max_runtime(instance, run, action.limit_seconds)
+        elif isinstance(action, TerminateAndFail):
+            terminate_and_fail(instance, run, action)
         elif isinstance(action, ResumeRun):
+            if action.kill_first:
+                instance.run_launcher.kill_worker(run)  # type: ignore[attr-defined]
             instance.report_engine_event(action.message, run)
             instance.resume_run(run.run_id, workspace(), action.attempt)
 
 
-def warn(instance: DagsterInstance, run: DagsterRun, action: WarnRun) -> None:
+def notice(instance: DagsterInstance, run: DagsterRun, action: Notice) -> None:
     event = DagsterEvent(
         event_type_value=DagsterEventType.ENGINE_EVENT.value,
         job_name=run.job_name,
         message=action.message,
         event_specific_data=EngineEventData({}),
     )
-    instance.report_dagster_event(event, run_id=run.run_id, log_level=logging.WARNING)
+    instance.report_dagster_event(event, run_id=run.run_id, log_level=action.level)
     instance.add_run_tags(run.run_id, {action.tag: action.value})
 
 
@@ -84,13 +93,15 @@ def fail(
     instance.report_run_failed(current, message, failure if action.failure_reason else None)
 
 
-def enforce_max_runtime(instance: DagsterInstance, run: DagsterRun, limit: float) -> None:
-    """Dagster's own sequence, message for message."""
-    instance.add_run_tags(run.run_id, {c.REASON_TAG: c.REASON_MAX_RUNTIME})
-    instance.report_run_canceling(run, message=c.max_runtime_canceling_message(limit))
+def terminate_and_fail(
+    instance: DagsterInstance, run: DagsterRun, action: TerminateAndFail
+) -> None:
+    """Dagster's max-runtime sequence, message for message."""
+    instance.add_run_tags(run.run_id, {c.REASON_TAG: action.reason})
+    instance.report_run_canceling(run, message=action.canceling_message)
     try:
         if instance.run_launcher.terminate(run_id=run.run_id):
-            instance.report_run_failed(run, c.max_runtime_failed_message(limit))
+            instance.report_run_failed(run, action.failure_message)
     except Exception:
         instance.report_engine_event(
             c.TERMINATE_EXCEPTION_MESSAGE,

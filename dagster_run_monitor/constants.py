@@ -6,6 +6,10 @@ DAEMON_TYPE = "RUN_MONITOR"
 MAX_RUNTIME_TAG = "dagster/max_runtime"  # == dagster.MAX_RUNTIME_SECONDS_TAG
 MAX_RUNTIME_ALIAS_TAG = "dagster/max_runtime_seconds"
 
+QUEUE_TIMEOUT_TAG = "run_monitor/queue_timeout"
+STALL_TIMEOUT_TAG = "run_monitor/stall_timeout"
+MAX_STEP_RUNTIME_TAG = "run_monitor/max_step_runtime"
+
 # Run tags we write.
 TAG_PREFIX = "run_monitor/"
 REASON_TAG = f"{TAG_PREFIX}reason"  # why the monitor ended or resumed the run
@@ -25,6 +29,9 @@ REASON_CANCEL_TIMEOUT = "cancel_timeout"
 REASON_MAX_RUNTIME = "max_runtime"
 REASON_WORKER_CRASH = "worker_crash"
 REASON_WORKER_RESUMED = "worker_resumed"
+REASON_QUEUE_TIMEOUT = "queue_timeout"
+REASON_STALLED = "stalled"
+RESUME_SCHEDULED_TAG = f"{TAG_PREFIX}resume_scheduled"  # attempt number announced
 
 # Event-log messages. The first group is Dagster's built-in monitor's, word for word.
 RESUME_RUN_LOG_MESSAGE = "Launching a new run worker to resume run"  # written by resume_run
@@ -76,11 +83,34 @@ def start_failed_message(health: str, run_id: str) -> str:
     )
 
 
-def invalid_tag_message(tag: str, value: str, default: float) -> str:
+def invalid_tag_message(tag: str, value: str, default: float, source: str = "") -> str:
     applied = f"{_num(default)} seconds" if default else "no limit"
+    where = source if source and source != "instance default" else "the instance default"
     return (
         f"Invalid value {value!r} for tag {tag}: expected seconds or a duration such as"
-        f" '90s', '2h' or 'PT1H30M'. Using the instance default instead ({applied})."
+        f" '90s', '2h' or 'PT1H30M'. Using {where} instead ({applied})."
+    )
+
+
+def queue_timeout_message(seconds: float, source: str) -> str:
+    return f"Canceled: the run was queued longer than {_num(seconds)} seconds ({source})."
+
+
+def stall_message(seconds: float, idle: float, source: str) -> str:
+    return (
+        f"Run stalled: its worker is alive but the run has written no event for {_num(int(idle))}"
+        f" seconds, more than the stall timeout of {_num(seconds)} seconds ({source})."
+    )
+
+
+def resume_scheduled_message(attempt: int, wait: float, at: str) -> str:
+    return f"Resume attempt {attempt} scheduled in {_num(round(wait, 1))} seconds, at {at}."
+
+
+def threshold_message(limit_name: str, fraction: float, elapsed: float, limit: float) -> str:
+    return (
+        f"Run has used {fraction:.0%} of its {limit_name} ({_num(int(elapsed))} of"
+        f" {_num(limit)} seconds)."
     )
 
 

@@ -24,9 +24,9 @@ def _single_database(storage: EventLogStorage) -> bool:
 
 
 def latest_event_times(
-    storage: EventLogStorage, run_ids: Sequence[str], event_type: DagsterEventType
+    storage: EventLogStorage, run_ids: Sequence[str], event_type: DagsterEventType | None
 ) -> dict[str, float]:
-    """Timestamp of each run's most recent event of ``event_type``."""
+    """Timestamp of each run's most recent event of ``event_type`` (None: of any type)."""
     if not run_ids:
         return {}
     if not _single_database(storage):
@@ -45,9 +45,10 @@ def latest_event_times(
             query = (
                 db.select(table.c.run_id, db.func.max(table.c.timestamp))
                 .where(table.c.run_id.in_(chunk))
-                .where(table.c.dagster_event_type == event_type.value)
                 .group_by(table.c.run_id)
             )
+            if event_type is not None:
+                query = query.where(table.c.dagster_event_type == event_type.value)
             for run_id, timestamp in conn.execute(query):
                 times[run_id] = utc_datetime_from_naive(timestamp).timestamp()
     return times

@@ -12,6 +12,7 @@ from dagster_run_monitor.health import Health, check_workers
 from dagster_run_monitor.settings import MonitorSettings
 
 MONITORED_STATUSES = (
+    DagsterRunStatus.QUEUED,
     DagsterRunStatus.NOT_STARTED,
     DagsterRunStatus.STARTING,
     DagsterRunStatus.STARTED,
@@ -32,6 +33,9 @@ class RunFacts:
     created_at: float
     updated_at: float
     tags: Mapping[str, str] = field(default_factory=dict)
+    location: str | None = None  # code location name
+    enqueued_at: float | None = None  # latest RUN_ENQUEUED event (QUEUED runs)
+    last_event_at: float | None = None  # latest event of any kind (STARTED runs, for stalls)
     started_at: float | None = None  # RUN_START
     launched_at: float | None = None  # latest PIPELINE_STARTING event
     canceling_at: float | None = None  # latest RUN_CANCELING event
@@ -74,6 +78,10 @@ def observe(
     canceling = latest_event_times(
         storage, ids_in(DagsterRunStatus.CANCELING), DagsterEventType.PIPELINE_CANCELING
     )
+    enqueued = latest_event_times(
+        storage, ids_in(DagsterRunStatus.QUEUED), DagsterEventType.PIPELINE_ENQUEUED
+    )
+    last_event = latest_event_times(storage, _stall_watched(runs, settings), None)
     health: dict[str, Health] = {}
     if settings.can_check_health:
         health = check_workers(
@@ -95,6 +103,9 @@ def observe(
             started_at=record.start_time,
             launched_at=launched.get(record.dagster_run.run_id),
             canceling_at=canceling.get(record.dagster_run.run_id),
+            location=_location(record.dagster_run),
+            enqueued_at=enqueued.get(record.dagster_run.run_id),
+            last_event_at=last_event.get(record.dagster_run.run_id),
             health=health.get(record.dagster_run.run_id),
             unhealthy_since=(
                 unhealthy_since.get(record.dagster_run.run_id, now)
@@ -106,3 +117,22 @@ def observe(
         for record in records
     ]
     return facts, runs
+
+
+def _location(run: DagsterRun) -> str | None:
+    origin = run.remote_job_origin
+    return origin.location_name if origin is not None else None
+
+
+def _stall_watched(runs: Mapping[str, DagsterRun], settings: MonitorSettings) -> list[str]:
+    """STARTED runs with a stall timeout: only these need their latest event time."""
+    from dagster_run_monitor.limits import resolve_limits
+
+    return [
+        run_id
+        for run_id, run in runs.items()
+        if run.status == DagsterRunStatus.STARTED
+        and resolve_limits(run.job_name, _location(run), run.tags, settings)[
+            "stall_timeout_seconds"
+        ].seconds
+    ]

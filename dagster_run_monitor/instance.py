@@ -10,6 +10,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.settings import (
     MonitorSettings,
+    invalid_setting,
     run_monitoring_config_field,
     settings_from_config,
 )
@@ -76,8 +77,16 @@ def read_settings(instance: DagsterInstance) -> MonitorSettings:
     if not config.get("enabled"):
         return settings_from_config(config)
     launcher = instance.run_launcher
-    return settings_from_config(
+    settings = settings_from_config(
         config,
         can_check_health=launcher.supports_check_run_worker_health,
         can_resume=launcher.supports_resume_run,
     )
+    if settings.stall_action == "resume" and not hasattr(launcher, "kill_worker"):
+        raise invalid_setting(
+            "stall_action",
+            "resume",
+            f"{type(launcher).__name__} cannot stop a hung worker without canceling its run;"
+            " use fail, or ProcessRunLauncher",
+        )
+    return settings

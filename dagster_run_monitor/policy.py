@@ -1,6 +1,7 @@
 """Decide: facts + settings + now -> actions. Pure: no Dagster calls, no clock, no I/O."""
 
-from collections.abc import Mapping
+import datetime
+import logging
 from dataclasses import dataclass
 
 from dagster._core.events import RunFailureReason
@@ -8,9 +9,9 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor import constants as c
-from dagster_run_monitor.durations import parse_duration
 from dagster_run_monitor.facts import RunFacts
 from dagster_run_monitor.health import Health
+from dagster_run_monitor.limits import Limit, Limits, resolve_limits
 from dagster_run_monitor.settings import MonitorSettings
 
 
@@ -28,16 +29,20 @@ class FailRun:
 
 @dataclass(frozen=True)
 class CancelRun:
-    """Mark a run that did not finish canceling as CANCELED."""
+    """Mark the run CANCELED (a cancel that never finished, or a queue timeout)."""
 
     message: str
+    reason: str = c.REASON_CANCEL_TIMEOUT
+    debug_info: bool = True
 
 
 @dataclass(frozen=True)
-class EnforceMaxRuntime:
-    """RUN_CANCELING, terminate the worker, FAILURE (Dagster's sequence)."""
+class TerminateAndFail:
+    """RUN_CANCELING, terminate the worker, FAILURE: Dagster's max-runtime sequence."""
 
-    limit_seconds: float
+    canceling_message: str
+    failure_message: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -46,57 +51,91 @@ class ResumeRun:
 
     attempt: int
     message: str
+    kill_first: bool = False  # stop a hung worker first (stalled runs)
 
 
 @dataclass(frozen=True)
-class WarnRun:
-    """One warning event on the run, remembered in a tag so it is written once per value."""
+class Alert:
+    """What alert sinks receive (a logger, your function, a webhook as JSON)."""
+
+    run_id: str
+    job_name: str
+    kind: str  # "warning" or "invalid_tag"
+    message: str
+    limit: str | None = None  # e.g. "max_runtime_seconds"
+    limit_seconds: float | None = None
+    elapsed_seconds: float | None = None
+    fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One event on the run, remembered in a tag so it is written once per value."""
 
     message: str
     tag: str
     value: str
+    level: int = logging.WARNING
+    alert: Alert | None = None
 
 
-Action = FailRun | CancelRun | EnforceMaxRuntime | ResumeRun | WarnRun
+Action = FailRun | CancelRun | TerminateAndFail | ResumeRun | Notice
+LIMIT_NAMES = {
+    "max_runtime_seconds": "max runtime",
+    "start_timeout_seconds": "start timeout",
+    "queue_timeout_seconds": "queue timeout",
+}
 
 
 def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
     """Everything due for one run on this pass, in the order to apply it."""
-    limit, warning = max_runtime(run.tags, settings)
-    actions: list[Action] = [warning] if warning else []
+    limits = resolve_limits(run.job_name, run.location, run.tags, settings)
+    actions: list[Action] = bad_tag_notices(run, limits)
     status = run.status
-    if status == DagsterRunStatus.NOT_STARTED:
+    if status == DagsterRunStatus.QUEUED:
+        actions += queue_timeout(run, limits, now)
+    elif status == DagsterRunStatus.NOT_STARTED:
         actions += start_timeout(run, run.created_at, settings, now, terminate=False)
     elif status == DagsterRunStatus.STARTING:
         actions += start_failure(run, settings, now) or start_timeout(
             run, run.launched_at or run.updated_at, settings, now, terminate=True
         )
     elif status == DagsterRunStatus.STARTED:
-        actions += worker_crash(run, settings, now) or runtime_exceeded(run, limit, now)
+        actions += (
+            worker_crash(run, settings, now)
+            or runtime_exceeded(run, limits["max_runtime_seconds"].seconds, now)
+            or stalled(run, limits["stall_timeout_seconds"], settings, now)
+        )
     elif status == DagsterRunStatus.SUSPENDED:
-        actions += runtime_exceeded(run, limit, now)
+        actions += runtime_exceeded(run, limits["max_runtime_seconds"].seconds, now)
     elif status == DagsterRunStatus.CANCELING:
         actions += cancel_timeout(run, settings, now)
+    if not any(isinstance(a, (FailRun, CancelRun, TerminateAndFail)) for a in actions):
+        actions += threshold_warnings(run, limits, settings, now)
     return actions
 
 
-def max_runtime(tags: Mapping[str, str], settings: MonitorSettings) -> tuple[float, WarnRun | None]:
-    """The run's limit in seconds (0 = none) from its tag or the instance, and a warning if the
-    tag is unusable and has not been warned about yet."""
-    for tag in (c.MAX_RUNTIME_TAG, c.MAX_RUNTIME_ALIAS_TAG):
-        raw = tags.get(tag)
-        if raw is None or raw == "":
-            continue
-        try:
-            return parse_duration(raw), None
-        except ValueError:
-            warned_tag = f"{c.WARNED_TAG_PREFIX}{tag}"
-            warning = None
-            if tags.get(warned_tag) != raw:
-                message = c.invalid_tag_message(tag, raw, settings.max_runtime_seconds)
-                warning = WarnRun(message, warned_tag, raw)
-            return settings.max_runtime_seconds, warning
-    return settings.max_runtime_seconds, None
+def bad_tag_notices(run: RunFacts, limits: Limits) -> list[Action]:
+    """One warning per unusable tag value: the rule's or instance's limit applies instead."""
+    notices: list[Action] = []
+    for bad in limits.bad_tags:
+        tag = f"{c.WARNED_TAG_PREFIX}{bad.tag}"
+        if run.tags.get(tag) != bad.value:
+            message = c.invalid_tag_message(
+                bad.tag, bad.value, bad.fallback.seconds, bad.fallback.source
+            )
+            alert = Alert(run.run_id, run.job_name, "invalid_tag", message)
+            notices.append(Notice(message, tag, bad.value, alert=alert))
+    return notices
+
+
+def queue_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
+    limit = limits["queue_timeout_seconds"]
+    since = run.enqueued_at or run.created_at
+    if not limit.seconds or now - since < limit.seconds:
+        return []
+    message = c.queue_timeout_message(limit.seconds, limit.source)
+    return [CancelRun(message, c.REASON_QUEUE_TIMEOUT, debug_info=False)]
 
 
 def start_timeout(
@@ -117,9 +156,12 @@ def start_timeout(
 
 
 def start_failure(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
-    """A STARTING run whose worker is already dead fails now, not at the start timeout."""
+    """A STARTING run whose worker is already dead fails now, not at the start timeout; with
+    ``resume_on_start_failure`` it is relaunched within the resume budget first."""
     if not is_crashed(run, settings, now, starting=True):
         return []
+    if settings.resume_on_start_failure and run.resume_attempts < settings.resume_attempts:
+        return resume_or_wait(run, settings, now)
     return [
         FailRun(
             c.start_failed_message(str(run.health), run.run_id),
@@ -135,15 +177,31 @@ def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[A
     """Resume a STARTED run whose worker died, or fail it once the attempts are used up."""
     if not is_crashed(run, settings, now, starting=False):
         return []
-    health = str(run.health)
-    attempts = settings.resume_attempts
-    if run.resume_attempts < attempts:
-        return [ResumeRun(run.resume_attempts + 1, c.resuming_message(health, run.run_id))]
+    if run.resume_attempts < settings.resume_attempts:
+        return resume_or_wait(run, settings, now)
     message = c.crash_failed_message(
-        health, run.run_id, settings.max_resume_run_attempts, settings.can_resume
+        str(run.health), run.run_id, settings.max_resume_run_attempts, settings.can_resume
     )
     failed = run.health is not None and run.health.status == WorkerStatus.FAILED.value
     return [FailRun(message, c.REASON_WORKER_CRASH, debug_info=failed)]
+
+
+def resume_or_wait(
+    run: RunFacts, settings: MonitorSettings, now: float, kill_first: bool = False
+) -> list[Action]:
+    """The next resume, once the back-off for its attempt number has passed since the crash
+    was first seen; until then one event saying when it will happen."""
+    attempt = run.resume_attempts + 1
+    message = c.resuming_message(str(run.health), run.run_id)
+    wait = settings.resume_backoff.wait_seconds(attempt, run.run_id)
+    since = run.unhealthy_since if run.unhealthy_since is not None else now
+    if now - since >= wait:
+        return [ResumeRun(attempt, message, kill_first)]
+    if run.tags.get(c.RESUME_SCHEDULED_TAG) == str(attempt):
+        return []
+    at = datetime.datetime.fromtimestamp(since + wait, datetime.timezone.utc).isoformat()
+    scheduled = c.resume_scheduled_message(attempt, since + wait - now, at)
+    return [Notice(scheduled, c.RESUME_SCHEDULED_TAG, str(attempt), logging.INFO)]
 
 
 def is_crashed(run: RunFacts, settings: MonitorSettings, now: float, starting: bool) -> bool:
@@ -163,7 +221,27 @@ def is_crashed(run: RunFacts, settings: MonitorSettings, now: float, starting: b
 def runtime_exceeded(run: RunFacts, limit: float, now: float) -> list[Action]:
     if not limit or run.started_at is None or now - run.started_at <= limit:
         return []
-    return [EnforceMaxRuntime(limit)]
+    return [
+        TerminateAndFail(
+            c.max_runtime_canceling_message(limit),
+            c.max_runtime_failed_message(limit),
+            c.REASON_MAX_RUNTIME,
+        )
+    ]
+
+
+def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> list[Action]:
+    """A healthy-looking worker whose run has written nothing for the stall timeout."""
+    if not limit.seconds or run.last_event_at is None:
+        return []
+    idle = now - run.last_event_at
+    if idle < limit.seconds:
+        return []
+    message = c.stall_message(limit.seconds, idle, limit.source)
+    if settings.stall_action == "resume" and run.resume_attempts < settings.resume_attempts:
+        attempt = run.resume_attempts + 1
+        return [ResumeRun(attempt, f"{message} Resuming run {run.run_id} with a new worker.", True)]
+    return [TerminateAndFail(message, message, c.REASON_STALLED)]
 
 
 def cancel_timeout(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
@@ -172,3 +250,41 @@ def cancel_timeout(run: RunFacts, settings: MonitorSettings, now: float) -> list
     if not limit or now - since < limit:
         return []
     return [CancelRun(c.cancel_timeout_message(limit))]
+
+
+def threshold_warnings(
+    run: RunFacts, limits: Limits, settings: MonitorSettings, now: float
+) -> list[Action]:
+    """One warning (and alert) when a run has used ``warn_after_fraction`` of a limit."""
+    fraction = limits.warn_after_fraction
+    if not fraction:
+        return []
+    elapsed_and_limit = {
+        DagsterRunStatus.QUEUED: (
+            "queue_timeout_seconds",
+            run.enqueued_at or run.created_at,
+            limits["queue_timeout_seconds"].seconds,
+        ),
+        DagsterRunStatus.STARTING: (
+            "start_timeout_seconds",
+            run.launched_at or run.updated_at,
+            settings.start_timeout_seconds,
+        ),
+        DagsterRunStatus.STARTED: (
+            "max_runtime_seconds",
+            run.started_at,
+            limits["max_runtime_seconds"].seconds,
+        ),
+    }.get(run.status)
+    if elapsed_and_limit is None:
+        return []
+    key, since, limit = elapsed_and_limit
+    if not limit or since is None or now - since < fraction * limit:
+        return []
+    tag = f"{c.WARNED_TAG_PREFIX}{key}"
+    if run.tags.get(tag) == str(fraction):
+        return []
+    elapsed = now - since
+    message = c.threshold_message(LIMIT_NAMES[key], fraction, elapsed, limit)
+    alert = Alert(run.run_id, run.job_name, "warning", message, key, limit, elapsed, fraction)
+    return [Notice(message, tag, str(fraction), alert=alert)]

@@ -1,10 +1,12 @@
 """The ``run_monitoring:`` block of dagster.yaml -> one validated, frozen settings object."""
 
+import fnmatch
+import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any as AnyType
 
-from dagster import Bool, Field, IntSource
+from dagster import Any, Bool, Field, IntSource, Permissive
 from dagster._config.errors import (
     DagsterEvaluationErrorReason,
     EvaluationError,
@@ -32,7 +34,7 @@ _DAGSTER_KEYS = {
     "free_slots_after_run_end_seconds": int,
 }
 
-# Our keys: name -> (default, description).
+# Our numeric keys: name -> (default, description).
 _OUR_KEYS: dict[str, tuple[int, str]] = {
     "worker_unknown_grace_seconds": (
         60,
@@ -44,7 +46,20 @@ _OUR_KEYS: dict[str, tuple[int, str]] = {
         "Time limit for one run's worker health check; a slower check counts as UNKNOWN.",
     ),
     "health_check_threads": (16, "How many worker health checks run at once."),
+    "queue_timeout_seconds": (0, "Cancel runs QUEUED longer than this (0: never)."),
+    "stall_timeout_seconds": (
+        0,
+        "A STARTED run with a healthy worker but no new event for this long is stalled (0: off).",
+    ),
+    "max_step_runtime_seconds": (0, "Fail the run when one step runs longer (0: no limit)."),
 }
+RULE_LIMIT_KEYS = (
+    "max_runtime_seconds",
+    "queue_timeout_seconds",
+    "stall_timeout_seconds",
+    "max_step_runtime_seconds",
+)
+STALL_ACTIONS = ("fail", "resume")
 
 
 def run_monitoring_config_field() -> Field:
@@ -56,7 +71,113 @@ def run_monitoring_config_field() -> Field:
             for key, (default, text) in _OUR_KEYS.items()
         }
     )
+    fields.update(
+        {
+            "stall_action": Field(
+                str, is_required=False, default_value="fail", description="fail or resume"
+            ),
+            "warn_after_fraction": Field(
+                float,
+                is_required=False,
+                default_value=0.0,
+                description="Warn once when a run has used this fraction of a limit (0: off).",
+            ),
+            "dry_run": Field(Bool, is_required=False, default_value=False),
+            "resume_on_start_failure": Field(Bool, is_required=False, default_value=False),
+            "resume_backoff": Field(
+                {
+                    "initial_seconds": Field(float, is_required=False, default_value=0.0),
+                    "multiplier": Field(float, is_required=False, default_value=2.0),
+                    "max_seconds": Field(float, is_required=False, default_value=3600.0),
+                    "jitter": Field(float, is_required=False, default_value=0.0),
+                },
+                is_required=False,
+            ),
+            "alerts": Field(
+                {
+                    "log": Field(Bool, is_required=False, default_value=True),
+                    "callable": Field({"module": str, "function": str}, is_required=False),
+                    "webhook": Field(
+                        {
+                            "url": str,
+                            "timeout_seconds": Field(float, is_required=False, default_value=5.0),
+                            "retries": Field(int, is_required=False, default_value=3),
+                        },
+                        is_required=False,
+                    ),
+                },
+                is_required=False,
+            ),
+            "rules": Field(
+                [
+                    {
+                        "match": Field(
+                            {
+                                "job": Field(str, is_required=False),
+                                "location": Field(str, is_required=False),
+                                "tags": Field(Permissive(), is_required=False),
+                            },
+                            is_required=False,
+                        ),
+                        **{key: Field(Any, is_required=False) for key in RULE_LIMIT_KEYS},
+                        "warn_after_fraction": Field(float, is_required=False),
+                    }
+                ],
+                is_required=False,
+            ),
+        }
+    )
     return Field(fields, is_required=False)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One entry of ``rules:``: limits for the runs it matches. First match wins."""
+
+    index: int  # 1-based, as people count them in the file
+    job: str | None = None  # glob on the job name
+    location: str | None = None  # glob on the code location name
+    tags: Mapping[str, str] = field(default_factory=dict)  # all must be on the run
+    limits: Mapping[str, float] = field(default_factory=dict)  # RULE_LIMIT_KEYS -> seconds
+    warn_after_fraction: float | None = None
+
+    def matches(self, job_name: str, location: str | None, tags: Mapping[str, str]) -> bool:
+        return (
+            (self.job is None or fnmatch.fnmatchcase(job_name, self.job))
+            and (self.location is None or fnmatch.fnmatchcase(location or "", self.location))
+            and all(tags.get(key) == str(value) for key, value in self.tags.items())
+        )
+
+    def describe(self) -> str:
+        parts = [f"{k} {v}" for k, v in (("job", self.job), ("location", self.location)) if v]
+        parts += [f"tag {k}={v}" for k, v in self.tags.items()]
+        return f"rule {self.index}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Wait before resume attempt N: ``initial * multiplier ** (N - 1)``, capped, +- jitter."""
+
+    initial_seconds: float = 0.0
+    multiplier: float = 2.0
+    max_seconds: float = 3600.0
+    jitter: float = 0.0  # fraction of the wait, spread deterministically per run and attempt
+
+    def wait_seconds(self, attempt: int, run_id: str) -> float:
+        base = min(self.initial_seconds * self.multiplier ** (attempt - 1), self.max_seconds)
+        if not self.jitter:
+            return base
+        spread = zlib.crc32(f"{run_id}:{attempt}".encode()) / 0xFFFFFFFF * 2 - 1  # -1..1
+        return max(0.0, base * (1 + self.jitter * spread))
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    log: bool = True
+    callable: tuple[str, str] | None = None  # (module, function)
+    webhook_url: str | None = None
+    webhook_timeout_seconds: float = 5.0
+    webhook_retries: int = 3
 
 
 @dataclass(frozen=True)
@@ -73,6 +194,16 @@ class MonitorSettings:
     worker_unknown_grace_seconds: float = _OUR_KEYS["worker_unknown_grace_seconds"][0]
     health_check_timeout_seconds: float = _OUR_KEYS["health_check_timeout_seconds"][0]
     health_check_threads: int = _OUR_KEYS["health_check_threads"][0]
+    queue_timeout_seconds: float = 0
+    stall_timeout_seconds: float = 0
+    max_step_runtime_seconds: float = 0
+    stall_action: str = "fail"
+    warn_after_fraction: float = 0.0
+    dry_run: bool = False
+    resume_on_start_failure: bool = False
+    resume_backoff: Backoff = Backoff()
+    alerts: AlertSettings = AlertSettings()
+    rules: tuple[Rule, ...] = ()
     # What the run launcher can do (facts about the instance, not configuration).
     can_check_health: bool = False
     can_resume: bool = False
@@ -90,38 +221,116 @@ _MINIMUM = {
 }
 
 
+_SCALARS = (
+    "enabled",
+    "start_timeout_seconds",
+    "cancel_timeout_seconds",
+    "max_runtime_seconds",
+    "max_resume_run_attempts",
+    "poll_interval_seconds",
+    "free_slots_after_run_end_seconds",
+    *_OUR_KEYS,
+    "dry_run",
+    "resume_on_start_failure",
+)
+
+
 def settings_from_config(
-    config: Mapping[str, Any] | None, can_check_health: bool = False, can_resume: bool = False
+    config: Mapping[str, AnyType] | None, can_check_health: bool = False, can_resume: bool = False
 ) -> MonitorSettings:
     """Validate the ``run_monitoring`` mapping; a bad value raises naming its key."""
     config = dict(config or {})
-    values: dict[str, Any] = {}
-    for key, default in _defaults().items():
+    base = MonitorSettings()
+    values: dict[str, AnyType] = {}
+    for key in _SCALARS:
         value = config.get(key)
+        default = getattr(base, key)
         if value is None:
-            values[key] = default
             continue
         if isinstance(default, bool):
             if not isinstance(value, bool):
-                raise _invalid(key, value, "expected true or false")
+                raise invalid_setting(key, value, "expected true or false")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise _invalid(key, value, "expected a whole number of seconds")
+            raise invalid_setting(key, value, "expected a whole number of seconds")
         elif value < _MINIMUM.get(key, 0):
-            raise _invalid(key, value, f"must be at least {_MINIMUM.get(key, 0)}")
+            raise invalid_setting(key, value, f"must be at least {_MINIMUM.get(key, 0)}")
         values[key] = value
+    if config.get("stall_action", "fail") not in STALL_ACTIONS:
+        raise invalid_setting("stall_action", config["stall_action"], "expected fail or resume")
+    values["stall_action"] = config.get("stall_action", "fail")
+    values["warn_after_fraction"] = _fraction(
+        "warn_after_fraction", config.get("warn_after_fraction")
+    )
+    values["resume_backoff"] = _backoff(config.get("resume_backoff") or {})
+    values["alerts"] = _alerts(config.get("alerts") or {})
+    values["rules"] = tuple(_rule(i, rule) for i, rule in enumerate(config.get("rules") or [], 1))
     return MonitorSettings(**values, can_check_health=can_check_health, can_resume=can_resume)
 
 
-def _defaults() -> dict[str, Any]:
-    base = MonitorSettings()
-    return {
-        name: getattr(base, name)
-        for name in MonitorSettings.__dataclass_fields__
-        if name not in ("can_check_health", "can_resume")
-    }
+def _fraction(key: str, value: AnyType) -> float:
+    if value is None or value == 0:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise invalid_setting(key, value, "expected a fraction between 0 and 1, such as 0.8")
+    return float(value)
 
 
-def _invalid(key: str, value: object, why: str) -> DagsterInvalidConfigError:
+def _backoff(config: Mapping[str, AnyType]) -> Backoff:
+    backoff = Backoff(**{k: float(v) for k, v in config.items() if v is not None})
+    for key in ("initial_seconds", "max_seconds", "jitter"):
+        if getattr(backoff, key) < 0:
+            raise invalid_setting(
+                f"resume_backoff.{key}", getattr(backoff, key), "must be at least 0"
+            )
+    if backoff.multiplier < 1:
+        raise invalid_setting("resume_backoff.multiplier", backoff.multiplier, "must be at least 1")
+    if backoff.jitter > 1:
+        raise invalid_setting("resume_backoff.jitter", backoff.jitter, "must be at most 1")
+    return backoff
+
+
+def _alerts(config: Mapping[str, AnyType]) -> AlertSettings:
+    function = config.get("callable")
+    webhook = config.get("webhook") or {}
+    url = webhook.get("url")
+    if url is not None and not str(url).startswith(("http://", "https://")):
+        raise invalid_setting("alerts.webhook.url", url, "expected an http:// or https:// URL")
+    return AlertSettings(
+        log=config.get("log", True),
+        callable=(function["module"], function["function"]) if function else None,
+        webhook_url=url,
+        webhook_timeout_seconds=webhook.get("timeout_seconds", 5.0),
+        webhook_retries=webhook.get("retries", 3),
+    )
+
+
+def _rule(index: int, config: Mapping[str, AnyType]) -> Rule:
+    from dagster_run_monitor.durations import parse_duration
+
+    match = config.get("match") or {}
+    limits = {}
+    for key in RULE_LIMIT_KEYS:
+        if config.get(key) is None:
+            continue
+        try:
+            limits[key] = parse_duration(config[key])
+        except ValueError:
+            why = "expected seconds or a duration"
+            raise invalid_setting(f"rules[{index}].{key}", config[key], why) from None
+    fraction = config.get("warn_after_fraction")
+    return Rule(
+        index=index,
+        job=match.get("job"),
+        location=match.get("location"),
+        tags={str(k): str(v) for k, v in (match.get("tags") or {}).items()},
+        limits=limits,
+        warn_after_fraction=(
+            _fraction(f"rules[{index}].warn_after_fraction", fraction) if fraction else None
+        ),
+    )
+
+
+def invalid_setting(key: str, value: object, why: str) -> DagsterInvalidConfigError:
     block = EvaluationStackPathEntry(parent=EvaluationStackRoot(), field_name="run_monitoring")
     error = EvaluationError(
         stack=EvaluationStackPathEntry(parent=block, field_name=key),

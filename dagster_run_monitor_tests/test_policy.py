@@ -7,14 +7,15 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.facts import RunFacts
 from dagster_run_monitor.health import Health
+from dagster_run_monitor.limits import Limit, resolve_limits
 from dagster_run_monitor.policy import (
     CancelRun,
-    EnforceMaxRuntime,
     FailRun,
+    Notice,
     ResumeRun,
-    WarnRun,
+    TerminateAndFail,
+    bad_tag_notices,
     decide,
-    max_runtime,
 )
 from dagster_run_monitor.settings import MonitorSettings
 
@@ -87,13 +88,24 @@ def test_cancel_timeout_zero_disables():
     ],
 )
 def test_max_runtime_sources(tags, expected):
-    assert max_runtime(tags, SETTINGS) == (expected, None)
+    limits = resolve_limits("job", None, tags, SETTINGS)
+    assert limits["max_runtime_seconds"].seconds == expected and limits.bad_tags == ()
+
+
+def max_runtime(tags, settings):
+    """(limit, the warning notice if any), as the policy sees them."""
+    limits = resolve_limits("job", None, tags, settings)
+    notices = bad_tag_notices(facts(S.STARTED, tags=tags), limits)
+    return limits["max_runtime_seconds"].seconds, (notices[0] if notices else None)
 
 
 def test_max_runtime_global_default_and_tag_precedence():
     settings = MonitorSettings(enabled=True, max_runtime_seconds=60)
     assert max_runtime({}, settings) == (60, None)
     assert max_runtime({c.MAX_RUNTIME_TAG: "5"}, settings) == (5, None)
+    assert resolve_limits("job", None, {}, settings)["max_runtime_seconds"] == Limit(
+        60, "instance default"
+    )
 
 
 @pytest.mark.parametrize("value", ["ten", "-5", "10 parsecs", "nan", "inf", "P"])
@@ -101,25 +113,32 @@ def test_bad_max_runtime_tag_warns_once_and_applies_default(value):
     settings = MonitorSettings(enabled=True, max_runtime_seconds=60)
     limit, warning = max_runtime({c.MAX_RUNTIME_TAG: value}, settings)
     assert limit == 60
-    assert warning == WarnRun(
-        c.invalid_tag_message(c.MAX_RUNTIME_TAG, value, 60),
-        f"{c.WARNED_TAG_PREFIX}{c.MAX_RUNTIME_TAG}",
-        value,
-    )
+    assert isinstance(warning, Notice)
+    assert warning.message == c.invalid_tag_message(c.MAX_RUNTIME_TAG, value, 60)
+    assert (warning.tag, warning.value) == (f"{c.WARNED_TAG_PREFIX}{c.MAX_RUNTIME_TAG}", value)
+    assert warning.alert is not None and warning.alert.kind == "invalid_tag"
     assert "Using the instance default instead (60 seconds)" in warning.message
     already_warned = {c.MAX_RUNTIME_TAG: value, warning.tag: value}
     assert max_runtime(already_warned, settings) == (60, None)
 
 
+def exceeded(seconds):
+    return TerminateAndFail(
+        f"Canceling due to exceeding maximum runtime of {seconds} seconds.",
+        f"Exceeded maximum runtime of {seconds} seconds.",
+        c.REASON_MAX_RUNTIME,
+    )
+
+
 @pytest.mark.parametrize("elapsed, fires", [(10, False), (10.001, True)])
 def test_max_runtime_boundary(elapsed, fires):
     run = facts(S.STARTED, tags={c.MAX_RUNTIME_TAG: "10"}, started_at=NOW - elapsed, health=RUNNING)
-    assert decide(run, SETTINGS, NOW) == ([EnforceMaxRuntime(10)] if fires else [])
+    assert decide(run, SETTINGS, NOW) == ([exceeded(10)] if fires else [])
 
 
 def test_max_runtime_applies_to_suspended_runs_and_not_before_start():
     settings = MonitorSettings(enabled=True, max_runtime_seconds=10)
-    assert decide(facts(S.SUSPENDED, started_at=NOW - 11), settings, NOW) == [EnforceMaxRuntime(10)]
+    assert decide(facts(S.SUSPENDED, started_at=NOW - 11), settings, NOW) == [exceeded(10)]
     assert decide(facts(S.STARTED, started_at=None, health=RUNNING), settings, NOW) == []
 
 
@@ -233,4 +252,4 @@ def test_a_crash_is_handled_before_the_max_runtime():
 def test_bad_tag_warning_comes_with_the_other_actions():
     run = facts(S.STARTING, launched_at=NOW - 181, tags={c.MAX_RUNTIME_TAG: "soon"})
     warning, failure = decide(run, SETTINGS, NOW)
-    assert isinstance(warning, WarnRun) and failure.reason == c.REASON_START_TIMEOUT
+    assert isinstance(warning, Notice) and failure.reason == c.REASON_START_TIMEOUT

@@ -242,6 +242,17 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
                 )
         return True
 
+    def kill_worker(self, run: DagsterRun) -> None:
+        """Stop a hung worker's process group without canceling its run (stalled runs are
+        resumed by a new worker); its step processes are left to finish."""
+        pid = _int(run.tags.get(c.WORKER_PID_TAG))
+        if pid and run.tags.get(c.WORKER_HOST_TAG) == hostname():
+            ticks = _int(run.tags.get(c.WORKER_START_TAG))
+            outcome = stop_group(pid, ticks, self.terminate_grace_seconds)
+            self._instance.report_engine_event(
+                f"Stopped hung run worker process {pid} ({outcome}).", run, cls=self.__class__
+            )
+
     def _stop_step_processes(self, run: DagsterRun) -> None:
         """Step processes run in their own groups (they outlive a crashed worker); stop them."""
         for step in recorded_step_processes(self._instance, run.run_id).values():

@@ -1,0 +1,69 @@
+"""Which limits apply to a run, and where each comes from: a tag on the run beats the first
+matching rule, which beats the instance default."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from dagster_run_monitor import constants as c
+from dagster_run_monitor.durations import parse_duration
+from dagster_run_monitor.settings import MonitorSettings
+
+# limit (a run_monitoring key) -> the run tags that set it, in order of precedence
+LIMIT_TAGS: Mapping[str, tuple[str, ...]] = {
+    "max_runtime_seconds": (c.MAX_RUNTIME_TAG, c.MAX_RUNTIME_ALIAS_TAG),
+    "queue_timeout_seconds": (c.QUEUE_TIMEOUT_TAG,),
+    "stall_timeout_seconds": (c.STALL_TIMEOUT_TAG,),
+    "max_step_runtime_seconds": (c.MAX_STEP_RUNTIME_TAG,),
+}
+DEFAULT_SOURCE = "instance default"
+
+
+@dataclass(frozen=True)
+class Limit:
+    seconds: float  # 0: no limit
+    source: str  # "tag dagster/max_runtime", "rule 2 (job etl_*)", "instance default"
+
+
+@dataclass(frozen=True)
+class BadTag:
+    """A tag whose value is not a duration; the rule's or the instance's limit applies."""
+
+    tag: str
+    value: str
+    fallback: Limit
+
+
+@dataclass(frozen=True)
+class Limits:
+    by_key: Mapping[str, Limit]
+    warn_after_fraction: float
+    bad_tags: tuple[BadTag, ...] = ()
+
+    def __getitem__(self, key: str) -> Limit:
+        return self.by_key[key]
+
+
+def resolve_limits(
+    job_name: str, location: str | None, tags: Mapping[str, str], settings: MonitorSettings
+) -> Limits:
+    rule = next((r for r in settings.rules if r.matches(job_name, location, tags)), None)
+    by_key: dict[str, Limit] = {}
+    bad: list[BadTag] = []
+    for key, tag_names in LIMIT_TAGS.items():
+        limit = Limit(getattr(settings, key), DEFAULT_SOURCE)
+        if rule is not None and key in rule.limits:
+            limit = Limit(rule.limits[key], rule.describe())
+        for tag in tag_names:
+            raw = tags.get(tag)
+            if raw is None or raw == "":
+                continue
+            try:
+                limit = Limit(parse_duration(raw), f"tag {tag}")
+            except ValueError:
+                bad.append(BadTag(tag, raw, limit))
+            break
+        by_key[key] = limit
+    fraction = settings.warn_after_fraction
+    if rule is not None and rule.warn_after_fraction is not None:
+        fraction = rule.warn_after_fraction
+    return Limits(by_key, fraction, tuple(bad))
