@@ -34,6 +34,7 @@ setup(
             "pyyaml>=6",
         ],
     },
+    entry_points={"console_scripts": ["dagster-run-monitor=dagster_run_monitor.cli:main"]},
     classifiers=[
         "Framework :: Dagster",
         "Programming Language :: Python :: 3",

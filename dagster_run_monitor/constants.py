@@ -31,6 +31,7 @@ REASON_WORKER_CRASH = "worker_crash"
 REASON_WORKER_RESUMED = "worker_resumed"
 REASON_QUEUE_TIMEOUT = "queue_timeout"
 REASON_STALLED = "stalled"
+REASON_STEP_TIMEOUT = "step_timeout"
 RESUME_SCHEDULED_TAG = f"{TAG_PREFIX}resume_scheduled"  # attempt number announced
 
 # Event-log messages. The first group is Dagster's built-in monitor's, word for word.
@@ -100,6 +101,13 @@ def stall_message(seconds: float, idle: float, source: str) -> str:
     return (
         f"Run stalled: its worker is alive but the run has written no event for {_num(int(idle))}"
         f" seconds, more than the stall timeout of {_num(seconds)} seconds ({source})."
+    )
+
+
+def step_timeout_message(step: str, elapsed: float, limit: float, source: str) -> str:
+    return (
+        f"Step {step} has run for {_num(int(elapsed))} seconds, longer than its limit of"
+        f" {_num(limit)} seconds ({source})."
     )
 
 

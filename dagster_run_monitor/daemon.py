@@ -71,10 +71,12 @@ class RunMonitorDaemon(IntervalDaemon):
         for run_facts in facts:
             try:
                 actions = decide(run_facts, settings, now)
-                if actions:
-                    apply_actions(
-                        instance, runs[run_facts.run_id], actions, workspace, self._logger
-                    )
+                if actions and settings.dry_run:
+                    for action in actions:
+                        self._logger.info("DRY RUN: run %s would get %s", run_facts.run_id, action)
+                elif actions:
+                    run = runs[run_facts.run_id]
+                    apply_actions(instance, run, actions, workspace, self._logger, settings.alerts)
             except Exception:
                 yield DaemonErrorCapture.process_exception(
                     exc_info=sys.exc_info(),

@@ -54,6 +54,61 @@ def latest_event_times(
     return times
 
 
+STEP_STARTS = (DagsterEventType.STEP_START, DagsterEventType.STEP_RESTARTED)
+STEP_ENDS = (
+    DagsterEventType.STEP_SUCCESS,
+    DagsterEventType.STEP_FAILURE,
+    DagsterEventType.STEP_SKIPPED,
+    DagsterEventType.STEP_UP_FOR_RETRY,
+)
+
+
+def running_steps(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per run, the steps that started and have not ended, with their start times."""
+    starts: dict[tuple[str, str], float] = {}
+    ends: dict[tuple[str, str], float] = {}
+    types = {t.value for t in (*STEP_STARTS, *STEP_ENDS)}
+    start_types = {t.value for t in STEP_STARTS}
+
+    def record(run_id: str, step_key: str | None, event_type: str, timestamp: float) -> None:
+        if step_key:
+            into = starts if event_type in start_types else ends
+            into[(run_id, step_key)] = max(timestamp, into.get((run_id, step_key), 0.0))
+
+    if not _single_database(storage):
+        for run_id in run_ids:
+            of_type = {DagsterEventType(t) for t in types}
+            for r in storage.get_records_for_run(run_id, of_type=of_type).records:
+                event = r.event_log_entry.dagster_event
+                if event is not None:
+                    entry = r.event_log_entry
+                    record(run_id, event.step_key, event.event_type_value, entry.timestamp)
+    else:
+        table = SqlEventLogStorageTable
+        with storage.index_connection() as conn:  # type: ignore[attr-defined]
+            for chunk in _chunks(run_ids):
+                query = (
+                    db.select(
+                        table.c.run_id,
+                        table.c.step_key,
+                        table.c.dagster_event_type,
+                        db.func.max(table.c.timestamp),
+                    )
+                    .where(table.c.run_id.in_(chunk))
+                    .where(table.c.dagster_event_type.in_(types))
+                    .group_by(table.c.run_id, table.c.step_key, table.c.dagster_event_type)
+                )
+                for run_id, step_key, event_type, timestamp in conn.execute(query):
+                    record(
+                        run_id, step_key, event_type, utc_datetime_from_naive(timestamp).timestamp()
+                    )
+    running: dict[str, dict[str, float]] = {}
+    for (run_id, step_key), started in starts.items():
+        if started > ends.get((run_id, step_key), -1.0):
+            running.setdefault(run_id, {})[step_key] = started
+    return running
+
+
 def count_resume_attempts(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str, int]:
     """Resume attempts per run: the engine events ``instance.resume_run`` writes."""
     counts = dict.fromkeys(run_ids, 0)

@@ -7,7 +7,8 @@ from dagster import DagsterInstance
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 
-from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times
+from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
+from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times, running_steps
 from dagster_run_monitor.health import Health, check_workers
 from dagster_run_monitor.settings import MonitorSettings
 
@@ -36,6 +37,8 @@ class RunFacts:
     location: str | None = None  # code location name
     enqueued_at: float | None = None  # latest RUN_ENQUEUED event (QUEUED runs)
     last_event_at: float | None = None  # latest event of any kind (STARTED runs, for stalls)
+    running_steps: Mapping[str, float] = field(default_factory=dict)  # step key -> start time
+    step_limits: Mapping[str, str] = field(default_factory=dict)  # step key -> op tag value
     started_at: float | None = None  # RUN_START
     launched_at: float | None = None  # latest PIPELINE_STARTING event
     canceling_at: float | None = None  # latest RUN_CANCELING event
@@ -81,7 +84,13 @@ def observe(
     enqueued = latest_event_times(
         storage, ids_in(DagsterRunStatus.QUEUED), DagsterEventType.PIPELINE_ENQUEUED
     )
-    last_event = latest_event_times(storage, _stall_watched(runs, settings), None)
+    stall_watched = _stall_watched(runs, settings)
+    last_event = latest_event_times(storage, stall_watched, None)
+    step_limits = {i: _step_limits(instance, runs[i]) for i in ids_in(DagsterRunStatus.STARTED)}
+    steps = running_steps(
+        storage,
+        [i for i in step_limits if step_limits[i] or _limit(runs[i], settings, STEP_LIMIT)],
+    )
     health: dict[str, Health] = {}
     if settings.can_check_health:
         health = check_workers(
@@ -90,8 +99,8 @@ def observe(
             settings.health_check_threads,
             settings.health_check_timeout_seconds,
         )
-    crashed = [i for i, h in health.items() if not h.healthy]
-    attempts = count_resume_attempts(storage, crashed)
+    crashed = {i for i, h in health.items() if not h.healthy}
+    attempts = count_resume_attempts(storage, sorted({*crashed, *stall_watched}))
     facts = [
         RunFacts(
             run_id=record.dagster_run.run_id,
@@ -106,10 +115,12 @@ def observe(
             location=_location(record.dagster_run),
             enqueued_at=enqueued.get(record.dagster_run.run_id),
             last_event_at=last_event.get(record.dagster_run.run_id),
+            running_steps=steps.get(record.dagster_run.run_id, {}),
+            step_limits=step_limits.get(record.dagster_run.run_id, {}),
             health=health.get(record.dagster_run.run_id),
             unhealthy_since=(
                 unhealthy_since.get(record.dagster_run.run_id, now)
-                if record.dagster_run.run_id in attempts
+                if record.dagster_run.run_id in crashed
                 else None
             ),
             resume_attempts=attempts.get(record.dagster_run.run_id, 0),
@@ -124,15 +135,40 @@ def _location(run: DagsterRun) -> str | None:
     return origin.location_name if origin is not None else None
 
 
-def _stall_watched(runs: Mapping[str, DagsterRun], settings: MonitorSettings) -> list[str]:
-    """STARTED runs with a stall timeout: only these need their latest event time."""
+STEP_LIMIT = "max_step_runtime_seconds"
+_STEP_TAGS_CACHE: dict[str, dict[str, str]] = {}  # execution plan snapshots never change
+
+
+def _limit(run: DagsterRun, settings: MonitorSettings, key: str) -> float:
     from dagster_run_monitor.limits import resolve_limits
 
+    return resolve_limits(run.job_name, _location(run), run.tags, settings)[key].seconds
+
+
+def _stall_watched(runs: Mapping[str, DagsterRun], settings: MonitorSettings) -> list[str]:
+    """STARTED runs with a stall timeout: only these need their latest event time."""
     return [
         run_id
         for run_id, run in runs.items()
-        if run.status == DagsterRunStatus.STARTED
-        and resolve_limits(run.job_name, _location(run), run.tags, settings)[
-            "stall_timeout_seconds"
-        ].seconds
+        if run.status == DagsterRunStatus.STARTED and _limit(run, settings, "stall_timeout_seconds")
     ]
+
+
+def _step_limits(instance: DagsterInstance, run: DagsterRun) -> dict[str, str]:
+    """The ``run_monitor/max_step_runtime`` op tags of the run's steps (cached per plan)."""
+    snapshot_id = run.execution_plan_snapshot_id
+    if not snapshot_id:
+        return {}
+    if snapshot_id not in _STEP_TAGS_CACHE:
+        if len(_STEP_TAGS_CACHE) > 10_000:
+            _STEP_TAGS_CACHE.clear()
+        try:
+            plan = instance.get_execution_plan_snapshot(snapshot_id)
+        except Exception:
+            return {}
+        _STEP_TAGS_CACHE[snapshot_id] = {
+            step.key: step.tags[MAX_STEP_RUNTIME_TAG]
+            for step in plan.steps
+            if step.tags and MAX_STEP_RUNTIME_TAG in step.tags
+        }
+    return _STEP_TAGS_CACHE[snapshot_id]

@@ -9,6 +9,7 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.durations import parse_duration
 from dagster_run_monitor.facts import RunFacts
 from dagster_run_monitor.health import Health
 from dagster_run_monitor.limits import Limit, Limits, resolve_limits
@@ -104,6 +105,7 @@ def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]
         actions += (
             worker_crash(run, settings, now)
             or runtime_exceeded(run, limits["max_runtime_seconds"].seconds, now)
+            or step_timeout(run, limits["max_step_runtime_seconds"], now)
             or stalled(run, limits["stall_timeout_seconds"], settings, now)
         )
     elif status == DagsterRunStatus.SUSPENDED:
@@ -228,6 +230,25 @@ def runtime_exceeded(run: RunFacts, limit: float, now: float) -> list[Action]:
             c.REASON_MAX_RUNTIME,
         )
     ]
+
+
+def step_timeout(run: RunFacts, run_limit: Limit, now: float) -> list[Action]:
+    """A step running longer than its op's ``run_monitor/max_step_runtime`` tag, or than the
+    run's limit, fails the run, naming the step."""
+    for step, started in sorted(run.running_steps.items(), key=lambda item: item[1]):
+        limit = run_limit
+        if step in run.step_limits:
+            try:
+                limit = Limit(
+                    parse_duration(run.step_limits[step]), f"op tag {c.MAX_STEP_RUNTIME_TAG}"
+                )
+            except ValueError:
+                pass  # the run's limit applies; the tag is shown in `dagster-run-monitor explain`
+        elapsed = now - started
+        if limit.seconds and elapsed > limit.seconds:
+            message = c.step_timeout_message(step, elapsed, limit.seconds, limit.source)
+            return [TerminateAndFail(message, message, c.REASON_STEP_TIMEOUT)]
+    return []
 
 
 def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> list[Action]:

@@ -4,10 +4,16 @@ import datetime
 import os
 from typing import Any
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, JobDefinition
 from dagster._core.events import DagsterEvent, DagsterEventType
+from dagster._core.remote_origin import (
+    InProcessCodeLocationOrigin,
+    RemoteJobOrigin,
+    RemoteRepositoryOrigin,
+)
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.test_utils import create_run_for_test, freeze_time
+from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import IWorkspaceProcessContext
 from dagster._utils.error import SerializableErrorInfo
 
@@ -74,14 +80,31 @@ def make_run(
     started: float | None = None,
     canceling: float | None = None,
     job_name: str = "monitored_job",
+    job_def: JobDefinition | None = None,
+    location: str | None = None,
 ) -> DagsterRun:
-    """A run brought to ``status`` through the events Dagster writes, at the given times."""
+    """A run brought to ``status`` through the events Dagster writes, at the given times.
+    ``job_def`` stores its execution plan (op tags); ``location`` names its code location."""
+    first = DagsterRunStatus.QUEUED if status == DagsterRunStatus.QUEUED else None
+    origin = remote_origin(job_def.name if job_def else job_name, location or "test_location")
     with at(created):
-        run = create_run_for_test(
-            instance, job_name=job_name, status=DagsterRunStatus.NOT_STARTED, tags=tags or {}
-        )
-    if status == DagsterRunStatus.NOT_STARTED:
-        return run
+        if job_def is not None:
+            run = instance.create_run_for_job(
+                job_def, tags=tags or {}, status=first, remote_job_origin=origin
+            )
+        else:
+            run = create_run_for_test(
+                instance,
+                job_name=job_name,
+                status=first or DagsterRunStatus.NOT_STARTED,
+                tags=tags or {},
+                remote_job_origin=origin if location or first else None,
+            )
+    if status in (DagsterRunStatus.NOT_STARTED, DagsterRunStatus.QUEUED):
+        if status == DagsterRunStatus.QUEUED:
+            with at(created):
+                report(instance, run, DagsterEventType.PIPELINE_ENQUEUED)
+        return instance.get_run_by_id(run.run_id)
     with at(launched if launched is not None else created + 1):
         report(instance, run, DagsterEventType.PIPELINE_STARTING)
     if status in (DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING):
@@ -93,6 +116,13 @@ def make_run(
     run = instance.get_run_by_id(run.run_id)
     assert run.status == status
     return run
+
+
+def remote_origin(job_name: str, location: str) -> RemoteJobOrigin:
+    code_location = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(python_file=__file__), location_name=location
+    )
+    return RemoteJobOrigin(RemoteRepositoryOrigin(code_location, "__repository__"), job_name)
 
 
 def monitor_pass(

@@ -30,4 +30,14 @@ def sleeps():
     sleep_long()
 
 
-defs = Definitions(jobs=[crash_demo, always_dies, sleeps])
+@op
+def hang_silently():
+    time.sleep(300)  # no events: a stall
+
+
+@job(executor_def=in_process_executor)
+def hangs():
+    hang_silently()
+
+
+defs = Definitions(jobs=[crash_demo, always_dies, sleeps, hangs])

@@ -134,3 +134,9 @@ def test_invalid_settings_fail_at_start_up_naming_the_key(tmp_path, block, fragm
 
 def test_instance_class_is_importable_from_the_package_root():
     assert RunMonitorInstance.__module__ == "dagster_run_monitor.instance"
+
+
+def test_stall_resume_needs_a_launcher_that_can_stop_a_hung_worker():
+    with pytest.raises(DagsterInvalidConfigError, match="run_monitoring.stall_action"):
+        with monitor_instance(run_monitoring={"stall_action": "resume"}):
+            pass

@@ -199,3 +199,24 @@ def test_max_runtime_stops_the_worker_and_its_steps(process_instance, workspace_
         assert "Exceeded maximum runtime of 2 seconds." in messages(instance, run.run_id)
         assert not is_alive(pid), "run worker left behind"
         assert not is_alive(step.pid, step.start_ticks), "step process left behind"
+
+
+def test_a_stalled_run_is_resumed_by_killing_its_hung_worker(process_instance, workspace_context):
+    config = {"stall_timeout_seconds": 4, "stall_action": "resume", "max_resume_run_attempts": 1}
+    with process_instance(**config) as instance, workspace_context(instance) as ctx:
+        run = launch(instance, "hangs")
+        wait_until(
+            lambda: has_event(instance, run.run_id, DagsterEventType.STEP_START), 60, "the step"
+        )
+        first = worker_pid(instance, run.run_id)
+        watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE, 90)
+        log = messages(instance, run.run_id)
+        assert log.count(c.RESUME_RUN_LOG_MESSAGE) == 1  # resumed once, then out of attempts
+        assert any(m.startswith("Run stalled:") and "Resuming run" in m for m in log)
+        assert any(
+            m.startswith(f"[ProcessRunLauncher] Stopped hung run worker process {first}")
+            for m in log
+        )
+        assert log[-1].startswith("Run stalled:") or "Run stalled:" in "".join(log[-3:])
+        assert instance.get_run_by_id(run.run_id).tags[c.REASON_TAG] == c.REASON_STALLED
+        assert not is_alive(first) and not is_alive(worker_pid(instance, run.run_id))

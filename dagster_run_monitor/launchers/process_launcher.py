@@ -27,6 +27,7 @@ from dagster_run_monitor.launchers.processes import (
     describe_exit,
     hostname,
     is_alive,
+    kill_group,
     start_ticks,
     stop_group,
 )
@@ -243,15 +244,14 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def kill_worker(self, run: DagsterRun) -> None:
-        """Stop a hung worker's process group without canceling its run (stalled runs are
-        resumed by a new worker); its step processes are left to finish."""
+        """SIGKILL a hung worker's process group without canceling its run, as a crash would
+        (a SIGTERM lets the worker fail the run); its step processes are left to finish."""
         pid = _int(run.tags.get(c.WORKER_PID_TAG))
         if pid and run.tags.get(c.WORKER_HOST_TAG) == hostname():
-            ticks = _int(run.tags.get(c.WORKER_START_TAG))
-            outcome = stop_group(pid, ticks, self.terminate_grace_seconds)
-            self._instance.report_engine_event(
-                f"Stopped hung run worker process {pid} ({outcome}).", run, cls=self.__class__
-            )
+            if kill_group(pid, _int(run.tags.get(c.WORKER_START_TAG))):
+                self._instance.report_engine_event(
+                    f"Stopped hung run worker process {pid} with SIGKILL.", run, cls=self.__class__
+                )
 
     def _stop_step_processes(self, run: DagsterRun) -> None:
         """Step processes run in their own groups (they outlive a crashed worker); stop them."""

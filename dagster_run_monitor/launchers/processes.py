@@ -58,6 +58,14 @@ def stop_group(pid: int, ticks: int | None, grace_seconds: float) -> str:
     return "killed"
 
 
+def kill_group(pid: int, ticks: int | None) -> bool:
+    """SIGKILL the process group led by ``pid`` at once; False if it was not running."""
+    if not is_alive(pid, ticks):
+        return False
+    _signal_group(pid, signal.SIGKILL)
+    return True
+
+
 def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)

@@ -1,0 +1,78 @@
+"""``dagster-run-monitor``: what the monitor sees and would do, from the same decision core."""
+
+import datetime
+
+import click
+from dagster import DagsterInstance
+from dagster._time import get_current_timestamp
+
+from dagster_run_monitor.facts import RunFacts, observe
+from dagster_run_monitor.instance import read_settings
+from dagster_run_monitor.limits import resolve_limits
+from dagster_run_monitor.policy import decide
+from dagster_run_monitor.settings import MonitorSettings
+
+
+@click.group()
+def main() -> None:
+    """Inspect the run monitor of the instance in $DAGSTER_HOME."""
+
+
+@main.command()
+def status() -> None:
+    """In-progress runs, the limits that apply to each (and where from), and time left."""
+    instance = DagsterInstance.get()
+    settings = read_settings(instance)
+    now = get_current_timestamp()
+    facts, _ = observe(instance, settings, now, {})
+    if not facts:
+        click.echo("No runs in progress.")
+    for run in facts:
+        click.echo(describe(run, settings, now))
+
+
+@main.command()
+@click.argument("run_id")
+def explain(run_id: str) -> None:
+    """The decision the next pass would take for RUN_ID, and why."""
+    instance = DagsterInstance.get()
+    settings = read_settings(instance)
+    now = get_current_timestamp()
+    facts, _ = observe(instance, settings, now, {})
+    run = next((f for f in facts if f.run_id == run_id), None)
+    if run is None:
+        found = instance.get_run_by_id(run_id)
+        state = found.status.value if found else "not found"
+        raise click.ClickException(f"Run {run_id} is not monitored ({state}).")
+    click.echo(describe(run, settings, now))
+    actions = decide(run, settings, now)
+    if settings.dry_run:
+        click.echo("dry_run is on: the daemon logs these actions and changes nothing.")
+    if not actions:
+        click.echo("Next pass: nothing to do.")
+    for action in actions:
+        click.echo(f"Next pass: {type(action).__name__}: {getattr(action, 'message', '')}")
+
+
+def describe(run: RunFacts, settings: MonitorSettings, now: float) -> str:
+    limits = resolve_limits(run.job_name, run.location, run.tags, settings)
+    since = {
+        "max_runtime_seconds": run.started_at,
+        "queue_timeout_seconds": run.enqueued_at or run.created_at,
+        "stall_timeout_seconds": run.last_event_at,
+        "max_step_runtime_seconds": min(run.running_steps.values(), default=None),
+    }
+    lines = [f"{run.run_id}  {run.job_name}  {run.status.value}"]
+    if run.health is not None:
+        lines.append(f"  worker: {run.health}")
+    for key, limit in limits.by_key.items():
+        if not limit.seconds:
+            continue
+        start = since[key]
+        left = f", {limit.seconds - (now - start):.0f}s left" if start is not None else ""
+        lines.append(f"  {key}: {limit.seconds:g}s from {limit.source}{left}")
+    for bad in limits.bad_tags:
+        lines.append(f"  ignored tag {bad.tag}={bad.value!r} (not a duration)")
+    created = datetime.datetime.fromtimestamp(run.created_at, datetime.timezone.utc)
+    lines.append(f"  created {created.isoformat(timespec='seconds')}")
+    return "\n".join(lines)
