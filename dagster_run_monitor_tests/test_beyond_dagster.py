@@ -131,7 +131,7 @@ def test_invalid_settings_name_the_key_or_rule(config, key):
         settings_from_config(config)
 
 
-@pytest.mark.parametrize("idle, fires", [(599, False), (600, True)])
+@pytest.mark.parametrize("idle, fires", [(599, False), (600, True), (601, True)])
 def test_stall_fails_a_healthy_but_silent_run(idle, fires):
     run = facts(S.STARTED, health=RUNNING, started_at=NOW - 5000, last_event_at=NOW - idle)
     actions = decide(run, settings(stall_timeout_seconds=600), NOW)
@@ -436,3 +436,17 @@ def test_stall_resume_respects_the_attempt_budget():
     )
     (action,) = decide(run, settings(stall_timeout_seconds=600, stall_action="resume"), NOW)
     assert isinstance(action, TerminateAndFail) and action.reason == c.REASON_STALLED
+
+
+def test_a_dead_worker_at_start_is_relaunched_when_asked(make_instance, workspace_context):
+    config = {"resume_on_start_failure": True, "worker_unknown_grace_seconds": 0}
+    with make_instance(run_monitoring=config) as instance:
+        run = make_run(instance, S.STARTING, launched=T0 - 5, tags={HEALTH_TAG: "FAILED"})
+        with workspace_context(instance) as ctx:
+            assert monitor_pass(instance, ctx) == []
+        assert status_of(instance, run.run_id) == S.STARTING
+        assert messages(instance, run.run_id)[-2:] == [
+            c.resuming_message("FAILED: 'worker is failed'", run.run_id),
+            c.RESUME_RUN_LOG_MESSAGE,
+        ]
+        assert tags_of(instance, run.run_id)[HEALTH_TAG] == "RUNNING"  # the relaunched worker
