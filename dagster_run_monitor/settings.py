@@ -45,7 +45,7 @@ _OUR_KEYS: dict[str, tuple[int, str]] = {
         30,
         "Time limit for one run's worker health check; a slower check counts as UNKNOWN.",
     ),
-    "health_check_threads": (16, "How many worker health checks run at once."),
+    "health_check_threads": (64, "How many worker health checks run at once."),
     "queue_timeout_seconds": (0, "Cancel runs QUEUED longer than this (0: never)."),
     "stall_timeout_seconds": (
         0,
