@@ -61,7 +61,9 @@ class RunMonitorDaemon(IntervalDaemon):
         settings = read_settings(instance)
         now = get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES
-        facts, runs = observe(instance, settings, now, self._unhealthy_since, statuses)
+        facts, runs = observe(
+            instance, settings, now, self._unhealthy_since, statuses, crashes_only
+        )
         self._unhealthy_since = {
             f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None
         }

@@ -69,8 +69,10 @@ def observe(
     now: float,
     unhealthy_since: Mapping[str, float],
     statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES,
+    crashes_only: bool = False,
 ) -> tuple[list[RunFacts], dict[str, DagsterRun]]:
-    """Facts for each run in ``statuses``, and the runs themselves by id for the actions."""
+    """Facts for each run in ``statuses``, and the runs themselves by id for the actions.
+    ``crashes_only`` leaves out what only the timeout policies need (stalls, steps)."""
     records = read_in_progress_runs(instance, statuses)
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
@@ -84,12 +86,13 @@ def observe(
     enqueued = latest_event_times(
         storage, ids_in(DagsterRunStatus.QUEUED), DagsterEventType.PIPELINE_ENQUEUED
     )
-    stall_watched = _stall_watched(runs, settings)
+    started = [] if crashes_only else ids_in(DagsterRunStatus.STARTED)
+    stall_watched = [i for i in started if _limit(runs[i], settings, "stall_timeout_seconds")]
     last_event = latest_event_times(storage, stall_watched, None)
-    step_limits = {i: _step_limits(instance, runs[i]) for i in ids_in(DagsterRunStatus.STARTED)}
+    step_limits = {i: _step_limits(instance, runs[i]) for i in started}
     steps = running_steps(
         storage,
-        [i for i in step_limits if step_limits[i] or _limit(runs[i], settings, STEP_LIMIT)],
+        [i for i in started if step_limits[i] or _limit(runs[i], settings, STEP_LIMIT)],
     )
     health: dict[str, Health] = {}
     if settings.can_check_health:
@@ -143,15 +146,6 @@ def _limit(run: DagsterRun, settings: MonitorSettings, key: str) -> float:
     from dagster_run_monitor.limits import resolve_limits
 
     return resolve_limits(run.job_name, _location(run), run.tags, settings)[key].seconds
-
-
-def _stall_watched(runs: Mapping[str, DagsterRun], settings: MonitorSettings) -> list[str]:
-    """STARTED runs with a stall timeout: only these need their latest event time."""
-    return [
-        run_id
-        for run_id, run in runs.items()
-        if run.status == DagsterRunStatus.STARTED and _limit(run, settings, "stall_timeout_seconds")
-    ]
 
 
 def _step_limits(instance: DagsterInstance, run: DagsterRun) -> dict[str, str]:
