@@ -12,7 +12,9 @@ from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.alerts import send_alert
+from dagster_run_monitor.claims import claim
 from dagster_run_monitor.debug_info import worker_debug_info
+from dagster_run_monitor.eventlog import count_resume_attempts
 from dagster_run_monitor.policy import (
     Action,
     CancelRun,
@@ -32,17 +34,41 @@ def apply_actions(
     logger: logging.Logger,
     alerts: AlertSettings | None = None,
 ) -> None:
-    """Apply one run's actions, unless its status changed since it was observed."""
-    if any(not isinstance(a, Notice) for a in actions):
-        current = instance.get_run_by_id(run.run_id)
-        if current is None or current.status != run.status:
-            logger.info(
-                "Run %s changed status during the pass (%s -> %s); leaving it for the next pass.",
-                run.run_id,
-                run.status.value,
-                current.status.value if current else "deleted",
-            )
-            actions = [a for a in actions if isinstance(a, Notice)]
+    """Apply one run's actions under the run's claim, unless another daemon holds it or the
+    run changed since it was observed (its status, or its resume count for a resume)."""
+    with claim(instance, run.run_id) as claimed:
+        if not claimed:
+            logger.info("Run %s is being handled by another daemon; skipping it.", run.run_id)
+            return
+        _apply(instance, run, _still_due(instance, run, actions, logger), workspace, logger, alerts)
+
+
+def _still_due(
+    instance: DagsterInstance, run: DagsterRun, actions: Sequence[Action], logger: logging.Logger
+) -> Sequence[Action]:
+    current = instance.get_run_by_id(run.run_id)
+    if current is None:
+        return []
+    notices = [a for a in actions if isinstance(a, Notice) and current.tags.get(a.tag) != a.value]
+    resumes = [a for a in actions if isinstance(a, ResumeRun)]
+    changed = current.status != run.status
+    if not changed and resumes:
+        done = count_resume_attempts(instance.event_log_storage, [run.run_id])[run.run_id]
+        changed = done != resumes[0].attempt - 1
+    if changed:
+        logger.info("Run %s changed during the pass; leaving it for the next pass.", run.run_id)
+        return notices
+    return [a for a in actions if not isinstance(a, Notice) or a in notices]
+
+
+def _apply(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    actions: Sequence[Action],
+    workspace: Callable[[], BaseWorkspaceRequestContext],
+    logger: logging.Logger,
+    alerts: AlertSettings | None,
+) -> None:
     for action in actions:
         logger.info("Run %s: %s", run.run_id, action)
         if isinstance(action, Notice):

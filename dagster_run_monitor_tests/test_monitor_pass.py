@@ -1,6 +1,7 @@
 """One monitoring pass against a real DagsterInstance, on SQLite and on Postgres."""
 
 import logging
+import threading
 
 from dagster import MAX_RUNTIME_SECONDS_TAG, Definitions, asset, define_asset_job, job, op
 from dagster._core.events import DagsterEventType
@@ -437,3 +438,32 @@ def test_hung_checks_on_every_thread_do_not_block_the_pass(make_instance):
         assert health[waiting.run_id] == Health(
             "UNKNOWN", "Health check could not start: every check thread was busy"
         )
+
+
+def test_two_daemons_racing_act_once_per_cause(make_instance, workspace_context):
+    """Two daemons' passes at the same moment, in two threads: each crashed run is resumed
+    once, each timed-out run failed once, each warning written once."""
+    config = {"max_runtime_seconds": 100, "warn_after_fraction": 0.5}
+    with make_instance(run_monitoring=config) as instance:
+        crashed = [make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"}) for _ in range(8)]
+        late = [make_run(instance, S.STARTING, launched=T0 - 500) for _ in range(4)]
+        warned = [make_run(instance, S.STARTED, started=T0 - 60) for _ in range(4)]
+        errors: list = []
+        with workspace_context(instance) as ctx:
+            passes = [
+                threading.Thread(target=lambda: errors.extend(monitor_pass(instance, ctx)))
+                for _ in range(2)
+            ]
+            for thread in passes:
+                thread.start()
+            for thread in passes:
+                thread.join(120)
+        assert errors == []
+        for run in crashed:
+            assert len(resume_events(instance, run.run_id)) == 1
+        for run in late:
+            failures = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_FAILURE)
+            assert status_of(instance, run.run_id) == S.FAILURE and len(failures) == 1
+        for run in warned:
+            warning = "Run has used 50% of its max runtime (60 of 100 seconds)."
+            assert messages(instance, run.run_id).count(warning) == 1
