@@ -1,7 +1,7 @@
 """The daemon: one pass = observe, decide, act; then free concurrency slots like Dagster's."""
 
-import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cache
 
 from dagster import DagsterInstance
@@ -10,12 +10,13 @@ from dagster._daemon.daemon import DaemonIterator, IntervalDaemon
 from dagster._daemon.monitoring import execute_concurrency_slots_iteration
 from dagster._daemon.utils import DaemonErrorCapture
 from dagster._time import get_current_timestamp
+from dagster._utils.error import SerializableErrorInfo
 
 from dagster_run_monitor.actions import apply_actions
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.facts import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, observe
 from dagster_run_monitor.instance import read_settings
-from dagster_run_monitor.policy import decide
+from dagster_run_monitor.policy import Action, decide
 from dagster_run_monitor.settings import MonitorSettings
 
 
@@ -70,20 +71,34 @@ class RunMonitorDaemon(IntervalDaemon):
         if crashes_only:
             facts = [f for f in facts if f.health is not None and not f.health.healthy]
         workspace = cache(context.create_request_context)
+        due: list[tuple[str, list[Action]]] = []
         for run_facts in facts:
             try:
                 actions = decide(run_facts, settings, now)
-                if actions and settings.dry_run:
-                    for action in actions:
-                        self._logger.info("DRY RUN: run %s would get %s", run_facts.run_id, action)
-                elif actions:
-                    run = runs[run_facts.run_id]
-                    apply_actions(instance, run, actions, workspace, self._logger, settings.alerts)
-            except Exception:
-                yield DaemonErrorCapture.process_exception(
-                    exc_info=sys.exc_info(),
-                    logger=self._logger,
-                    log_message=f"Hit error while monitoring run {run_facts.run_id}",
-                )
-            else:
-                yield None
+            except Exception as error:
+                yield self._error(run_facts.run_id, error)
+                continue
+            if actions:
+                due.append((run_facts.run_id, actions))
+        if settings.dry_run:
+            for run_id, actions in due:
+                for action in actions:
+                    self._logger.info("DRY RUN: run %s would get %s", run_id, action)
+            return
+
+        def act(run_id: str, actions: list[Action]) -> None:
+            apply_actions(instance, runs[run_id], actions, workspace, self._logger, settings.alerts)
+
+        # Runs are independent and each is claimed: act on them concurrently.
+        with ThreadPoolExecutor(settings.action_threads, "run_monitor_action") as pool:
+            futures = {pool.submit(act, run_id, actions): run_id for run_id, actions in due}
+            for future in as_completed(futures):
+                error = future.exception()
+                yield None if error is None else self._error(futures[future], error)
+
+    def _error(self, run_id: str, error: BaseException) -> SerializableErrorInfo:
+        return DaemonErrorCapture.process_exception(
+            exc_info=(type(error), error, error.__traceback__),
+            logger=self._logger,
+            log_message=f"Hit error while monitoring run {run_id}",
+        )

@@ -46,6 +46,7 @@ _OUR_KEYS: dict[str, tuple[int, str]] = {
         "Time limit for one run's worker health check; a slower check counts as UNKNOWN.",
     ),
     "health_check_threads": (64, "How many worker health checks run at once."),
+    "action_threads": (16, "How many runs are acted on at once (each under its own claim)."),
     "queue_timeout_seconds": (0, "Cancel runs QUEUED longer than this (0: never)."),
     "stall_timeout_seconds": (
         0,
@@ -194,6 +195,7 @@ class MonitorSettings:
     worker_unknown_grace_seconds: float = _OUR_KEYS["worker_unknown_grace_seconds"][0]
     health_check_timeout_seconds: float = _OUR_KEYS["health_check_timeout_seconds"][0]
     health_check_threads: int = _OUR_KEYS["health_check_threads"][0]
+    action_threads: int = _OUR_KEYS["action_threads"][0]
     queue_timeout_seconds: float = 0
     stall_timeout_seconds: float = 0
     max_step_runtime_seconds: float = 0
@@ -215,6 +217,7 @@ class MonitorSettings:
 
 
 _MINIMUM = {
+    "action_threads": 1,
     "poll_interval_seconds": 1,
     "health_check_threads": 1,
     "health_check_timeout_seconds": 1,

@@ -299,9 +299,10 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
             },
         ]
         # check_run_worker_health counts the run's resumes (to name the Job) on every call:
-        # one query per STARTED run per pass, plus ours for each crashed run.
+        # one query per STARTED run per pass, plus ours for each crashed run: one in the pass's
+        # batched count, one re-count under the run's claim before resuming it.
         assert len(launcher_reads) == 1
-        assert selects == [3, 2]
+        assert selects == [4, 2]
 
 
 # --- a real cluster (opt-in) -----------------------------------------------------------
