@@ -2,7 +2,8 @@
 
 On PostgreSQL a session advisory lock keyed by the run id, held on a connection of the run
 storage while the daemon re-checks and acts; on SQLite (one host) an exclusive ``flock`` on
-one of 256 lock files in the instance directory. The daemon that does not get the claim
+the run's own lock file in the instance directory (one empty file per run ever acted on; a
+shared bucket of files would make two runs block each other). The daemon that does not get the claim
 leaves the run to the next pass, where it sees the result of the first daemon's action.
 A daemon killed while holding a claim releases it with its connection or file descriptor.
 """
@@ -16,8 +17,6 @@ from pathlib import Path
 
 import sqlalchemy as db
 from dagster import DagsterInstance
-
-LOCK_FILES = 256
 
 
 def _key(run_id: str) -> int:
@@ -46,7 +45,8 @@ def claim(instance: DagsterInstance, run_id: str) -> Iterator[bool]:
         return
     directory = Path(root) / "run_monitor" / "claims"
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f"{_key(run_id) % LOCK_FILES}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    name = f"{_key(run_id) & 0xFFFFFFFFFFFFFFFF:016x}.lock"  # 64 bits: no shared files
+    fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

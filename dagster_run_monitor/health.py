@@ -40,6 +40,7 @@ def check_workers(
     queue = deque(runs)
     started: dict[str, float] = {}
     results: dict[str, Health] = {}
+    pending = {run.run_id for run in runs}
     changed = threading.Condition()
 
     def worker() -> None:
@@ -51,20 +52,24 @@ def check_workers(
                 started[run.run_id] = time.monotonic()
             health = _check(launcher, run)
             with changed:
-                results.setdefault(run.run_id, health)  # a late answer is ignored
-                changed.notify()
+                if run.run_id in pending:  # a late answer is ignored
+                    pending.discard(run.run_id)
+                    results[run.run_id] = health
+                    changed.notify()
 
     for _ in range(min(threads, len(runs))):
         threading.Thread(target=worker, daemon=True, name="run_monitor_health").start()
     batch_deadline = time.monotonic() + timeout_seconds * (1 + math.ceil(len(runs) / threads))
+    next_scan = 0.0
     with changed:
-        while len(results) < len(runs):
-            changed.wait(0.05)
+        while pending:
+            changed.wait(0.1)
             now = time.monotonic()
-            for run in runs:
-                began = started.get(run.run_id)
-                if run.run_id in results:
-                    continue
+            if now < next_scan:
+                continue
+            next_scan = now + 0.1  # look for late checks ten times a second, not per answer
+            for run_id in list(pending):
+                began = started.get(run_id)
                 if began is not None and now - began > timeout_seconds:
                     message = f"Health check did not answer within {timeout_seconds:g} seconds"
                 elif began is None and now > batch_deadline:
@@ -72,7 +77,8 @@ def check_workers(
                     message = "Health check could not start: every check thread was busy"
                 else:
                     continue
-                results[run.run_id] = Health(WorkerStatus.UNKNOWN.value, message)
+                pending.discard(run_id)
+                results[run_id] = Health(WorkerStatus.UNKNOWN.value, message)
     return results
 
 
