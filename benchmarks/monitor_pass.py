@@ -18,7 +18,7 @@ storage, in a temporary DAGSTER_HOME), then:
    them all (``instance.resume_run`` with the benchmark launcher, whose resume rewrites a tag).
    Before each repetition a fresh set of K healthy STARTED runs is marked crashed.
 3. A fresh daemon process: one pass in a new Python process, whose peak RSS
-   (``ru_maxrss``: imports, instance, the pass) is the daemon's memory at N runs.
+   (VmHWM: imports, instance, the pass) is the daemon's memory at N runs.
 
 The health check of the benchmark launcher (``benchmarks/launcher.py``) sleeps ``--latency``
 (default 20 ms, about one Kubernetes API call) and issues no SQL.
@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import random
-import resource
 import shlex
 import shutil
 import statistics
@@ -74,6 +73,7 @@ from dagster_shared.record import copy as copy_record
 
 from dagster_run_monitor.constants import RESUME_RUN_LOG_MESSAGE
 from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.instance import read_settings
 from dagster_run_monitor_tests.helpers import make_run
 from dagster_run_monitor_tests.launchers import HEALTH_TAG
 
@@ -174,6 +174,16 @@ class SqlCounter:
     @property
     def total(self) -> int:
         return sum(self.by_storage.values())
+
+
+def peak_rss_bytes() -> int:
+    """VmHWM: the peak RSS of this process's address space since exec (ru_maxrss would
+    include the parent's peak, inherited through fork)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def rss_bytes() -> int:
@@ -299,6 +309,16 @@ def cached_schema_checks(instance: DagsterInstance) -> Iterator[None]:
                         continue  # takes arguments
                     setattr(storage, name, lambda value=value: value)
                     patched.append((storage, name))
+    known_snapshots: set[str] = set()
+    has_job_snapshot = instance.run_storage.has_job_snapshot
+
+    def cached_has_job_snapshot(snapshot_id: str) -> bool:
+        if snapshot_id not in known_snapshots and has_job_snapshot(snapshot_id):
+            known_snapshots.add(snapshot_id)
+        return snapshot_id in known_snapshots
+
+    instance.run_storage.has_job_snapshot = cached_has_job_snapshot
+    patched.append((instance.run_storage, "has_job_snapshot"))
     try:
         yield
     finally:
@@ -873,6 +893,7 @@ class Row:
     child: dict[str, dict] = field(default_factory=dict)
     setup_seconds: float = 0.0
     events: int = 0
+    health_check_threads: int = 0  # as our daemon read it from the instance
 
 
 def builtin_reps_for(n: int, args: argparse.Namespace) -> int:
@@ -891,6 +912,7 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
         write_home(home, storage, args)
         instance = DagsterInstance.from_config(home)
         counter.name_engines(instance)
+        row.health_check_threads = read_settings(instance).health_check_threads
         say(f"{storage} N={n}: building the runs (DAGSTER_HOME={home})")
         started = time.perf_counter()
         population = build_population(instance, n, args, rng)
@@ -978,31 +1000,71 @@ def crash_storm(instance, context, population, row: Row, args, counter: SqlCount
 
 
 def profile_ours(instance, context, population, row: Row, args) -> None:
-    """pyinstrument profiles of one more steady pass and one more crash-storm pass of ours
-    (not timed in the tables)."""
+    """Profiles of one more steady pass and one more crash-storm pass of ours (not timed in
+    the tables): pyinstrument samples the pass's main thread; work the daemon hands to
+    threads of its own (health checks, actions) shows there as waiting, so each call of
+    ``apply_actions`` is also profiled with cProfile in whatever thread runs it, and the
+    calls are summed."""
     try:
         from pyinstrument import Profiler
     except ImportError:
         say("pyinstrument is not installed: no profile (pip install pyinstrument)")
         return
+    import cProfile
+    import pstats
+
+    from dagster_run_monitor import daemon as daemon_module
+
     os.makedirs(args.profile_dir, exist_ok=True)
     for scenario in ("steady", "crash"):
         if scenario == "crash":
             crashed = next_crash_set(population, row.crashed or args.crashed)
             mark_crashed(instance, crashed)
+        action_profiles: list[cProfile.Profile] = []
+        lock = threading.Lock()
+        apply_actions = daemon_module.apply_actions
+
+        def profiled_apply_actions(*a, **k):
+            profile = cProfile.Profile()
+            profile.enable()
+            try:
+                return apply_actions(*a, **k)
+            finally:
+                profile.disable()
+                with lock:
+                    action_profiles.append(profile)
+
         daemon = RunMonitorDaemon.from_instance(instance)
-        profiler = Profiler(interval=0.001)
-        profiler.start()
-        list(daemon.monitor_runs(context))
-        session = profiler.stop()
+        profiler = Profiler(interval=0.001 if scenario == "steady" else 0.005)
+        daemon_module.apply_actions = profiled_apply_actions
+        try:
+            profiler.start()
+            started = time.perf_counter()
+            list(daemon.monitor_runs(context))
+            seconds = time.perf_counter() - started
+            session = profiler.stop()
+        finally:
+            daemon_module.apply_actions = apply_actions
         base = os.path.join(args.profile_dir, f"ours_{row.storage}_{row.n}_{scenario}")
         with open(base + ".txt", "w") as f:
+            f.write(f"pass under the profilers: {seconds:.2f}s\n\n")
             f.write(profiler.output_text(unicode=False, color=False, show_all=False))
-        with open(base + ".html", "w") as f:
-            f.write(profiler.output_html())
+        session.save(base + ".pyisession")  # pyinstrument --load base.pyisession -r html
         with open(base + "_top.txt", "w") as f:
             f.write(top_functions(session))
-        say(f"profile of ours ({scenario}) written to {base}.txt/.html/_top.txt")
+        written = f"{base}.txt, {base}_top.txt, {base}.pyisession"
+        if action_profiles:
+            with open(base + "_actions.txt", "w") as f:
+                stats = pstats.Stats(*action_profiles, stream=f)
+                f.write(
+                    f"{len(action_profiles)} apply_actions calls, cProfile summed over the"
+                    " action threads (times are per-thread wall times, so they add up to more"
+                    " than the pass)\n"
+                )
+                stats.sort_stats("cumulative").print_stats(40)
+                stats.sort_stats("tottime").print_stats(25)
+            written += f", {base}_actions.txt"
+        say(f"profile of ours ({scenario}): {written}")
 
 
 def top_functions(session, limit: int = 25) -> str:
@@ -1057,12 +1119,12 @@ def child_main(kind: str, home: str) -> None:
         instance.run_launcher  # noqa: B018 -- loaded before the baseline, as a daemon would
         rss_ready = rss_bytes()
         result = one_pass(kind, "steady", instance, context, counter)
-    maxrss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_bytes()
     print(
         json.dumps(
             {
                 "rss_ready_mb": round(rss_ready / MB, 1),
-                "peak_rss_mb": round(maxrss_kb / 1024, 1),
+                "peak_rss_mb": round(peak / MB, 1),
                 "first_pass_s": round(result.seconds, 2),
                 "first_pass_sql": result.sql,
                 "errors": len(result.errors),
@@ -1087,6 +1149,23 @@ def span(values: Sequence[int]) -> str:
     return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
+def code_version() -> str:
+    """The commit of this clone, and whether the monitor's code differs from it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "dagster_run_monitor"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        return "unknown commit"
+    return f"commit {head or 'unknown'}" + (" + uncommitted changes" if dirty else "")
+
+
 def report(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
     out = []
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
@@ -1097,11 +1176,10 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
     out.append(
         f"Health check latency {args.latency * 1000:g} ms (no SQL); {args.events_per_run}"
         " events per STARTED/CANCELING run; mix 5% QUEUED, 10% STARTING, 80% STARTED,"
-        " 5% CANCELING; health_check_threads "
-        + (str(args.health_check_threads) if args.health_check_threads else "16 (default)")
-        + "; dagster "
-        + dagster.__version__
-        + "."
+        " 5% CANCELING; our health_check_threads "
+        + ", ".join(sorted({str(r.health_check_threads) for r in rows}))
+        + (" (set by --health-check-threads)" if args.health_check_threads else " (default)")
+        + f"; dagster {dagster.__version__}; dagster-run-monitor at {code_version()}."
     )
     out.append("")
     out.append("### Steady state (every worker healthy, nothing to do; repeatable, alternating)")
@@ -1117,8 +1195,9 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         ours = [p for p in row.steady if p.kind == "ours"]
         builtin = [p for p in row.steady if p.kind == "builtin"]
         o, b = median([p.seconds for p in ours]), median([p.seconds for p in builtin])
+        ratio = f"{b / o:.1f}x" if builtin and ours else "-"
         out.append(
-            f"| {row.storage} | {row.n:,} | {o:.2f} | {b:.2f} | {b / o:.1f}x |"
+            f"| {row.storage} | {row.n:,} | {o:.2f} | {b:.2f} | {ratio} |"
             f" {span([p.sql for p in ours])} / {span([p.sql for p in builtin])} |"
             f" {span([p.connections for p in ours])} / {span([p.connections for p in builtin])} |"
             f" {span([p.health_checks for p in ours])} / {span([p.health_checks for p in builtin])} |"
@@ -1161,7 +1240,7 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
     if child_rows:
         out.append("")
         out.append(
-            "### A fresh daemon process: start-up + one (cold) steady pass; peak RSS = ru_maxrss"
+            "### A fresh daemon process: start-up + one (cold) steady pass; peak RSS = VmHWM of the process"
         )
         out.append("")
         out.append(
@@ -1240,7 +1319,7 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float) -> str:
         " 5 ms from /proc/self/statm) minus RSS at its start, after gc.collect() and"
         " malloc_trim(0); it is what the pass allocates beyond what earlier passes left in the"
         " heap, not the daemon's total. The daemon's total is the fresh-process table:"
-        " ru_maxrss of a new Python process that loads the instance and runs one pass.",
+        " the peak RSS (VmHWM) of a new Python process that loads the instance and runs one pass.",
         "Data: one run per job is made through Dagster's API (helpers.make_run: create_run_for_job,"
         " then report_dagster_event / report_run_canceling), the rest are copies of it written in"
         " bulk with Dagster's own row builders (run rows from _get_run_insertion_values with the"
