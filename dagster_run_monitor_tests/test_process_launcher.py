@@ -56,7 +56,11 @@ def watch(instance, context, run_id, until, timeout=90, what="the run to finish"
         assert errors == [], errors
         return until()
 
-    return wait_until(one_pass, timeout=timeout, what=what, interval=0.3)
+    try:
+        return wait_until(one_pass, timeout=timeout, what=what, interval=0.3)
+    except AssertionError as timed_out:  # say what the run went through
+        last = "\n".join(messages(instance, run_id)[-12:])
+        raise AssertionError(f"{timed_out}; the run's last events:\n{last}") from None
 
 
 def step_starts(instance, run_id) -> Counter:
