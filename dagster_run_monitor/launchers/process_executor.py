@@ -6,6 +6,8 @@ run in their own process groups, outlive a crashed run worker, and are found aga
 resumed worker through the pids recorded in their STEP_WORKER_STARTING events.
 """
 
+import json
+import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,10 +125,14 @@ class ProcessStepHandler(StepHandler):
             return CheckStepHealthResult.unhealthy(
                 f"Step process {process.pid} for step {step_key} {describe_exit(returncode)}."
             )
-        recorded = recorded_step_processes(
-            step_handler_context.instance, step_handler_context.dagster_run.run_id
-        ).get(step_key)
+        run_id = step_handler_context.dagster_run.run_id
+        recorded = recorded_step_processes(step_handler_context.instance, run_id).get(step_key)
         if recorded is None:
+            # The previous worker may have died between starting the step's process and
+            # recording it: look for that process before running the step a second time.
+            pid = find_step_process(run_id, step_key)
+            if pid is not None:
+                return CheckStepHealthResult.healthy()
             return CheckStepHealthResult.unhealthy(f"No process was recorded for step {step_key}.")
         if recorded.host == hostname() and is_alive(recorded.pid, recorded.start_ticks):
             return CheckStepHealthResult.healthy()
@@ -147,6 +153,27 @@ class ProcessStepHandler(StepHandler):
             event_specific_data=EngineEventData(),
         )
         stop_group(recorded.pid, recorded.start_ticks, STEP_TERMINATE_GRACE_SECONDS)
+
+
+def find_step_process(run_id: str, step_key: str) -> int | None:
+    """A live local ``dagster api execute_step`` process of this run and step, from /proc."""
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                argv = cmdline.read().split(b"\0")
+        except OSError:
+            continue
+        if b"execute_step" not in argv or not is_alive(pid):
+            continue
+        args = argv[-2] if argv and not argv[-1] else argv[-1]
+        wanted = json.dumps({"step_keys_to_execute": [step_key]})[1:-1].encode()
+        if run_id.encode() in args and wanted in args:
+            return pid
+    return None
 
 
 def _step_key(step_handler_context: StepHandlerContext) -> str:
