@@ -27,6 +27,7 @@ setup(
             "dagster-k8s>=0.29,<0.30",
             "dagster-postgres>=0.29,<0.30",
             "pytest>=8,<10",
+            "pytest-rerunfailures>=14",
             "pytest-timeout>=2.3,<3",
             "ruff>=0.6",
             "tox>=4,<5",

@@ -21,7 +21,9 @@ from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.helpers import messages, status_of
 from dagster_run_monitor_tests.processes import wait_until
 
-pytestmark = pytest.mark.slow
+# Real processes on a 2-core machine: two of these failed once each in CI, not reproduced
+# since (see the issue notes); one retry keeps a timing fluke from hiding the rest of CI.
+pytestmark = [pytest.mark.slow, pytest.mark.flaky(reruns=1)]
 
 JOBS_FILE = str(Path(__file__).with_name("jobs.py"))
 PROCESS_LAUNCHER = {"module": "dagster_run_monitor", "class": "ProcessRunLauncher"}
