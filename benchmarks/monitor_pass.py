@@ -83,11 +83,12 @@ from dagster_shared.record import copy as copy_record
 
 from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor.instance import read_settings
+from dagster_run_monitor_tests import helpers
 from dagster_run_monitor_tests.helpers import make_run
 from dagster_run_monitor_tests.launchers import HEALTH_TAG
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PG_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+PG_SERVER = helpers.PG_SERVER
 DEFAULT_DATABASE = "run_monitor_bench"
 MIX = (  # share of N per status
     (DagsterRunStatus.QUEUED, 0.05),
@@ -240,14 +241,7 @@ def pg_url(database: str) -> str:
 
 
 def pg_admin(statement: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(dbname="postgres", connect_timeout=5, **PG_SERVER)
-    connection.autocommit = True
-    try:
-        connection.cursor().execute(statement)
-    finally:
-        connection.close()
+    helpers.pg_admin(statement, dbname="postgres", connect_timeout=5)
 
 
 def check_database_name(name: str) -> None:

@@ -2,6 +2,7 @@
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEventType
@@ -11,6 +12,9 @@ from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times, running_steps
 from dagster_run_monitor.health import Health, check_workers
 from dagster_run_monitor.settings import MonitorSettings
+
+if TYPE_CHECKING:
+    from dagster_run_monitor.limits import Limits
 
 MONITORED_STATUSES = (
     DagsterRunStatus.QUEUED,
@@ -87,12 +91,13 @@ def observe(
         storage, ids_in(DagsterRunStatus.QUEUED), DagsterEventType.PIPELINE_ENQUEUED
     )
     started = [] if crashes_only else ids_in(DagsterRunStatus.STARTED)
-    stall_watched = [i for i in started if _limit(runs[i], settings, "stall_timeout_seconds")]
+    limits = {i: _limits(runs[i], settings) for i in started}
+    stall_watched = [i for i in started if limits[i]["stall_timeout_seconds"].seconds]
     last_event = latest_event_times(storage, stall_watched, None)
     step_limits = {i: _step_limits(instance, runs[i]) for i in started}
     steps = running_steps(
         storage,
-        [i for i in started if step_limits[i] or _limit(runs[i], settings, STEP_LIMIT)],
+        [i for i in started if step_limits[i] or limits[i][STEP_LIMIT].seconds],
     )
     health: dict[str, Health] = {}
     if settings.can_check_health:
@@ -142,10 +147,10 @@ STEP_LIMIT = "max_step_runtime_seconds"
 _STEP_TAGS_CACHE: dict[str, dict[str, str]] = {}  # execution plan snapshots never change
 
 
-def _limit(run: DagsterRun, settings: MonitorSettings, key: str) -> float:
+def _limits(run: DagsterRun, settings: MonitorSettings) -> "Limits":
     from dagster_run_monitor.limits import resolve_limits
 
-    return resolve_limits(run.job_name, _location(run), run.tags, settings)[key].seconds
+    return resolve_limits(run.job_name, _location(run), run.tags, settings)
 
 
 def _step_limits(instance: DagsterInstance, run: DagsterRun) -> dict[str, str]:

@@ -30,17 +30,18 @@ def pg_url() -> str:
 
 
 def create_pg_database() -> None:
-    _admin(f'CREATE DATABASE "{PG_DATABASE}"')
+    pg_admin(f'CREATE DATABASE "{PG_DATABASE}"')
 
 
 def drop_pg_database() -> None:
-    _admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+    pg_admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
 
 
-def _admin(statement: str) -> None:
+def pg_admin(statement: str, dbname: str = "test", connect_timeout: int = 3) -> None:
+    """Run one statement outside a transaction (CREATE/DROP DATABASE) on the local server."""
     import psycopg2
 
-    connection = psycopg2.connect(dbname="test", connect_timeout=3, **PG_SERVER)
+    connection = psycopg2.connect(dbname=dbname, connect_timeout=connect_timeout, **PG_SERVER)
     connection.autocommit = True
     try:
         connection.cursor().execute(statement)
