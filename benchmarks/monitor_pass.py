@@ -1034,8 +1034,8 @@ def profile_ours(instance, context, population, row: Row, args) -> None:
     """Profiles of one more steady pass and one more crash-storm pass of ours (not timed in
     the tables): pyinstrument samples the pass's main thread; work the daemon hands to
     threads of its own (health checks, actions) shows there as waiting, so each call of
-    ``apply_actions`` is also profiled with cProfile in whatever thread runs it, and the
-    calls are summed."""
+    run's actions (``actions._apply``) are also profiled with cProfile in whatever thread runs
+    them, and the calls are summed."""
     try:
         from pyinstrument import Profiler
     except ImportError:
@@ -1044,7 +1044,7 @@ def profile_ours(instance, context, population, row: Row, args) -> None:
     import cProfile
     import pstats
 
-    from dagster_run_monitor import daemon as daemon_module
+    from dagster_run_monitor import actions as actions_module
 
     os.makedirs(args.profile_dir, exist_ok=True)
     for scenario in ("steady", "crash"):
@@ -1053,7 +1053,7 @@ def profile_ours(instance, context, population, row: Row, args) -> None:
             mark_crashed(instance, crashed)
         action_profiles: list[cProfile.Profile] = []
         lock = threading.Lock()
-        apply_actions = daemon_module.apply_actions
+        apply_actions = actions_module._apply
 
         def profiled_apply_actions(
             *a, apply_actions=apply_actions, lock=lock, action_profiles=action_profiles, **k
@@ -1069,7 +1069,7 @@ def profile_ours(instance, context, population, row: Row, args) -> None:
 
         daemon = RunMonitorDaemon.from_instance(instance)
         profiler = Profiler(interval=0.001 if scenario == "steady" else 0.005)
-        daemon_module.apply_actions = profiled_apply_actions
+        actions_module._apply = profiled_apply_actions
         try:
             profiler.start()
             started = time.perf_counter()
@@ -1077,7 +1077,7 @@ def profile_ours(instance, context, population, row: Row, args) -> None:
             seconds = time.perf_counter() - started
             session = profiler.stop()
         finally:
-            daemon_module.apply_actions = apply_actions
+            actions_module._apply = apply_actions
         base = os.path.join(args.profile_dir, f"ours_{row.storage}_{row.n}_{scenario}")
         with open(base + ".txt", "w") as f:
             f.write(f"pass under the profilers: {seconds:.2f}s\n\n")
@@ -1090,7 +1090,7 @@ def profile_ours(instance, context, population, row: Row, args) -> None:
             with open(base + "_actions.txt", "w") as f:
                 stats = pstats.Stats(*action_profiles, stream=f)
                 f.write(
-                    f"{len(action_profiles)} apply_actions calls, cProfile summed over the"
+                    f"{len(action_profiles)} runs' actions, cProfile summed over the"
                     " action threads (times are per-thread wall times, so they add up to more"
                     " than the pass)\n"
                 )

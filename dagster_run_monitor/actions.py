@@ -2,17 +2,18 @@
 
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData, JobFailureData
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRun, RunsFilter
 from dagster._core.workspace.context import BaseWorkspaceRequestContext
 from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.alerts import send_alert
-from dagster_run_monitor.claims import claim
+from dagster_run_monitor.claims import claims
 from dagster_run_monitor.debug_info import worker_debug_info
 from dagster_run_monitor.eventlog import count_resume_attempts
 from dagster_run_monitor.policy import (
@@ -25,6 +26,52 @@ from dagster_run_monitor.policy import (
 )
 from dagster_run_monitor.settings import AlertSettings
 
+CLAIM_BATCH = 500  # runs claimed and re-checked together (bounds open lock files)
+
+
+def apply_due(
+    instance: DagsterInstance,
+    due: Sequence[tuple[DagsterRun, Sequence[Action]]],
+    workspace: Callable[[], BaseWorkspaceRequestContext],
+    logger: logging.Logger,
+    alerts: AlertSettings | None = None,
+    threads: int = 1,
+) -> Iterator[tuple[str, BaseException | None]]:
+    """Apply each run's actions, ``threads`` runs at a time, under the runs' claims, unless
+    another daemon holds a run's claim or the run changed since it was observed (its status,
+    or its resume count for a resume). Claims and re-checks take a few queries per batch of
+    runs, not per run. Yields (run id, the error that stopped its actions or None)."""
+    storage = instance.event_log_storage
+    for start in range(0, len(due), CLAIM_BATCH):
+        batch = due[start : start + CLAIM_BATCH]
+        with claims(instance, [run.run_id for run, _ in batch]) as held:
+            for run, _ in batch:
+                if run.run_id not in held:
+                    logger.info(
+                        "Run %s is being handled by another daemon; skipping it.", run.run_id
+                    )
+            mine = [(run, actions) for run, actions in batch if run.run_id in held]
+            ids = [run.run_id for run, _ in mine]
+            reread = instance.get_runs(RunsFilter(run_ids=ids)) if ids else []
+            current = {r.run_id: r for r in reread}
+            resuming = [run.run_id for run, actions in mine if _resume(actions)]
+            resumes = count_resume_attempts(storage, resuming)
+            todo = []
+            for run, actions in mine:
+                done = resumes.get(run.run_id, 0)
+                now_due = still_due(run, actions, current.get(run.run_id), done)
+                if now_due is None:
+                    logger.info("Run %s changed during the pass; leaving it for now.", run.run_id)
+                else:
+                    todo.append((run, now_due))
+            with ThreadPoolExecutor(max(1, threads), "run_monitor_action") as pool:
+                futures = {
+                    pool.submit(_apply, instance, run, todo_actions, workspace, logger, alerts): run
+                    for run, todo_actions in todo
+                }
+                for future in as_completed(futures):
+                    yield futures[future].run_id, future.exception()
+
 
 def apply_actions(
     instance: DagsterInstance,
@@ -34,31 +81,28 @@ def apply_actions(
     logger: logging.Logger,
     alerts: AlertSettings | None = None,
 ) -> None:
-    """Apply one run's actions under the run's claim, unless another daemon holds it or the
-    run changed since it was observed (its status, or its resume count for a resume)."""
-    with claim(instance, run.run_id) as claimed:
-        if not claimed:
-            logger.info("Run %s is being handled by another daemon; skipping it.", run.run_id)
-            return
-        _apply(instance, run, _still_due(instance, run, actions, logger), workspace, logger, alerts)
+    """``apply_due`` for one run; raises what stopped its actions."""
+    for _, error in apply_due(instance, [(run, actions)], workspace, logger, alerts):
+        if error is not None:
+            raise error
 
 
-def _still_due(
-    instance: DagsterInstance, run: DagsterRun, actions: Sequence[Action], logger: logging.Logger
-) -> Sequence[Action]:
-    current = instance.get_run_by_id(run.run_id)
+def _resume(actions: Sequence[Action]) -> ResumeRun | None:
+    return next((a for a in actions if isinstance(a, ResumeRun)), None)
+
+
+def still_due(
+    observed: DagsterRun, actions: Sequence[Action], current: DagsterRun | None, resumes: int
+) -> Sequence[Action] | None:
+    """The actions to apply now that the run was re-read under its claim: None if the run
+    changed since it was observed (only its unwritten notices are still due, and they are
+    applied by the next pass), the actions otherwise, less notices already written."""
     if current is None:
-        return []
-    notices = [a for a in actions if isinstance(a, Notice) and current.tags.get(a.tag) != a.value]
-    resumes = [a for a in actions if isinstance(a, ResumeRun)]
-    changed = current.status != run.status
-    if not changed and resumes:
-        done = count_resume_attempts(instance.event_log_storage, [run.run_id])[run.run_id]
-        changed = done != resumes[0].attempt - 1
-    if changed:
-        logger.info("Run %s changed during the pass; leaving it for the next pass.", run.run_id)
-        return notices
-    return [a for a in actions if not isinstance(a, Notice) or a in notices]
+        return None
+    resume = _resume(actions)
+    if current.status != observed.status or (resume and resumes != resume.attempt - 1):
+        return None
+    return [a for a in actions if not isinstance(a, Notice) or current.tags.get(a.tag) != a.value]
 
 
 def _apply(

@@ -1,10 +1,10 @@
 """The daemon: one pass = observe, decide, act; then free concurrency slots like Dagster's."""
 
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from functools import cache
 
 from dagster import DagsterInstance
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.workspace.context import IWorkspaceProcessContext
 from dagster._daemon.daemon import DaemonIterator, IntervalDaemon
 from dagster._daemon.monitoring import execute_concurrency_slots_iteration
@@ -12,7 +12,7 @@ from dagster._daemon.utils import DaemonErrorCapture
 from dagster._time import get_current_timestamp
 from dagster._utils.error import SerializableErrorInfo
 
-from dagster_run_monitor.actions import apply_actions
+from dagster_run_monitor.actions import apply_due
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.facts import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, observe
 from dagster_run_monitor.instance import read_settings
@@ -68,10 +68,19 @@ class RunMonitorDaemon(IntervalDaemon):
         self._unhealthy_since = {
             f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None
         }
+        unanswered = [f for f in facts if f.health is not None and not f.health.answered]
+        if unanswered:  # one error a pass in the heartbeat, not one per run of an API outage
+            first = unanswered[0]
+            message = (
+                f"{len(unanswered)} worker health check(s) had no answer; those runs are"
+                f" checked again next pass (run {first.run_id}: {first.health.message})"
+            )
+            self._logger.warning(message)
+            yield SerializableErrorInfo(message, stack=[], cls_name=None)
         if crashes_only:
             facts = [f for f in facts if f.health is not None and not f.health.healthy]
         workspace = cache(context.create_request_context)
-        due: list[tuple[str, list[Action]]] = []
+        due: list[tuple[DagsterRun, list[Action]]] = []
         for run_facts in facts:
             try:
                 actions = decide(run_facts, settings, now)
@@ -79,22 +88,17 @@ class RunMonitorDaemon(IntervalDaemon):
                 yield self._error(run_facts.run_id, error)
                 continue
             if actions:
-                due.append((run_facts.run_id, actions))
+                due.append((runs[run_facts.run_id], actions))
         if settings.dry_run:
-            for run_id, actions in due:
+            for run, actions in due:
                 for action in actions:
-                    self._logger.info("DRY RUN: run %s would get %s", run_id, action)
+                    self._logger.info("DRY RUN: run %s would get %s", run.run_id, action)
             return
-
-        def act(run_id: str, actions: list[Action]) -> None:
-            apply_actions(instance, runs[run_id], actions, workspace, self._logger, settings.alerts)
-
-        # Runs are independent and each is claimed: act on them concurrently.
-        with ThreadPoolExecutor(settings.action_threads, "run_monitor_action") as pool:
-            futures = {pool.submit(act, run_id, actions): run_id for run_id, actions in due}
-            for future in as_completed(futures):
-                error = future.exception()
-                yield None if error is None else self._error(futures[future], error)
+        applied = apply_due(
+            instance, due, workspace, self._logger, settings.alerts, settings.action_threads
+        )
+        for run_id, error in applied:  # runs are independent: one's error stops only its own
+            yield None if error is None else self._error(run_id, error)
 
     def _error(self, run_id: str, error: BaseException) -> SerializableErrorInfo:
         return DaemonErrorCapture.process_exception(

@@ -1,6 +1,6 @@
 """Observe: read in-progress runs and what each policy needs to know about them."""
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -10,7 +10,7 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunR
 
 from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times, running_steps
-from dagster_run_monitor.health import Health, check_workers
+from dagster_run_monitor.health import Health, HealthChecks
 from dagster_run_monitor.settings import MonitorSettings
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ MONITORED_STATUSES = (
     DagsterRunStatus.CANCELING,
 )
 HEALTH_CHECKED_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
+HEALTH_CHECKED = frozenset(HEALTH_CHECKED_STATUSES)
 PAGE_SIZE = 1000
 
 
@@ -53,17 +54,16 @@ class RunFacts:
 
 def read_in_progress_runs(
     instance: DagsterInstance, statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES
-) -> list[RunRecord]:
-    """Every run in ``statuses``, read in pages."""
-    records: list[RunRecord] = []
+) -> Iterator[list[RunRecord]]:
+    """Every run in ``statuses``, page by page."""
     cursor = None
     while True:
         page = instance.get_run_records(
             filters=RunsFilter(statuses=list(statuses)), limit=PAGE_SIZE, cursor=cursor
         )
-        records.extend(page)
+        yield page
         if len(page) < PAGE_SIZE:
-            return records
+            return
         cursor = page[-1].dagster_run.run_id
 
 
@@ -77,7 +77,18 @@ def observe(
 ) -> tuple[list[RunFacts], dict[str, DagsterRun]]:
     """Facts for each run in ``statuses``, and the runs themselves by id for the actions.
     ``crashes_only`` leaves out what only the timeout policies need (stalls, steps)."""
-    records = read_in_progress_runs(instance, statuses)
+    checks = None
+    if settings.can_check_health:
+        checks = HealthChecks(
+            instance.run_launcher,
+            settings.health_check_threads,
+            settings.health_check_timeout_seconds,
+        )
+    records: list[RunRecord] = []
+    for page in read_in_progress_runs(instance, statuses):
+        records.extend(page)
+        if checks is not None:  # the checks run while the rest is read
+            checks.submit([r.dagster_run for r in page if r.dagster_run.status in HEALTH_CHECKED])
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
     storage = instance.event_log_storage
@@ -99,16 +110,9 @@ def observe(
         storage,
         [i for i in started if step_limits[i] or limits[i][STEP_LIMIT].seconds],
     )
-    health: dict[str, Health] = {}
-    if settings.can_check_health:
-        health = check_workers(
-            instance.run_launcher,
-            [runs[i] for i in ids_in(*HEALTH_CHECKED_STATUSES)],
-            settings.health_check_threads,
-            settings.health_check_timeout_seconds,
-        )
-    crashed = {i for i, h in health.items() if not h.healthy}
-    attempts = count_resume_attempts(storage, sorted({*crashed, *stall_watched}))
+    health: dict[str, Health] = checks.results() if checks is not None else {}
+    unhealthy = {i for i, h in health.items() if h.answered and not h.healthy}
+    attempts = count_resume_attempts(storage, sorted({*unhealthy, *stall_watched}))
     facts = [
         RunFacts(
             run_id=record.dagster_run.run_id,
@@ -126,16 +130,25 @@ def observe(
             running_steps=steps.get(record.dagster_run.run_id, {}),
             step_limits=step_limits.get(record.dagster_run.run_id, {}),
             health=health.get(record.dagster_run.run_id),
-            unhealthy_since=(
-                unhealthy_since.get(record.dagster_run.run_id, now)
-                if record.dagster_run.run_id in crashed
-                else None
+            unhealthy_since=_unhealthy_since(
+                record.dagster_run.run_id, health, unhealthy_since, now
             ),
             resume_attempts=attempts.get(record.dagster_run.run_id, 0),
         )
         for record in records
     ]
     return facts, runs
+
+
+def _unhealthy_since(
+    run_id: str, health: Mapping[str, Health], since: Mapping[str, float], now: float
+) -> float | None:
+    """When the worker was first seen unhealthy: now for a new result, as before while a
+    check has no answer (a hung API call neither starts nor resets the clock)."""
+    result = health.get(run_id)
+    if result is None or result.healthy:
+        return None
+    return since.get(run_id, now) if result.answered else since.get(run_id)
 
 
 def _location(run: DagsterRun) -> str | None:

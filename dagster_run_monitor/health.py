@@ -20,6 +20,7 @@ class Health:
     status: str  # a WorkerStatus value: RUNNING, SUCCESS, FAILED, NOT_FOUND, UNKNOWN
     message: str = ""
     transient: bool = False
+    answered: bool = True  # False: the check raised or timed out, which proves nothing
 
     @property
     def healthy(self) -> bool:
@@ -29,64 +30,86 @@ class Health:
         return f"{self.status}: '{self.message}'"
 
 
-def check_workers(
-    launcher: RunLauncher, runs: Sequence[DagsterRun], threads: int, timeout_seconds: float
-) -> dict[str, Health]:
-    """Health of each run's worker, ``threads`` checks at a time. A check that raises or
-    outlives ``timeout_seconds`` is UNKNOWN. The threads are daemon threads of this call: a
-    check that hangs holds only its own thread, never this pass, the next one, or the
-    process's exit; checks still queued when the batch's time is up (every thread hung) are
-    UNKNOWN too."""
-    queue = deque(runs)
-    started: dict[str, float] = {}
-    results: dict[str, Health] = {}
-    pending = {run.run_id for run in runs}
-    changed = threading.Condition()
+class HealthChecks:
+    """Health checks of runs' workers, ``threads`` at a time, started as runs are submitted
+    (while the rest of the pass reads storage) and collected by ``results``.
 
-    def worker() -> None:
+    A check that raises or outlives ``timeout_seconds`` has no answer (``answered`` False):
+    an API error or a hung call is no evidence that a worker died, so the run is checked
+    again next pass. The threads are daemon threads: a check that hangs holds only its own
+    thread, never this pass, the next one, or the process's exit; checks still queued when
+    the batch's time is up (every thread hung) have no answer either."""
+
+    def __init__(self, launcher: RunLauncher, threads: int, timeout_seconds: float):
+        self._launcher = launcher
+        self._threads = max(1, threads)
+        self._timeout = timeout_seconds
+        self._queue: deque[DagsterRun] = deque()
+        self._started: dict[str, float] = {}
+        self._results: dict[str, Health] = {}
+        self._pending: set[str] = set()
+        self._running = 0
+        self._submitted = 0
+        self._began = time.monotonic()
+        self._changed = threading.Condition()
+
+    def submit(self, runs: Sequence[DagsterRun]) -> None:
+        with self._changed:
+            self._queue.extend(runs)
+            self._pending.update(run.run_id for run in runs)
+            self._submitted += len(runs)
+            wanted = min(self._threads - self._running, len(self._queue))
+            self._running += wanted
+        for _ in range(wanted):
+            threading.Thread(target=self._work, daemon=True, name="run_monitor_health").start()
+
+    def _work(self) -> None:
         while True:
-            with changed:
-                if not queue:
+            with self._changed:
+                if not self._queue:
+                    self._running -= 1
                     return
-                run = queue.popleft()
-                started[run.run_id] = time.monotonic()
-            health = _check(launcher, run)
-            with changed:
-                if run.run_id in pending:  # a late answer is ignored
-                    pending.discard(run.run_id)
-                    results[run.run_id] = health
-                    changed.notify()
+                run = self._queue.popleft()
+                self._started[run.run_id] = time.monotonic()
+            health = _check(self._launcher, run)
+            with self._changed:
+                if run.run_id in self._pending:  # a late answer is ignored
+                    self._pending.discard(run.run_id)
+                    self._results[run.run_id] = health
+                    self._changed.notify()
 
-    for _ in range(min(threads, len(runs))):
-        threading.Thread(target=worker, daemon=True, name="run_monitor_health").start()
-    batch_deadline = time.monotonic() + timeout_seconds * (1 + math.ceil(len(runs) / threads))
-    next_scan = 0.0
-    with changed:
-        while pending:
-            changed.wait(0.1)
-            now = time.monotonic()
-            if now < next_scan:
-                continue
-            next_scan = now + 0.1  # look for late checks ten times a second, not per answer
-            for run_id in list(pending):
-                began = started.get(run_id)
-                if began is not None and now - began > timeout_seconds:
-                    message = f"Health check did not answer within {timeout_seconds:g} seconds"
-                elif began is None and now > batch_deadline:
-                    queue.clear()
-                    message = "Health check could not start: every check thread was busy"
-                else:
+    def results(self) -> dict[str, Health]:
+        """Every submitted run's result, once each has answered or run out of time."""
+        rounds = 1 + math.ceil(self._submitted / self._threads)
+        batch_deadline = self._began + self._timeout * rounds
+        next_scan = 0.0
+        with self._changed:
+            while self._pending:
+                self._changed.wait(0.1)
+                now = time.monotonic()
+                if now < next_scan:
                     continue
-                pending.discard(run_id)
-                results[run_id] = Health(WorkerStatus.UNKNOWN.value, message)
-    return results
+                next_scan = now + 0.1  # look for late checks ten times a second, not per answer
+                for run_id in list(self._pending):
+                    began = self._started.get(run_id)
+                    if began is not None and now - began > self._timeout:
+                        message = f"Health check did not answer within {self._timeout:g} seconds"
+                    elif began is None and now > batch_deadline:
+                        self._queue.clear()
+                        message = "Health check could not start: every check thread was busy"
+                    else:
+                        continue
+                    self._pending.discard(run_id)
+                    self._results[run_id] = Health(
+                        WorkerStatus.UNKNOWN.value, message, False, False
+                    )
+            return dict(self._results)
 
 
 def _check(launcher: RunLauncher, run: DagsterRun) -> Health:
     try:
         result = launcher.check_run_worker_health(run)
     except Exception as error:
-        return Health(
-            WorkerStatus.UNKNOWN.value, f"Health check raised {type(error).__name__}: {error}"
-        )
+        message = f"Health check raised {type(error).__name__}: {error}"
+        return Health(WorkerStatus.UNKNOWN.value, message, False, False)
     return Health(result.status.value, result.msg or "", bool(result.transient))

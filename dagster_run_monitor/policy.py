@@ -209,9 +209,10 @@ def resume_or_wait(
 def is_crashed(run: RunFacts, settings: MonitorSettings, now: float, starting: bool) -> bool:
     """A definite failure of a started worker counts at once. UNKNOWN, transient results, and
     anything unhealthy while the run is still STARTING (a worker being created can look
-    missing or not running yet) count once they have lasted the grace period."""
+    missing or not running yet) count once they have lasted the grace period. A check that
+    raised or timed out never counts: it says nothing about the worker."""
     health: Health | None = run.health
-    if health is None or health.healthy:
+    if health is None or health.healthy or not health.answered:
         return False
     uncertain = starting or health.transient or health.status == WorkerStatus.UNKNOWN.value
     if not uncertain:

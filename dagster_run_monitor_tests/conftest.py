@@ -22,6 +22,23 @@ SCRIPTED_LAUNCHER = {
 }
 
 
+@pytest.fixture(autouse=True)
+def clock_not_left_frozen() -> Iterator[None]:
+    """Fail the test that leaves Dagster's clock frozen (``freeze_time`` entered in two
+    threads at once restores the wrong function), instead of every later test that needs
+    time to pass."""
+    import dagster._time as clock
+
+    def current():
+        return clock._mockable_get_current_timestamp, clock._mockable_get_current_datetime
+
+    real = current()
+    yield
+    if current() != real:
+        clock._mockable_get_current_timestamp, clock._mockable_get_current_datetime = real
+        pytest.fail("this test left Dagster's clock frozen (freeze_time used from two threads?)")
+
+
 def require_postgres() -> None:
     """Skip with the reason on a developer's machine without Postgres; fail in CI."""
     reason = postgres_unavailable()

@@ -405,20 +405,14 @@ def test_dry_run_decides_and_logs_but_changes_nothing(make_instance, workspace_c
 
 def test_cli_status_and_explain_use_the_same_decisions():
     rules = [{"match": {"job": "etl_*"}, "max_runtime_seconds": 3600}]
-    with monitor_instance(run_monitoring={"rules": rules}) as instance:
-        from dagster._time import get_current_timestamp
-
-        now = get_current_timestamp()
-        running = make_run(instance, S.STARTED, job_name="etl_daily", started=now - 600)
-        stuck = make_run(instance, S.STARTING, launched=now - 500, created=now - 600)
+    with monitor_instance(run_monitoring={"rules": rules}) as instance, at(T0):
+        running = make_run(instance, S.STARTED, job_name="etl_daily", started=T0 - 600)
+        stuck = make_run(instance, S.STARTING, launched=T0 - 500, created=T0 - 600)
         runner = CliRunner()
         status = runner.invoke(cli, ["status"])
         assert status.exit_code == 0, status.output
         assert running.run_id in status.output and stuck.run_id in status.output
-        assert (
-            "max_runtime_seconds: 3600s from rule 1 (job etl_*), 3000s left"
-            in status.output.replace("2999s", "3000s")
-        )
+        assert "max_runtime_seconds: 3600s from rule 1 (job etl_*), 3000s left" in status.output
         explain = runner.invoke(cli, ["explain", stuck.run_id])
         assert explain.exit_code == 0, explain.output
         assert (

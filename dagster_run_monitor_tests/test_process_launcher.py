@@ -12,11 +12,15 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
+from dagster._time import get_current_timestamp
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.facts import observe
+from dagster_run_monitor.instance import read_settings
 from dagster_run_monitor.launchers.process_executor import recorded_step_processes
 from dagster_run_monitor.launchers.processes import is_alive
+from dagster_run_monitor.policy import decide
 from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.helpers import messages, status_of
 from dagster_run_monitor_tests.processes import wait_until
@@ -60,9 +64,22 @@ def watch(instance, context, run_id, until, timeout=90, what="the run to finish"
 
     try:
         return wait_until(one_pass, timeout=timeout, what=what, interval=0.3)
-    except AssertionError as timed_out:  # say what the run went through
+    except AssertionError as timed_out:  # say what the run went through, and what we see
         last = "\n".join(messages(instance, run_id)[-12:])
-        raise AssertionError(f"{timed_out}; the run's last events:\n{last}") from None
+        raise AssertionError(
+            f"{timed_out}; the run's last events:\n{last}\n{monitor_view(instance, run_id)}"
+        ) from None
+
+
+def monitor_view(instance: DagsterInstance, run_id: str) -> str:
+    """What the monitor observes for the run now and what it would decide (for failures)."""
+    settings = read_settings(instance)
+    now = get_current_timestamp()
+    facts, _ = observe(instance, settings, now, {})
+    return (
+        "\n".join(f"monitor sees {f}\nand decides {decide(f, settings, now)}" for f in facts)
+        or f"monitor sees no in-progress runs; {run_id} is {status_of(instance, run_id)}"
+    )
 
 
 def step_starts(instance, run_id) -> Counter:
