@@ -17,6 +17,7 @@ from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.facts import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, observe
 from dagster_run_monitor.instance import read_settings
 from dagster_run_monitor.policy import Action, decide
+from dagster_run_monitor.runs import RunReader
 from dagster_run_monitor.settings import MonitorSettings
 
 
@@ -31,6 +32,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self._poll_interval = poll
         self._last_full_pass: float | None = None
         self._unhealthy_since: dict[str, float] = {}
+        self._runs = RunReader()
 
     @classmethod
     def daemon_type(cls) -> str:
@@ -63,7 +65,7 @@ class RunMonitorDaemon(IntervalDaemon):
         now = get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES
         facts, runs = observe(
-            instance, settings, now, self._unhealthy_since, statuses, crashes_only
+            instance, settings, now, self._unhealthy_since, statuses, crashes_only, self._runs
         )
         self._unhealthy_since = {
             f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None

@@ -1,16 +1,17 @@
 """Observe: read in-progress runs and what each policy needs to know about them."""
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEventType
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times, running_steps
 from dagster_run_monitor.health import Health, HealthChecks
+from dagster_run_monitor.runs import RunReader, read_all
 from dagster_run_monitor.settings import MonitorSettings
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ MONITORED_STATUSES = (
 )
 HEALTH_CHECKED_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
 HEALTH_CHECKED = frozenset(HEALTH_CHECKED_STATUSES)
-PAGE_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -52,21 +52,6 @@ class RunFacts:
     resume_attempts: int = 0
 
 
-def read_in_progress_runs(
-    instance: DagsterInstance, statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES
-) -> Iterator[list[RunRecord]]:
-    """Every run in ``statuses``, page by page."""
-    cursor = None
-    while True:
-        page = instance.get_run_records(
-            filters=RunsFilter(statuses=list(statuses)), limit=PAGE_SIZE, cursor=cursor
-        )
-        yield page
-        if len(page) < PAGE_SIZE:
-            return
-        cursor = page[-1].dagster_run.run_id
-
-
 def observe(
     instance: DagsterInstance,
     settings: MonitorSettings,
@@ -74,9 +59,11 @@ def observe(
     unhealthy_since: Mapping[str, float],
     statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES,
     crashes_only: bool = False,
+    reader: RunReader | None = None,
 ) -> tuple[list[RunFacts], dict[str, DagsterRun]]:
     """Facts for each run in ``statuses``, and the runs themselves by id for the actions.
-    ``crashes_only`` leaves out what only the timeout policies need (stalls, steps)."""
+    ``crashes_only`` leaves out what only the timeout policies need (stalls, steps); a
+    daemon's ``reader`` re-reads only the runs that changed since its last pass."""
     checks = None
     if settings.can_check_health:
         checks = HealthChecks(
@@ -84,11 +71,9 @@ def observe(
             settings.health_check_threads,
             settings.health_check_timeout_seconds,
         )
-    records: list[RunRecord] = []
-    for page in read_in_progress_runs(instance, statuses):
-        records.extend(page)
-        if checks is not None:  # the checks run while the rest is read
-            checks.submit([r.dagster_run for r in page if r.dagster_run.status in HEALTH_CHECKED])
+    records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
+    if checks is not None:  # the checks run while the event log is read
+        checks.submit([r.dagster_run for r in records if r.dagster_run.status in HEALTH_CHECKED])
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
     storage = instance.event_log_storage

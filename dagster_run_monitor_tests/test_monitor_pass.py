@@ -11,10 +11,11 @@ from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.actions import apply_actions
 from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.facts import observe
+from dagster_run_monitor.facts import MONITORED_STATUSES, observe
 from dagster_run_monitor.health import Health
 from dagster_run_monitor.instance import read_settings
 from dagster_run_monitor.policy import ResumeRun
+from dagster_run_monitor.runs import RunReader
 from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.helpers import (
     T0,
@@ -480,3 +481,15 @@ def test_two_daemons_racing_act_once_per_cause(make_instance, workspace_context)
         for run in warned:
             warning = "Run has used 50% of its max runtime (60 of 100 seconds)."
             assert messages(instance, run.run_id).count(warning) == 1
+
+
+def test_a_daemon_rereads_only_the_runs_that_changed(instance):
+    reader = RunReader()
+    changed, finished, same = (make_run(instance, S.STARTED) for _ in range(3))
+    first = {r.dagster_run.run_id: r for r in reader.read(instance, MONITORED_STATUSES)}
+    instance.add_run_tags(changed.run_id, {"team": "data"})
+    report(instance, finished, DagsterEventType.RUN_SUCCESS)
+    second = {r.dagster_run.run_id: r for r in reader.read(instance, MONITORED_STATUSES)}
+    assert second[changed.run_id].dagster_run.tags["team"] == "data"
+    assert finished.run_id not in second
+    assert second[same.run_id] is first[same.run_id]  # not read again

@@ -1,0 +1,64 @@
+"""Read in-progress runs: a page of run bodies costs more than the rest of a pass, so a daemon
+keeps the runs it has read and re-reads only those whose row changed since."""
+
+from collections.abc import Sequence
+
+from dagster import DagsterInstance
+from dagster._core.storage.dagster_run import DagsterRunStatus, RunRecord, RunsFilter
+from dagster._core.storage.runs.schema import RunsTable
+from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
+from dagster._time import utc_datetime_from_naive
+
+PAGE_SIZE = 1000
+
+
+class RunReader:
+    """Reads the runs in some statuses. Every run row's ``update_timestamp`` changes whenever
+    Dagster writes the run (status, tags, body), so one light query of ids and timestamps
+    tells which bodies to read again; the others come from the previous pass."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[DagsterRunStatus, ...], dict[str, RunRecord]] = {}
+
+    def read(
+        self, instance: DagsterInstance, statuses: Sequence[DagsterRunStatus]
+    ) -> list[RunRecord]:
+        storage = instance.run_storage
+        if not isinstance(storage, SqlRunStorage):
+            return read_all(instance, statuses)
+        query = RunsTable.select().with_only_columns(
+            RunsTable.c.run_id, RunsTable.c.update_timestamp
+        )
+        query = query.where(RunsTable.c.status.in_([s.value for s in statuses]))
+        current = {
+            row["run_id"]: utc_datetime_from_naive(row["update_timestamp"])
+            for row in storage.fetchall(query)
+        }
+        before = self._known.get(tuple(statuses), {})
+        stale = [
+            run_id
+            for run_id, updated in current.items()
+            if run_id not in before or before[run_id].update_timestamp != updated
+        ]
+        known = {run_id: before[run_id] for run_id in current if run_id not in stale}
+        for start in range(0, len(stale), PAGE_SIZE):
+            page = stale[start : start + PAGE_SIZE]
+            for record in instance.get_run_records(RunsFilter(run_ids=page)):
+                known[record.dagster_run.run_id] = record
+        self._known[tuple(statuses)] = known
+        wanted = set(statuses)  # a run may have moved on between the two queries
+        return [r for r in known.values() if r.dagster_run.status in wanted]
+
+
+def read_all(instance: DagsterInstance, statuses: Sequence[DagsterRunStatus]) -> list[RunRecord]:
+    """Every run in ``statuses``, read in pages."""
+    records: list[RunRecord] = []
+    cursor = None
+    while True:
+        page = instance.get_run_records(
+            filters=RunsFilter(statuses=list(statuses)), limit=PAGE_SIZE, cursor=cursor
+        )
+        records.extend(page)
+        if len(page) < PAGE_SIZE:
+            return records
+        cursor = page[-1].dagster_run.run_id
