@@ -16,6 +16,7 @@ from dagster_run_monitor.alerts import send_alert
 from dagster_run_monitor.claims import claims
 from dagster_run_monitor.debug_info import worker_debug_info
 from dagster_run_monitor.eventlog import count_resume_attempts
+from dagster_run_monitor.metrics import action_labels
 from dagster_run_monitor.policy import (
     Action,
     CancelRun,
@@ -36,11 +37,12 @@ def apply_due(
     logger: logging.Logger,
     alerts: AlertSettings | None = None,
     threads: int = 1,
-) -> Iterator[tuple[str, BaseException | None]]:
+) -> Iterator[tuple[str, Sequence[Action], BaseException | None]]:
     """Apply each run's actions, ``threads`` runs at a time, under the runs' claims, unless
     another daemon holds a run's claim or the run changed since it was observed (its status,
     or its resume count for a resume). Claims and re-checks take a few queries per batch of
-    runs, not per run. Yields (run id, the error that stopped its actions or None)."""
+    runs, not per run. Yields, per run acted on, its id, the actions applied and the error that
+    stopped them (None if none did)."""
     storage = instance.event_log_storage
     for start in range(0, len(due), CLAIM_BATCH):
         batch = due[start : start + CLAIM_BATCH]
@@ -66,11 +68,16 @@ def apply_due(
                     todo.append((run, now_due))
             with ThreadPoolExecutor(max(1, threads), "run_monitor_action") as pool:
                 futures = {
-                    pool.submit(_apply, instance, run, todo_actions, workspace, logger, alerts): run
-                    for run, todo_actions in todo
+                    pool.submit(_apply, instance, run, actions, workspace, logger, alerts): (
+                        run,
+                        actions,
+                    )
+                    for run, actions in todo
                 }
                 for future in as_completed(futures):
-                    yield futures[future].run_id, future.exception()
+                    run, actions = futures[future]
+                    error = future.exception()
+                    yield run.run_id, (actions if error is None else []), error
 
 
 def apply_actions(
@@ -82,7 +89,7 @@ def apply_actions(
     alerts: AlertSettings | None = None,
 ) -> None:
     """``apply_due`` for one run; raises what stopped its actions."""
-    for _, error in apply_due(instance, [(run, actions)], workspace, logger, alerts):
+    for _, _, error in apply_due(instance, [(run, actions)], workspace, logger, alerts):
         if error is not None:
             raise error
 
@@ -114,7 +121,7 @@ def _apply(
     alerts: AlertSettings | None,
 ) -> None:
     for action in actions:
-        logger.info("Run %s: %s", run.run_id, action)
+        log_action(logger, run, action)
         if isinstance(action, Notice):
             notice(instance, run, action)
             if action.alert is not None:
@@ -134,6 +141,25 @@ def _apply(
                 instance.run_launcher.kill_worker(run)  # type: ignore[attr-defined]
             instance.report_engine_event(action.message, run)
             instance.resume_run(run.run_id, workspace(), action.attempt)
+
+
+def log_action(logger: logging.Logger, run: DagsterRun, action: Action) -> None:
+    """One line per action; with ``dagster-daemon run --log-format json`` its fields are keys
+    of the JSON object (run_id, job_name, action, reason, limit, observed)."""
+    kind, reason = action_labels(action)
+    limit, observed = getattr(action, "limit", None), getattr(action, "observed", None)
+    fields = {
+        "run_id": run.run_id,
+        "job_name": run.job_name,
+        "action": kind,
+        "reason": reason,
+        "limit": limit,
+        "observed": round(observed, 3) if observed is not None else None,
+    }
+    shown = "".join(f", {k} {fields[k]:g}" for k in ("limit", "observed") if fields[k] is not None)
+    logger.info(
+        "Run %s (%s): %s, reason %s%s", run.run_id, run.job_name, kind, reason, shown, extra=fields
+    )
 
 
 def notice(instance: DagsterInstance, run: DagsterRun, action: Notice) -> None:

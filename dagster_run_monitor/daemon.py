@@ -16,7 +16,8 @@ from dagster_run_monitor.actions import apply_due
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.facts import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, observe
 from dagster_run_monitor.instance import read_settings
-from dagster_run_monitor.policy import Action, decide
+from dagster_run_monitor.metrics import Metrics
+from dagster_run_monitor.policy import Action, decide, over_warning_threshold
 from dagster_run_monitor.runs import RunReader
 from dagster_run_monitor.settings import MonitorSettings
 
@@ -33,6 +34,10 @@ class RunMonitorDaemon(IntervalDaemon):
         self._last_full_pass: float | None = None
         self._unhealthy_since: dict[str, float] = {}
         self._runs = RunReader()
+        self.metrics: Metrics | None = None
+        if settings.metrics_port:
+            self.metrics = Metrics()
+            self.metrics.serve(settings.metrics_host, settings.metrics_port)
 
     @classmethod
     def daemon_type(cls) -> str:
@@ -62,6 +67,7 @@ class RunMonitorDaemon(IntervalDaemon):
         Yields an error per run that could not be handled."""
         instance = context.instance
         settings = read_settings(instance)
+        began = time.monotonic()
         now = get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES
         facts, runs = observe(
@@ -79,6 +85,11 @@ class RunMonitorDaemon(IntervalDaemon):
             )
             self._logger.warning(message)
             yield SerializableErrorInfo(message, stack=[], cls_name=None)
+        if self.metrics is not None:
+            over = None
+            if not crashes_only:
+                over = sum(over_warning_threshold(f, settings, now) for f in facts)
+            self.metrics.observed(facts, over)
         if crashes_only:
             facts = [f for f in facts if f.health is not None and not f.health.healthy]
         workspace = cache(context.create_request_context)
@@ -99,8 +110,12 @@ class RunMonitorDaemon(IntervalDaemon):
         applied = apply_due(
             instance, due, workspace, self._logger, settings.alerts, settings.action_threads
         )
-        for run_id, error in applied:  # runs are independent: one's error stops only its own
+        for run_id, actions, error in applied:  # runs are independent: an error stops its own
+            if self.metrics is not None:
+                self.metrics.applied(actions)
             yield None if error is None else self._error(run_id, error)
+        if self.metrics is not None:
+            self.metrics.passed("crashes" if crashes_only else "full", time.monotonic() - began)
 
     def _error(self, run_id: str, error: BaseException) -> SerializableErrorInfo:
         return DaemonErrorCapture.process_exception(

@@ -5,7 +5,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dagster._core.launcher import RunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
@@ -21,6 +21,7 @@ class Health:
     message: str = ""
     transient: bool = False
     answered: bool = True  # False: the check raised or timed out, which proves nothing
+    seconds: float = field(default=0.0, compare=False)  # how long the check took
 
     @property
     def healthy(self) -> bool:
@@ -100,16 +101,18 @@ class HealthChecks:
                     else:
                         continue
                     self._pending.discard(run_id)
-                    self._results[run_id] = Health(
-                        WorkerStatus.UNKNOWN.value, message, False, False
-                    )
+                    waited = now - began if began is not None else 0.0
+                    unknown = Health(WorkerStatus.UNKNOWN.value, message, False, False, waited)
+                    self._results[run_id] = unknown
             return dict(self._results)
 
 
 def _check(launcher: RunLauncher, run: DagsterRun) -> Health:
+    began = time.monotonic()
     try:
         result = launcher.check_run_worker_health(run)
     except Exception as error:
         message = f"Health check raised {type(error).__name__}: {error}"
-        return Health(WorkerStatus.UNKNOWN.value, message, False, False)
-    return Health(result.status.value, result.msg or "", bool(result.transient))
+        return Health(WorkerStatus.UNKNOWN.value, message, False, False, time.monotonic() - began)
+    seconds = time.monotonic() - began
+    return Health(result.status.value, result.msg or "", bool(result.transient), True, seconds)

@@ -2,7 +2,7 @@
 
 import datetime
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dagster._core.events import RunFailureReason
 from dagster._core.launcher import WorkerStatus
@@ -26,6 +26,9 @@ class FailRun:
     terminate_first: bool = False
     debug_info: bool = False  # append the launcher's get_run_worker_debug_info
     container_logs: bool = True
+    # The limit passed and the value seen, for logs and metrics (not part of the decision).
+    limit: float | None = field(default=None, compare=False)
+    observed: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class CancelRun:
     message: str
     reason: str = c.REASON_CANCEL_TIMEOUT
     debug_info: bool = True
+    limit: float | None = field(default=None, compare=False)
+    observed: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,8 @@ class TerminateAndFail:
     canceling_message: str
     failure_message: str
     reason: str
+    limit: float | None = field(default=None, compare=False)
+    observed: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class ResumeRun:
     attempt: int
     message: str
     kill_first: bool = False  # stop a hung worker first (stalled runs)
+    reason: str = c.REASON_WORKER_CRASH
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,9 @@ def queue_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
     if not limit.seconds or now - since < limit.seconds:
         return []
     message = c.queue_timeout_message(limit.seconds, limit.source)
-    return [CancelRun(message, c.REASON_QUEUE_TIMEOUT, debug_info=False)]
+    return [
+        CancelRun(message, c.REASON_QUEUE_TIMEOUT, False, limit=limit.seconds, observed=now - since)
+    ]
 
 
 def start_timeout(
@@ -153,6 +163,8 @@ def start_timeout(
             RunFailureReason.START_TIMEOUT,
             terminate_first=terminate,
             debug_info=True,
+            limit=limit,
+            observed=now - since,
         )
     ]
 
@@ -185,7 +197,16 @@ def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[A
         str(run.health), run.run_id, settings.max_resume_run_attempts, settings.can_resume
     )
     failed = run.health is not None and run.health.status == WorkerStatus.FAILED.value
-    return [FailRun(message, c.REASON_WORKER_CRASH, debug_info=failed)]
+    attempts = settings.resume_attempts
+    return [
+        FailRun(
+            message,
+            c.REASON_WORKER_CRASH,
+            debug_info=failed,
+            limit=attempts,
+            observed=run.resume_attempts,
+        )
+    ]
 
 
 def resume_or_wait(
@@ -229,6 +250,8 @@ def runtime_exceeded(run: RunFacts, limit: float, now: float) -> list[Action]:
             c.max_runtime_canceling_message(limit),
             c.max_runtime_failed_message(limit),
             c.REASON_MAX_RUNTIME,
+            limit,
+            now - run.started_at,
         )
     ]
 
@@ -248,7 +271,9 @@ def step_timeout(run: RunFacts, run_limit: Limit, now: float) -> list[Action]:
         elapsed = now - started
         if limit.seconds and elapsed > limit.seconds:
             message = c.step_timeout_message(step, elapsed, limit.seconds, limit.source)
-            return [TerminateAndFail(message, message, c.REASON_STEP_TIMEOUT)]
+            return [
+                TerminateAndFail(message, message, c.REASON_STEP_TIMEOUT, limit.seconds, elapsed)
+            ]
     return []
 
 
@@ -262,8 +287,9 @@ def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) 
     message = c.stall_message(limit.seconds, idle, limit.source)
     if settings.stall_action == "resume" and run.resume_attempts < settings.resume_attempts:
         attempt = run.resume_attempts + 1
-        return [ResumeRun(attempt, f"{message} Resuming run {run.run_id} with a new worker.", True)]
-    return [TerminateAndFail(message, message, c.REASON_STALLED)]
+        message = f"{message} Resuming run {run.run_id} with a new worker."
+        return [ResumeRun(attempt, message, True, c.REASON_STALLED)]
+    return [TerminateAndFail(message, message, c.REASON_STALLED, limit.seconds, idle)]
 
 
 def cancel_timeout(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
@@ -271,17 +297,34 @@ def cancel_timeout(run: RunFacts, settings: MonitorSettings, now: float) -> list
     since = run.canceling_at if run.canceling_at is not None else run.updated_at
     if not limit or now - since < limit:
         return []
-    return [CancelRun(c.cancel_timeout_message(limit))]
+    return [CancelRun(c.cancel_timeout_message(limit), limit=limit, observed=now - since)]
 
 
 def threshold_warnings(
     run: RunFacts, limits: Limits, settings: MonitorSettings, now: float
 ) -> list[Action]:
     """One warning (and alert) when a run has used ``warn_after_fraction`` of a limit."""
+    passed = warning_threshold_passed(run, limits, settings, now)
+    if passed is None:
+        return []
+    key, elapsed, limit, fraction = passed
+    tag = f"{c.WARNED_TAG_PREFIX}{key}"
+    if run.tags.get(tag) == str(fraction):
+        return []
+    message = c.threshold_message(LIMIT_NAMES[key], fraction, elapsed, limit)
+    alert = Alert(run.run_id, run.job_name, "warning", message, key, limit, elapsed, fraction)
+    return [Notice(message, tag, str(fraction), alert=alert)]
+
+
+def warning_threshold_passed(
+    run: RunFacts, limits: Limits, settings: MonitorSettings, now: float
+) -> tuple[str, float, float, float] | None:
+    """(limit key, elapsed, limit, fraction) once the run has used ``warn_after_fraction`` of
+    the limit that applies to its status."""
     fraction = limits.warn_after_fraction
     if not fraction:
-        return []
-    elapsed_and_limit = {
+        return None
+    since_and_limit = {
         DagsterRunStatus.QUEUED: (
             "queue_timeout_seconds",
             run.enqueued_at or run.created_at,
@@ -298,15 +341,14 @@ def threshold_warnings(
             limits["max_runtime_seconds"].seconds,
         ),
     }.get(run.status)
-    if elapsed_and_limit is None:
-        return []
-    key, since, limit = elapsed_and_limit
+    if since_and_limit is None:
+        return None
+    key, since, limit = since_and_limit
     if not limit or since is None or now - since < fraction * limit:
-        return []
-    tag = f"{c.WARNED_TAG_PREFIX}{key}"
-    if run.tags.get(tag) == str(fraction):
-        return []
-    elapsed = now - since
-    message = c.threshold_message(LIMIT_NAMES[key], fraction, elapsed, limit)
-    alert = Alert(run.run_id, run.job_name, "warning", message, key, limit, elapsed, fraction)
-    return [Notice(message, tag, str(fraction), alert=alert)]
+        return None
+    return key, now - since, limit, fraction
+
+
+def over_warning_threshold(run: RunFacts, settings: MonitorSettings, now: float) -> bool:
+    limits = resolve_limits(run.job_name, run.location, run.tags, settings)
+    return warning_threshold_passed(run, limits, settings, now) is not None

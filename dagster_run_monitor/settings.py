@@ -109,6 +109,13 @@ def run_monitoring_config_field() -> Field:
                 },
                 is_required=False,
             ),
+            "metrics": Field(
+                {
+                    "port": Field(int, description="Serve Prometheus metrics on this port."),
+                    "host": Field(str, is_required=False, default_value="127.0.0.1"),
+                },
+                is_required=False,
+            ),
             "rules": Field(
                 [
                     {
@@ -205,6 +212,8 @@ class MonitorSettings:
     resume_on_start_failure: bool = False
     resume_backoff: Backoff = Backoff()
     alerts: AlertSettings = AlertSettings()
+    metrics_port: int | None = None  # Prometheus endpoint (extra "metrics")
+    metrics_host: str = "127.0.0.1"
     rules: tuple[Rule, ...] = ()
     # What the run launcher can do (facts about the instance, not configuration).
     can_check_health: bool = False
@@ -266,6 +275,7 @@ def settings_from_config(
     )
     values["resume_backoff"] = _backoff(config.get("resume_backoff") or {})
     values["alerts"] = _alerts(config.get("alerts") or {})
+    values.update(_metrics(config.get("metrics")))
     values["rules"] = tuple(_rule(i, rule) for i, rule in enumerate(config.get("rules") or [], 1))
     return MonitorSettings(**values, can_check_health=can_check_health, can_resume=can_resume)
 
@@ -290,6 +300,20 @@ def _backoff(config: Mapping[str, AnyType]) -> Backoff:
     if backoff.jitter > 1:
         raise invalid_setting("resume_backoff.jitter", backoff.jitter, "must be at most 1")
     return backoff
+
+
+def _metrics(config: Mapping[str, AnyType] | None) -> dict[str, AnyType]:
+    if not config:
+        return {}
+    port = config.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise invalid_setting("metrics.port", port, "expected a port number (1-65535)")
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        why = "needs prometheus_client: pip install dagster-run-monitor[metrics]"
+        raise invalid_setting("metrics", dict(config), why) from None
+    return {"metrics_port": port, "metrics_host": config.get("host") or "127.0.0.1"}
 
 
 def _alerts(config: Mapping[str, AnyType]) -> AlertSettings:

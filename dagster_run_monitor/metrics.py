@@ -1,0 +1,99 @@
+"""Prometheus metrics of the monitor, served over HTTP when ``run_monitoring.metrics`` is set
+(``pip install dagster-run-monitor[metrics]``)."""
+
+from collections import Counter
+from collections.abc import Sequence
+
+from dagster_run_monitor.facts import RunFacts
+from dagster_run_monitor.policy import (
+    Action,
+    CancelRun,
+    FailRun,
+    Notice,
+    ResumeRun,
+    TerminateAndFail,
+)
+
+PREFIX = "dagster_run_monitor"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """The monitor's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Gauge, Histogram
+        from prometheus_client import Counter as PromCounter
+
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.runs = Gauge(
+            f"{PREFIX}_runs", "Runs checked by the last pass, by status", ["status"], registry=r
+        )
+        self.actions = PromCounter(
+            f"{PREFIX}_actions",
+            "Actions taken, by kind and reason",
+            ["action", "reason"],
+            registry=r,
+        )
+        self.pass_seconds = Histogram(
+            f"{PREFIX}_pass_duration_seconds",
+            "Duration of a pass (full: every poll interval; crashes: the checks in between)",
+            ["kind"],
+            registry=r,
+        )
+        self.health_check_seconds = Histogram(
+            f"{PREFIX}_health_check_duration_seconds",
+            "Duration of each worker health check",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.health_check_errors = PromCounter(
+            f"{PREFIX}_health_check_errors", "Health checks that raised or timed out", registry=r
+        )
+        self.over_warning = Gauge(
+            f"{PREFIX}_runs_over_warning_threshold",
+            "Runs that have used warn_after_fraction of a limit (last full pass)",
+            registry=r,
+        )
+
+    def serve(self, host: str, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def observed(self, facts: Sequence[RunFacts], over_warning: int | None) -> None:
+        """Record what a pass saw: the runs by status (full passes, ``over_warning`` given),
+        the health checks."""
+        if over_warning is not None:
+            self.runs.clear()
+            for status, count in Counter(f.status.value for f in facts).items():
+                self.runs.labels(status).set(count)
+            self.over_warning.set(over_warning)
+        for f in facts:
+            if f.health is not None:
+                self.health_check_seconds.observe(f.health.seconds)
+                if not f.health.answered:
+                    self.health_check_errors.inc()
+
+    def passed(self, kind: str, seconds: float) -> None:
+        self.pass_seconds.labels(kind).observe(seconds)
+
+    def applied(self, actions: Sequence[Action]) -> None:
+        for action in actions:
+            self.actions.labels(*action_labels(action)).inc()
+
+
+KINDS = {
+    FailRun: "fail",
+    CancelRun: "cancel",
+    TerminateAndFail: "terminate_and_fail",
+    ResumeRun: "resume",
+    Notice: "notice",
+}
+
+
+def action_labels(action: Action) -> tuple[str, str]:
+    """(kind, reason) of an action, as logs and metrics name them."""
+    reason = action.tag if isinstance(action, Notice) else action.reason
+    return KINDS[type(action)], reason
