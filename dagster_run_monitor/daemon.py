@@ -18,6 +18,7 @@ from dagster_run_monitor.facts import HEALTH_CHECKED_STATUSES, MONITORED_STATUSE
 from dagster_run_monitor.instance import read_settings
 from dagster_run_monitor.metrics import Metrics
 from dagster_run_monitor.policy import Action, decide, over_warning_threshold
+from dagster_run_monitor.pooling import pool_postgres_connections
 from dagster_run_monitor.runs import RunReader
 from dagster_run_monitor.settings import MonitorSettings
 
@@ -34,6 +35,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self._last_full_pass: float | None = None
         self._unhealthy_since: dict[str, float] = {}
         self._runs = RunReader()
+        self._pooled = False
         self.metrics: Metrics | None = None
         if settings.metrics_port:
             self.metrics = Metrics()
@@ -67,6 +69,9 @@ class RunMonitorDaemon(IntervalDaemon):
         Yields an error per run that could not be handled."""
         instance = context.instance
         settings = read_settings(instance)
+        if not self._pooled:
+            self._pooled = True
+            pool_postgres_connections(instance, settings.storage_pool_size)
         began = time.monotonic()
         now = get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES

@@ -43,10 +43,16 @@ _OUR_KEYS: dict[str, tuple[int, str]] = {
     ),
     "health_check_timeout_seconds": (
         30,
-        "Time limit for one run's worker health check; a slower check counts as UNKNOWN.",
+        "Time limit for one run's worker health check; a slower check has no answer and is"
+        " retried next pass.",
     ),
     "health_check_threads": (64, "How many worker health checks run at once."),
     "action_threads": (16, "How many runs are acted on at once (each under its own claim)."),
+    "storage_pool_size": (
+        8,
+        "PostgreSQL: connections the daemon keeps open per storage (run, event log) instead of"
+        " a new connection for each query (0: Dagster's default, no pool).",
+    ),
     "queue_timeout_seconds": (0, "Cancel runs QUEUED longer than this (0: never)."),
     "stall_timeout_seconds": (
         0,
@@ -203,6 +209,7 @@ class MonitorSettings:
     health_check_timeout_seconds: float = _OUR_KEYS["health_check_timeout_seconds"][0]
     health_check_threads: int = _OUR_KEYS["health_check_threads"][0]
     action_threads: int = _OUR_KEYS["action_threads"][0]
+    storage_pool_size: int = _OUR_KEYS["storage_pool_size"][0]
     queue_timeout_seconds: float = 0
     stall_timeout_seconds: float = 0
     max_step_runtime_seconds: float = 0

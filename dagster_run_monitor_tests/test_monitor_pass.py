@@ -3,6 +3,8 @@
 import logging
 import threading
 
+import pytest
+import sqlalchemy as sa
 from dagster import MAX_RUNTIME_SECONDS_TAG, Definitions, asset, define_asset_job, job, op
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
@@ -493,3 +495,28 @@ def test_a_daemon_rereads_only_the_runs_that_changed(instance):
     assert second[changed.run_id].dagster_run.tags["team"] == "data"
     assert finished.run_id not in second
     assert second[same.run_id] is first[same.run_id]  # not read again
+
+
+@pytest.mark.postgres
+def test_the_daemon_reuses_postgres_connections(postgres_database, workspace_context):
+    """Dagster opens a server connection per query outside the webserver; the daemon keeps a
+    pool of ``storage_pool_size`` per storage (0: Dagster's behaviour)."""
+
+    def connections_for_twelve_resumes(pool_size: int) -> int:
+        config = {"storage_pool_size": pool_size}
+        with monitor_instance("postgres", config) as instance, workspace_context(instance) as ctx:
+            daemon = RunMonitorDaemon.from_instance(instance)
+            monitor_pass(instance, ctx, daemon=daemon)  # the first pass sets up the pool
+            tags = {HEALTH_TAG: "FAILED"}
+            crashed = [make_run(instance, S.STARTED, tags=tags) for _ in range(12)]
+            connects = []
+            for storage in (instance.run_storage, instance.event_log_storage):
+                sa.event.listen(storage._engine, "connect", lambda *_: connects.append(1))
+            assert monitor_pass(instance, ctx, daemon=daemon) == []
+            for run in crashed:
+                assert len(resume_events(instance, run.run_id)) == 1
+            return len(connects)
+
+    unpooled, pooled = connections_for_twelve_resumes(0), connections_for_twelve_resumes(4)
+    assert unpooled > 12 * 4  # several new connections per resume
+    assert pooled < unpooled / 3

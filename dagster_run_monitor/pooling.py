@@ -1,0 +1,41 @@
+"""Pooled PostgreSQL connections for the daemon process.
+
+Outside the webserver, Dagster's Postgres storages open a new connection for every query
+(``NullPool``), and a new server process comes with each. A pass that resumes a thousand runs
+issues thousands of queries, so the daemon gives its run and event-log storages a pool, as
+``optimize_for_webserver`` does for the webserver (which keeps a single connection).
+"""
+
+from dagster import DagsterInstance
+
+POOL_RECYCLE_SECONDS = 3600
+
+
+def pool_postgres_connections(instance: DagsterInstance, size: int) -> list[str]:
+    """Give the instance's Postgres run and event-log storages a pool of ``size`` connections
+    (checked before use, so a restarted server costs no failed query). Returns the storages
+    pooled; other storages are left as they are."""
+    if size <= 0:
+        return []
+    from dagster_postgres.utils import create_pg_engine
+
+    pooled = []
+    for storage in (instance.run_storage, instance.event_log_storage):
+        engine = getattr(storage, "_engine", None)
+        url = getattr(storage, "postgres_url", None)
+        if not type(storage).__module__.startswith("dagster_postgres") or not engine or not url:
+            continue
+        if engine.pool.__class__.__name__ != "NullPool":
+            continue  # already pooled (the webserver, or a second call)
+        storage._engine = create_pg_engine(  # type: ignore[attr-defined]
+            url,
+            getattr(storage, "_token_provider", None),
+            isolation_level="AUTOCOMMIT",
+            pool_size=size,
+            max_overflow=size,
+            pool_recycle=POOL_RECYCLE_SECONDS,
+            pool_pre_ping=True,
+        )
+        engine.dispose()
+        pooled.append(type(storage).__name__)
+    return pooled
