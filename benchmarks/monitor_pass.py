@@ -12,8 +12,11 @@ storage, in a temporary DAGSTER_HOME), then:
 1. Steady state (the recurring cost of monitoring): every worker healthy, nothing past a
    limit, so neither monitor changes anything and the same data serves every repetition (the
    benchmark checks that the pass left runs and events untouched). Passes alternate: ours
-   (``RunMonitorDaemon.monitor_runs``, consumed fully), Dagster's
-   (``execute_run_monitoring_iteration``), ...; medians are reported.
+   (``RunMonitorDaemon.monitor_runs``, consumed fully; one daemon object for all passes, as
+   under ``dagster-daemon run``, so its first pass reads every run body and later passes only
+   the changed ones; the cold first pass is the fresh-process figure below), Dagster's
+   (``execute_run_monitoring_iteration``, on an instance of its own with Dagster's defaults:
+   our daemon pools its instance's Postgres connections), ...; medians are reported.
 2. Crash storm: K workers (default 1,000) of STARTED runs crash at once; one pass must resume
    them all (``instance.resume_run`` with the benchmark launcher, whose resume rewrites a tag).
    Before each repetition a fresh set of K healthy STARTED runs is marked crashed.
@@ -822,10 +825,17 @@ class PassResult:
         return (self.rss_peak - self.rss_start) / MB
 
 
+DAEMONS: dict[int, RunMonitorDaemon] = {}  # one per instance, kept across passes like the real one
+
+
 def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -> PassResult:
+    """One pass of ``kind``. Ours is one daemon object for all passes on an instance, as under
+    ``dagster-daemon run``: its first pass reads every run, later ones only changed runs."""
     launcher = instance.run_launcher
     checks_before = launcher.health_checks
-    daemon = RunMonitorDaemon.from_instance(instance) if kind == "ours" else None
+    daemon = None
+    if kind == "ours":
+        daemon = DAEMONS.setdefault(id(instance), RunMonitorDaemon.from_instance(instance))
     logger = get_default_daemon_logger("MonitoringDaemon")  # the built-in daemon's logger
     release_memory()
     sampler = RssSampler()
@@ -837,6 +847,7 @@ def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -
             results = list(execute_run_monitoring_iteration(context, logger))
         seconds = time.perf_counter() - started
     rss_start, rss_peak = sampler.stop()
+    counter.name_engines(instance)  # our daemon's first pass gives its storages pooled engines
     errors = [r.message.strip() for r in results if isinstance(r, SerializableErrorInfo)]
     return PassResult(
         kind,
@@ -936,7 +947,7 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
     if storage == "postgres":
         pg_admin(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
         pg_admin(f'CREATE DATABASE "{args.database}"')
-    instance = None
+    instance = builtin = None
     try:
         write_home(home, storage, args)
         instance = DagsterInstance.from_config(home)
@@ -951,7 +962,14 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
         row.setup_seconds = time.perf_counter() - started
         row.events = population.events
         say(f"{storage} N={n}: data ready and verified in {row.setup_seconds:.0f}s")
-        with daemon_context(instance, os.path.join(home, "daemon.log")) as context:
+        # The built-in monitor gets an instance of its own on the same storage, with Dagster's
+        # defaults (our daemon pools its instance's Postgres connections).
+        builtin = DagsterInstance.from_config(home)
+        if args.pool_size and storage == "postgres":
+            pool_connections(builtin, args.pool_size)
+        log = os.path.join(home, "daemon.log")
+        with daemon_context(instance, log) as context, daemon_context(builtin, log) as b_context:
+            envs = {"ours": (instance, context), "builtin": (builtin, b_context)}
             # Steady state: alternate ours and the built-in on the same data.
             reps, builtin_reps = args.reps, builtin_reps_for(n, args)
             before = fingerprint(instance)
@@ -960,7 +978,7 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
                 if rep % 2:
                     kinds.reverse()
                 for kind in kinds:
-                    result = one_pass(kind, "steady", instance, context, counter)
+                    result = one_pass(kind, "steady", *envs[kind], counter)
                     after = fingerprint(instance)
                     if after != before:
                         result.side_effects = f"{before} -> {after}"
@@ -979,12 +997,14 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
                 row.child[kind] = run_child(kind, home, args.pool_size)
                 say(f"{storage} N={n} fresh process {kind}: {row.child[kind]}")
             if n in crash_sizes(storage, args):
-                crash_storm(instance, context, population, row, args, counter)
+                crash_storm(envs, population, row, args, counter)
             if args.profile_dir and n == max(args.runs) and storage == args.storage[0]:
                 profile_ours(instance, context, population, row, args)
     finally:
         if instance is not None:
             instance.dispose()
+        if builtin is not None:
+            builtin.dispose()
         if storage == "postgres" and not args.keep_database:
             pg_admin(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
         shutil.rmtree(home, ignore_errors=True)
@@ -1005,7 +1025,8 @@ def next_crash_set(population: Population, k: int) -> list[str]:
     return chosen
 
 
-def crash_storm(instance, context, population, row: Row, args, counter: SqlCounter) -> None:
+def crash_storm(envs, population, row: Row, args, counter: SqlCounter) -> None:
+    instance = envs["ours"][0]
     from dagster_run_monitor.eventlog import count_resume_attempts
 
     builtin_reps = 0 if args.no_crash_builtin else builtin_reps_for(row.n, args)
@@ -1020,7 +1041,7 @@ def crash_storm(instance, context, population, row: Row, args, counter: SqlCount
             crashed = next_crash_set(population, k)
             mark_crashed(instance, crashed)
             before = count_resume_attempts(instance.event_log_storage, crashed)
-            result = one_pass(kind, "crash", instance, context, counter)
+            result = one_pass(kind, "crash", *envs[kind], counter)
             result.resumed, _ = count_resumed(instance, crashed, before)
             row.crash.append(result)
             say(
@@ -1067,7 +1088,7 @@ def profile_ours(instance, context, population, row: Row, args) -> None:
                 with lock:
                     action_profiles.append(profile)
 
-        daemon = RunMonitorDaemon.from_instance(instance)
+        daemon = DAEMONS.setdefault(id(instance), RunMonitorDaemon.from_instance(instance))
         profiler = Profiler(interval=0.001 if scenario == "steady" else 0.005)
         actions_module._apply = profiled_apply_actions
         try:
