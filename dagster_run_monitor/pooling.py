@@ -12,9 +12,10 @@ POOL_RECYCLE_SECONDS = 3600
 
 
 def pool_postgres_connections(instance: DagsterInstance, size: int) -> list[str]:
-    """Give the instance's Postgres run and event-log storages a pool of ``size`` connections
-    (checked before use, so a restarted server costs no failed query). Returns the storages
-    pooled; other storages are left as they are."""
+    """Give the instance's Postgres run and event-log storages a pool of ``size`` connections.
+    After a server restart the first query on a stale connection fails (the pass reports it)
+    and SQLAlchemy discards the pool's older connections. Returns the storages pooled; other
+    storages are left as they are."""
     if size <= 0:
         return []
     from dagster_postgres.utils import create_pg_engine
@@ -34,7 +35,7 @@ def pool_postgres_connections(instance: DagsterInstance, size: int) -> list[str]
             pool_size=size,
             max_overflow=size,
             pool_recycle=POOL_RECYCLE_SECONDS,
-            pool_pre_ping=True,
+            pool_reset_on_return=None,  # autocommit: no transaction to roll back
         )
         engine.dispose()
         pooled.append(type(storage).__name__)

@@ -46,7 +46,7 @@ _OUR_KEYS: dict[str, tuple[int, str]] = {
         "Time limit for one run's worker health check; a slower check has no answer and is"
         " retried next pass.",
     ),
-    "health_check_threads": (64, "How many worker health checks run at once."),
+    "health_check_threads": (128, "How many worker health checks run at once."),
     "action_threads": (16, "How many runs are acted on at once (each under its own claim)."),
     "storage_pool_size": (
         8,
