@@ -15,7 +15,7 @@ from dagster_run_monitor import constants as c
 from dagster_run_monitor.alerts import send_alert
 from dagster_run_monitor.claims import claims
 from dagster_run_monitor.debug_info import worker_debug_info
-from dagster_run_monitor.eventlog import count_resume_attempts
+from dagster_run_monitor.eventlog import resume_history
 from dagster_run_monitor.metrics import action_labels
 from dagster_run_monitor.policy import (
     Action,
@@ -37,12 +37,14 @@ def apply_due(
     logger: logging.Logger,
     alerts: AlertSettings | None = None,
     threads: int = 1,
+    observed_at: float | None = None,
 ) -> Iterator[tuple[str, Sequence[Action], BaseException | None]]:
     """Apply each run's actions, ``threads`` runs at a time, under the runs' claims, unless
-    another daemon holds a run's claim or the run changed since it was observed (its status,
-    or its resume count for a resume). Claims and re-checks take a few queries per batch of
-    runs, not per run. Yields, per run acted on, its id, the actions applied and the error that
-    stopped them (None if none did)."""
+    another daemon holds a run's claim or the run changed since it was observed: its status,
+    or, for a resume, its resume count or a resume since ``observed_at`` (the pass's start:
+    another daemon resumed the run after this pass checked its worker). Claims and re-checks
+    take a few queries per batch of runs, not per run. Yields, per run acted on, its id, the
+    actions applied and the error that stopped them (None if none did)."""
     storage = instance.event_log_storage
     for start in range(0, len(due), CLAIM_BATCH):
         batch = due[start : start + CLAIM_BATCH]
@@ -57,10 +59,12 @@ def apply_due(
             reread = instance.get_runs(RunsFilter(run_ids=ids)) if ids else []
             current = {r.run_id: r for r in reread}
             resuming = [run.run_id for run, actions in mine if _resume(actions)]
-            resumes = count_resume_attempts(storage, resuming)
+            resumes = resume_history(storage, resuming)
             todo = []
             for run, actions in mine:
-                done = resumes.get(run.run_id, 0)
+                done, latest = resumes.get(run.run_id, (0, None))
+                if observed_at is not None and latest is not None and latest >= observed_at:
+                    done = -1  # resumed during this pass: what this pass saw is out of date
                 now_due = still_due(run, actions, current.get(run.run_id), done)
                 if now_due is None:
                     logger.info("Run %s changed during the pass; leaving it for now.", run.run_id)

@@ -113,7 +113,7 @@ class RunMonitorDaemon(IntervalDaemon):
                     self._logger.info("DRY RUN: run %s would get %s", run.run_id, action)
             return
         applied = apply_due(
-            instance, due, workspace, self._logger, settings.alerts, settings.action_threads
+            instance, due, workspace, self._logger, settings.alerts, settings.action_threads, now
         )
         for run_id, actions, error in applied:  # runs are independent: an error stops its own
             if self.metrics is not None:

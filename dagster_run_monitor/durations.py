@@ -6,7 +6,8 @@ import pendulum
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
-_COMPOUND = re.compile(r"^(?:\s*\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+$", re.IGNORECASE)
+# Whitespace only after a unit (the text is stripped): one way to match, so linear time.
+_COMPOUND = re.compile(r"(?:\d+(?:\.\d+)?\s*(?:ms|s|m|h|d|w)\s*)+", re.IGNORECASE)
 
 
 def parse_duration(value: object) -> float:
@@ -29,7 +30,7 @@ def _parse_text(text: str) -> float:
         return float(text)
     except ValueError:
         pass
-    if _COMPOUND.match(text):
+    if _COMPOUND.fullmatch(text):
         return sum(float(n) * _UNIT_SECONDS[u.lower()] for n, u in _PART.findall(text))
     if text[:1].upper() == "P" and text.upper() not in ("P", "PT"):
         try:

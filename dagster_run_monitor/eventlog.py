@@ -111,18 +111,30 @@ def running_steps(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str,
 
 def count_resume_attempts(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str, int]:
     """Resume attempts per run: the engine events ``instance.resume_run`` writes."""
-    counts = dict.fromkeys(run_ids, 0)
+    return {run_id: count for run_id, (count, _) in resume_history(storage, run_ids).items()}
+
+
+def resume_history(
+    storage: EventLogStorage, run_ids: Sequence[str]
+) -> dict[str, tuple[int, float | None]]:
+    """Per run, the number of resume attempts and the time of the latest one."""
+    history: dict[str, tuple[int, float | None]] = dict.fromkeys(run_ids, (0, None))
+
+    def add(run_id: str, entry: EventLogEntry) -> None:
+        if entry.message == RESUME_RUN_LOG_MESSAGE:
+            count, latest = history[run_id]
+            history[run_id] = (count + 1, max(latest or 0.0, entry.timestamp))
+
     if not run_ids:
-        return counts
+        return history
     if not _single_database(storage):
         for run_id in run_ids:
             records = storage.get_records_for_run(
                 run_id, of_type=DagsterEventType.ENGINE_EVENT
             ).records
-            counts[run_id] = sum(
-                r.event_log_entry.message == RESUME_RUN_LOG_MESSAGE for r in records
-            )
-        return counts
+            for record in records:
+                add(run_id, record.event_log_entry)
+        return history
     table = SqlEventLogStorageTable
     with storage.index_connection() as conn:  # type: ignore[attr-defined]
         for chunk in _chunks(run_ids):
@@ -133,9 +145,8 @@ def count_resume_attempts(storage: EventLogStorage, run_ids: Sequence[str]) -> d
                 .where(table.c.event.like(f"%{RESUME_RUN_LOG_MESSAGE}%"))
             )
             for run_id, event in conn.execute(query):
-                entry = deserialize_value(event, EventLogEntry)
-                counts[run_id] += entry.message == RESUME_RUN_LOG_MESSAGE
-    return counts
+                add(run_id, deserialize_value(event, EventLogEntry))
+    return history
 
 
 def _chunks(items: Sequence[str]) -> list[Sequence[str]]:

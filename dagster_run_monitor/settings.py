@@ -1,12 +1,13 @@
 """The ``run_monitoring:`` block of dagster.yaml -> one validated, frozen settings object."""
 
 import fnmatch
+import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any as AnyType
 
-from dagster import Any, Bool, Field, IntSource, Permissive
+from dagster import Any, Bool, Field, Permissive
 from dagster._config.errors import (
     DagsterEvaluationErrorReason,
     EvaluationError,
@@ -74,7 +75,7 @@ def run_monitoring_config_field() -> Field:
     fields = {key: Field(kind, is_required=False) for key, kind in _DAGSTER_KEYS.items()}
     fields.update(
         {
-            key: Field(IntSource, is_required=False, default_value=default, description=text)
+            key: Field(int, is_required=False, default_value=default, description=text)
             for key, (default, text) in _OUR_KEYS.items()
         }
     )
@@ -270,7 +271,7 @@ def settings_from_config(
             if not isinstance(value, bool):
                 raise invalid_setting(key, value, "expected true or false")
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise invalid_setting(key, value, "expected a whole number of seconds")
+            raise invalid_setting(key, value, "expected a number")
         elif value < _MINIMUM.get(key, 0):
             raise invalid_setting(key, value, f"must be at least {_MINIMUM.get(key, 0)}")
         values[key] = value
@@ -295,8 +296,18 @@ def _fraction(key: str, value: AnyType) -> float:
     return float(value)
 
 
+MAX_BACKOFF_SECONDS = 365 * 86400  # a resume a year away is a configuration mistake
+
+
 def _backoff(config: Mapping[str, AnyType]) -> Backoff:
     backoff = Backoff(**{k: float(v) for k, v in config.items() if v is not None})
+    for key in ("initial_seconds", "multiplier", "max_seconds", "jitter"):
+        if not math.isfinite(getattr(backoff, key)):
+            raise invalid_setting(f"resume_backoff.{key}", getattr(backoff, key), "not a number")
+    for key in ("initial_seconds", "max_seconds"):
+        if getattr(backoff, key) > MAX_BACKOFF_SECONDS:
+            why = f"must be at most {MAX_BACKOFF_SECONDS} (a year)"
+            raise invalid_setting(f"resume_backoff.{key}", getattr(backoff, key), why)
     for key in ("initial_seconds", "max_seconds", "jitter"):
         if getattr(backoff, key) < 0:
             raise invalid_setting(
