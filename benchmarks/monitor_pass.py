@@ -300,23 +300,11 @@ def daemon_context(instance: DagsterInstance, log_path: str) -> Iterator[Any]:
 
 
 def pool_connections(instance: DagsterInstance, pool_size: int) -> None:
-    """An experiment (``--pool-size``), for both monitors alike: Dagster's Postgres storages
-    open a new connection for every statement group (NullPool) outside the webserver; give
-    each storage a QueuePool of ``pool_size`` connections instead."""
-    from dagster_postgres.utils import create_pg_engine
+    """An experiment (``--pool-size``), for both monitors alike: the pool our daemon gives
+    itself (``storage_pool_size``), of ``pool_size`` connections."""
+    from dagster_run_monitor.pooling import pool_postgres_connections
 
-    for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
-        engine = getattr(storage, "_engine", None)
-        if engine is None:
-            continue
-        storage._engine = create_pg_engine(
-            storage.postgres_url,
-            isolation_level="AUTOCOMMIT",
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            pool_recycle=3600,
-        )
-        engine.dispose()
+    pool_postgres_connections(instance, pool_size)
 
 
 @contextlib.contextmanager
@@ -1238,10 +1226,12 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float, version: str)
         + (" (set by --health-check-threads)" if args.health_check_threads else " (default)")
         + f"; dagster {dagster.__version__}; dagster-run-monitor at {version} (at the start)."
         + (
-            f" EXPERIMENT: Postgres storages use a pool of {args.pool_size} connections"
-            " (--pool-size), not Dagster's NullPool."
+            f" EXPERIMENT: both monitors' Postgres storages use a pool of {args.pool_size}"
+            " connections (--pool-size)."
             if args.pool_size
-            else " Postgres storages as Dagster configures them for the daemon (NullPool)."
+            else " Postgres storages: the built-in monitor's as Dagster configures them for the"
+            " daemon (a new connection per query, NullPool); ours pooled by our daemon"
+            " (storage_pool_size, default 8)."
         )
     )
     out.append("")

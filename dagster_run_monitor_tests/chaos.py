@@ -25,13 +25,12 @@ from dagster._core.test_utils import create_run_for_test
 from dagster._time import get_current_timestamp
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.pooling import pool_postgres_connections
 from dagster_run_monitor_tests.launchers import (
     AFTER_RESUME_TAG,
-    HEALTH_RAISE_TAG,
-    HEALTH_SLEEP_TAG,
     HEALTH_TAG,
-    TRANSIENT_TAG,
     ScriptedRunLauncher,
+    scripted_health,
 )
 from dagster_run_monitor_tests.processes import BIN, free_port, process_env, write_home
 
@@ -55,15 +54,7 @@ class RecordingRunLauncher(ScriptedRunLauncher):
         """ScriptedRunLauncher's answer, read in one query instead of two (``get_run_by_id``
         also checks the schema): three daemons check hundreds of runs a second."""
         fresh = self._instance.get_runs(RunsFilter(run_ids=[run.run_id]))
-        run = fresh[0] if fresh else run
-        if HEALTH_SLEEP_TAG in run.tags:
-            time.sleep(float(run.tags[HEALTH_SLEEP_TAG]))
-        if HEALTH_RAISE_TAG in run.tags:
-            raise ConnectionError("launcher API unavailable")
-        status = WorkerStatus(run.tags.get(HEALTH_TAG, WorkerStatus.RUNNING.value))
-        return CheckRunHealthResult(
-            status, msg=f"worker is {status.value.lower()}", transient=TRANSIENT_TAG in run.tags
-        )
+        return scripted_health(fresh[0] if fresh else run)
 
     def resume_run(self, context: ResumeRunContext) -> None:
         run = self._instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
@@ -84,23 +75,10 @@ def launched_attempts(run: DagsterRun) -> list[int]:
 
 
 def pool_connections(instance: DagsterInstance, size: int = 8) -> None:
-    """Give this test process's Postgres storages a connection pool (Dagster's NullPool opens a
-    connection per statement group: ~300 ms per run created on a busy machine). The daemons
-    under test keep Dagster's NullPool."""
-    from dagster_postgres.utils import create_pg_engine
-
-    for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
-        engine = getattr(storage, "_engine", None)
-        if engine is None:
-            continue
-        storage._engine = create_pg_engine(
-            storage.postgres_url,
-            isolation_level="AUTOCOMMIT",
-            pool_size=size,
-            max_overflow=size,
-            pool_recycle=3600,
-        )
-        engine.dispose()
+    """Give this test process's Postgres storages a connection pool, as our daemon does for
+    itself (Dagster's NullPool opens a connection per statement group: ~300 ms per run
+    created on a busy machine)."""
+    pool_postgres_connections(instance, size)
 
 
 def started_runs(

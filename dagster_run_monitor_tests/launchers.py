@@ -55,15 +55,7 @@ class ScriptedRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        run = self._instance.get_run_by_id(run.run_id) or run
-        if HEALTH_SLEEP_TAG in run.tags:
-            time.sleep(float(run.tags[HEALTH_SLEEP_TAG]))
-        if HEALTH_RAISE_TAG in run.tags:
-            raise ConnectionError("launcher API unavailable")
-        status = WorkerStatus(run.tags.get(HEALTH_TAG, WorkerStatus.RUNNING.value))
-        return CheckRunHealthResult(
-            status, msg=f"worker is {status.value.lower()}", transient=TRANSIENT_TAG in run.tags
-        )
+        return scripted_health(self._instance.get_run_by_id(run.run_id) or run)
 
     @property
     def supports_resume_run(self) -> bool:
@@ -93,3 +85,15 @@ class ScriptedRunLauncher(RunLauncher, ConfigurableClass):
 
     def get_run_worker_debug_info(self, run: DagsterRun, include_container_logs=True) -> str:
         return f"scripted worker debug info (container logs: {include_container_logs})"
+
+
+def scripted_health(run: DagsterRun) -> CheckRunHealthResult:
+    """What the run's tags say about its worker (see the module docstring)."""
+    if HEALTH_SLEEP_TAG in run.tags:
+        time.sleep(float(run.tags[HEALTH_SLEEP_TAG]))
+    if HEALTH_RAISE_TAG in run.tags:
+        raise ConnectionError("launcher API unavailable")
+    status = WorkerStatus(run.tags.get(HEALTH_TAG, WorkerStatus.RUNNING.value))
+    return CheckRunHealthResult(
+        status, msg=f"worker is {status.value.lower()}", transient=TRANSIENT_TAG in run.tags
+    )
