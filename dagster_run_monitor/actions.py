@@ -16,6 +16,7 @@ from dagster_run_monitor.alerts import send_alert
 from dagster_run_monitor.claims import claims
 from dagster_run_monitor.debug_info import worker_debug_info
 from dagster_run_monitor.eventlog import resume_history
+from dagster_run_monitor.health import check_worker
 from dagster_run_monitor.metrics import action_labels
 from dagster_run_monitor.policy import (
     Action,
@@ -69,19 +70,42 @@ def apply_due(
                 if now_due is None:
                     logger.info("Run %s changed during the pass; leaving it for now.", run.run_id)
                 else:
-                    todo.append((run, now_due))
+                    todo.append((run, now_due, current.get(run.run_id)))
             with ThreadPoolExecutor(max(1, threads), "run_monitor_action") as pool:
                 futures = {
-                    pool.submit(_apply, instance, run, actions, workspace, logger, alerts): (
-                        run,
-                        actions,
-                    )
-                    for run, actions in todo
+                    pool.submit(
+                        _act, instance, run, latest, todo_actions, workspace, logger, alerts
+                    ): run
+                    for run, todo_actions, latest in todo
                 }
                 for future in as_completed(futures):
-                    run, actions = futures[future]
                     error = future.exception()
-                    yield run.run_id, (actions if error is None else []), error
+                    applied = future.result() if error is None else []
+                    yield futures[future].run_id, applied, error
+
+
+def _act(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    latest: DagsterRun | None,
+    actions: Sequence[Action],
+    workspace: Callable[[], BaseWorkspaceRequestContext],
+    logger: logging.Logger,
+    alerts: AlertSettings | None,
+) -> Sequence[Action]:
+    """Apply one run's actions; a crashed worker is checked once more under the claim before
+    a resume: another daemon may have resumed the run between this pass's health check and
+    its claim (its resume event written before its new worker started)."""
+    resume = _resume(actions)
+    if resume and not resume.kill_first and latest is not None:
+        health = check_worker(instance.run_launcher, latest)
+        if health.answered and health.healthy:
+            logger.info(
+                "Run %s: its worker is healthy again (%s); not resuming.", run.run_id, health
+            )
+            return []
+    _apply(instance, run, actions, workspace, logger, alerts)
+    return actions
 
 
 def apply_actions(

@@ -72,7 +72,7 @@ class HealthChecks:
                     return
                 run = self._queue.popleft()
                 self._started[run.run_id] = time.monotonic()
-            health = _check(self._launcher, run)
+            health = check_worker(self._launcher, run)
             with self._changed:
                 if run.run_id in self._pending:  # a late answer is ignored
                     self._pending.discard(run.run_id)
@@ -107,7 +107,8 @@ class HealthChecks:
             return dict(self._results)
 
 
-def _check(launcher: RunLauncher, run: DagsterRun) -> Health:
+def check_worker(launcher: RunLauncher, run: DagsterRun) -> Health:
+    """One health check, its errors as a result without an answer."""
     began = time.monotonic()
     try:
         result = launcher.check_run_worker_health(run)

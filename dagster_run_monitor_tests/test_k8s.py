@@ -291,7 +291,9 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
         assert calls == [
             {
                 "healthy": {"read_namespaced_job_status": 1},
-                "crashed": {"read_namespaced_job_status": 1, "create_namespaced_job": 1},
+                # read again under the claim, just before the resume (another daemon may
+                # have resumed it since the pass's check)
+                "crashed": {"read_namespaced_job_status": 2, "create_namespaced_job": 1},
             },
             {
                 "healthy": {"read_namespaced_job_status": 1},
@@ -300,9 +302,10 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
         ]
         # check_run_worker_health counts the run's resumes (to name the Job) on every call:
         # one query per STARTED run per pass, plus ours for each crashed run: one in the pass's
-        # batched count, one re-count under the run's claim before resuming it.
+        # batched count, one re-count under the run's claim, and the launcher's again in the
+        # health check under the claim before resuming it.
         assert len(launcher_reads) == 1
-        assert selects == [4, 2]
+        assert selects == [5, 2]
 
 
 # --- a real cluster (opt-in) -----------------------------------------------------------

@@ -55,7 +55,7 @@ def test_documented_defaults():
         ("start_timeout_seconds", -1, "must be at least 0"),
         ("poll_interval_seconds", 0, "must be at least 1"),
         ("health_check_threads", 0, "must be at least 1"),
-        ("max_resume_run_attempts", "3", "expected a whole number"),
+        ("max_resume_run_attempts", "3", "expected a number"),
         ("enabled", "yes", "expected true or false"),
     ],
 )
