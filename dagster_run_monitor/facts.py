@@ -64,15 +64,14 @@ def observe(
     """Facts for each run in ``statuses``, and the runs themselves by id for the actions.
     ``crashes_only`` leaves out what only the timeout policies need (stalls, steps); a
     daemon's ``reader`` re-reads only the runs that changed since its last pass."""
+    records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
     checks = None
-    if settings.can_check_health:
+    if settings.can_check_health:  # the checks run while the event log is read
         checks = HealthChecks(
             instance.run_launcher,
             settings.health_check_threads,
             settings.health_check_timeout_seconds,
         )
-    records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
-    if checks is not None:  # the checks run while the event log is read
         checks.submit([r.dagster_run for r in records if r.dagster_run.status in HEALTH_CHECKED])
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
