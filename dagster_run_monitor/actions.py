@@ -63,20 +63,24 @@ def apply_due(
             resumes = resume_history(storage, resuming)
             todo = []
             for run, actions in mine:
-                done, latest = resumes.get(run.run_id, (0, None))
-                if observed_at is not None and latest is not None and latest >= observed_at:
-                    done = -1  # resumed during this pass: what this pass saw is out of date
-                now_due = still_due(run, actions, current.get(run.run_id), done)
+                done, last_resume_at = resumes.get(run.run_id, (0, None))
+                resumed_during_pass = (
+                    observed_at is not None
+                    and last_resume_at is not None
+                    and last_resume_at >= observed_at
+                )
+                reread_run = current.get(run.run_id)
+                now_due = still_due(run, actions, reread_run, done, resumed_during_pass)
                 if now_due is None:
                     logger.info("Run %s changed during the pass; leaving it for now.", run.run_id)
                 else:
-                    todo.append((run, now_due, current.get(run.run_id)))
+                    todo.append((run, now_due, reread_run))
             with ThreadPoolExecutor(max(1, threads), "run_monitor_action") as pool:
                 futures = {
                     pool.submit(
-                        _act, instance, run, latest, todo_actions, workspace, logger, alerts
+                        _act, instance, run, reread_run, todo_actions, workspace, logger, alerts
                     ): run
-                    for run, todo_actions, latest in todo
+                    for run, todo_actions, reread_run in todo
                 }
                 for future in as_completed(futures):
                     error = future.exception()
@@ -87,7 +91,7 @@ def apply_due(
 def _act(
     instance: DagsterInstance,
     run: DagsterRun,
-    latest: DagsterRun | None,
+    reread_run: DagsterRun | None,
     actions: Sequence[Action],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
@@ -97,8 +101,8 @@ def _act(
     a resume: another daemon may have resumed the run between this pass's health check and
     its claim (its resume event written before its new worker started)."""
     resume = _resume(actions)
-    if resume and not resume.kill_first and latest is not None:
-        health = check_worker(instance.run_launcher, latest)
+    if resume and not resume.kill_first and reread_run is not None:
+        health = check_worker(instance.run_launcher, reread_run)
         if health.answered and health.healthy:
             logger.info(
                 "Run %s: its worker is healthy again (%s); not resuming.", run.run_id, health
@@ -127,15 +131,22 @@ def _resume(actions: Sequence[Action]) -> ResumeRun | None:
 
 
 def still_due(
-    observed: DagsterRun, actions: Sequence[Action], current: DagsterRun | None, resumes: int
+    observed: DagsterRun,
+    actions: Sequence[Action],
+    current: DagsterRun | None,
+    resumes: int,
+    resumed_during_pass: bool = False,
 ) -> Sequence[Action] | None:
     """The actions to apply now that the run was re-read under its claim: None if the run
-    changed since it was observed (only its unwritten notices are still due, and they are
-    applied by the next pass), the actions otherwise, less notices already written."""
+    changed since it was observed (its status; for a resume, its resume count or a resume
+    written during this pass), the actions otherwise, less notices already written. A changed
+    run's notices are left to the next pass."""
     if current is None:
         return None
     resume = _resume(actions)
-    if current.status != observed.status or (resume and resumes != resume.attempt - 1):
+    if current.status != observed.status:
+        return None
+    if resume and (resumed_during_pass or resumes != resume.attempt - 1):
         return None
     return [a for a in actions if not isinstance(a, Notice) or current.tags.get(a.tag) != a.value]
 
