@@ -102,7 +102,7 @@ def _act(
     its claim (its resume event written before its new worker started)."""
     resume = _resume(actions)
     if resume and not resume.kill_first and reread_run is not None:
-        health = check_worker(instance.run_launcher, reread_run)
+        health = check_worker(instance.run_launcher, reread_run, explain=False)
         if health.answered and health.healthy:
             logger.info(
                 "Run %s: its worker is healthy again (%s); not resuming.", run.run_id, health

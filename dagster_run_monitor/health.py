@@ -5,7 +5,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dagster._core.launcher import RunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
@@ -107,13 +107,19 @@ class HealthChecks:
             return dict(self._results)
 
 
-def check_worker(launcher: RunLauncher, run: DagsterRun) -> Health:
-    """One health check, its errors as a result without an answer."""
+def check_worker(launcher: RunLauncher, run: DagsterRun, explain: bool = True) -> Health:
+    """One health check, its errors as a result without an answer. ``explain``: for
+    Kubernetes, what the worker's pods say (``k8s_pods``), for STARTING and unhealthy runs."""
     began = time.monotonic()
     try:
         result = launcher.check_run_worker_health(run)
     except Exception as error:
         message = f"Health check raised {type(error).__name__}: {error}"
         return Health(WorkerStatus.UNKNOWN.value, message, False, False, time.monotonic() - began)
-    seconds = time.monotonic() - began
-    return Health(result.status.value, result.msg or "", bool(result.transient), True, seconds)
+    health = Health(result.status.value, result.msg or "", bool(result.transient), True)
+    if explain:
+        from dagster_run_monitor import k8s_pods
+
+        if k8s_pods.is_k8s_launcher(launcher):
+            health = k8s_pods.with_pod_status(launcher, run, health)
+    return replace(health, seconds=time.monotonic() - began)

@@ -1,9 +1,13 @@
 """The instance class named in dagster.yaml, and a mixin for users who have their own."""
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
+import yaml
 from dagster import DagsterInstance
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.instance.config import DAGSTER_CONFIG_YAML_FILENAME
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
@@ -32,6 +36,8 @@ class RunMonitorInstanceMixin:
 
     @classmethod
     def config_defaults(cls, base_dir: str) -> dict:
+        """Called whenever a process loads dagster.yaml from a directory (``DAGSTER_HOME``)."""
+        refuse_duplicate_keys(os.path.join(base_dir, DAGSTER_CONFIG_YAML_FILENAME))
         parent = getattr(super(), "config_defaults", None)
         return parent(base_dir) if parent else InstanceRef.config_defaults(base_dir)
 
@@ -44,10 +50,11 @@ class RunMonitorInstanceMixin:
         return read_settings(self).resume_attempts
 
     def run_will_resume(self, run_id: str) -> bool:
-        """Asked by a run worker that is being stopped: a run the user is terminating will not
-        be resumed, so its worker stops its steps instead of leaving them running."""
+        """Asked by a run worker that is being stopped: a run that is being terminated (by the
+        user, or by the monitor, which may already have marked it failed) will not be
+        resumed, so its worker stops its steps instead of leaving them running."""
         run = self.get_run_by_id(run_id)  # type: ignore[attr-defined]
-        if run is None or run.status in (DagsterRunStatus.CANCELING, DagsterRunStatus.CANCELED):
+        if run is None or run.is_finished or run.status == DagsterRunStatus.CANCELING:
             return False
         return super().run_will_resume(run_id)  # type: ignore[misc]
 
@@ -90,3 +97,34 @@ def read_settings(instance: DagsterInstance) -> MonitorSettings:
             " use fail, or ProcessRunLauncher",
         )
     return settings
+
+
+def refuse_duplicate_keys(path: str) -> None:
+    """Fail on a dagster.yaml that has a top-level key twice, which YAML loaders resolve
+    silently (the last one wins). With Dagster's Helm chart this is ``run_monitoring:`` written
+    both by ``dagsterDaemon.runMonitoring`` and by ``additionalInstanceConfig``."""
+    try:
+        with open(path) as file:
+            root = yaml.compose(file, Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return  # no file here, or one Dagster itself reports
+    if not isinstance(root, yaml.MappingNode):
+        return
+    first_line: dict[str, int] = {}
+    for key, _ in root.value:
+        name, line = str(key.value), key.start_mark.line + 1
+        if name not in first_line:
+            first_line[name] = line
+            continue
+        hint = (
+            " With Dagster's Helm chart, set dagsterDaemon.runMonitoring.enabled: false and keep"
+            " the block under additionalInstanceConfig."
+            if name == "run_monitoring"
+            else ""
+        )
+        raise DagsterInvalidConfigError(
+            f"{path} has two `{name}:` keys (lines {first_line[name]} and {line}); only one"
+            f" would take effect, silently.{hint}",
+            [],
+            name,
+        )

@@ -140,3 +140,24 @@ def test_stall_resume_needs_a_launcher_that_can_stop_a_hung_worker():
     with pytest.raises(DagsterInvalidConfigError, match="run_monitoring.stall_action"):
         with monitor_instance(run_monitoring={"stall_action": "resume"}):
             pass
+
+
+@pytest.mark.parametrize(
+    "status, will_resume",
+    [(S.STARTED, True), (S.CANCELING, False), (S.CANCELED, False), (S.FAILURE, False)],
+)
+def test_a_run_worker_being_stopped_is_told_whether_its_run_will_resume(
+    instance, status, will_resume
+):
+    """A worker told yes leaves its step workers running for the resumed worker: never for a
+    run that is being terminated, nor for one the monitor already failed (max runtime marks
+    the run FAILURE right after the terminate, before the worker asks)."""
+    started = make_run(instance, S.STARTED)
+    if status == S.CANCELING:
+        instance.report_run_canceling(started)
+    elif status == S.CANCELED:
+        instance.report_run_canceled(started)
+    elif status == S.FAILURE:
+        instance.report_run_failed(started, "Exceeded maximum runtime of 20 seconds.")
+    assert status_of(instance, started.run_id) == status
+    assert instance.run_will_resume(started.run_id) is will_resume

@@ -4,7 +4,6 @@ Runs are launched for real (the launcher builds and creates the first Job), so r
 debug info go through dagster-k8s's own code. See ``fake_k8s.py`` for what is faked.
 """
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -12,7 +11,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import dagster_k8s.client
-import kubernetes
 import pytest
 import sqlalchemy
 from dagster import DagsterInstance, Definitions, job, op
@@ -36,7 +34,6 @@ from dagster_run_monitor_tests.fake_k8s import (
     read_timeout,
 )
 from dagster_run_monitor_tests.helpers import T0, messages, monitor_pass, report, status_of, tags_of
-from dagster_run_monitor_tests.processes import wait_until
 
 LAUNCHER_CONFIG: dict[str, Any] = {
     "service_account_name": "dagster",
@@ -52,6 +49,16 @@ FAKE_K8S_LAUNCHER = {
     "config": LAUNCHER_CONFIG,
 }
 NO_ACTIVE_PODS = "Run has not completed but K8s job has no active pods"  # the launcher's words
+# ...and what the Job's pod says, which the monitor adds (k8s_pods.py)
+POD_ENDED = {
+    "failed": "container 'dagster' terminated: OOMKilled, exit code 137",
+    "succeeded": "container 'dagster' terminated: Completed, exit code 0",
+}
+
+
+def crash_health(run: DagsterRun, ended: str = "failed", attempt: int = 0) -> str:
+    pod = f"{job_name(run, attempt)}-{POD_SUFFIX}"
+    return f"{NO_ACTIVE_PODS} (pod {pod}: {POD_ENDED[ended]})"
 
 
 @op
@@ -132,8 +139,8 @@ def test_a_job_that_ended_under_a_started_run_is_resumed_with_a_new_job(
         assert worker_command(cluster, job_name(run, 1)) == ["dagster", "api", "resume_run"]
         assert status_of(instance, run.run_id) == S.STARTED
         assert messages(instance, run.run_id)[-4:] == [
-            f"Detected run worker status FAILED: '{NO_ACTIVE_PODS}'. Resuming run {run.run_id}"
-            " with a new worker.",
+            f"Detected run worker status FAILED: '{crash_health(run, ended)}'. Resuming run"
+            f" {run.run_id} with a new worker.",
             c.RESUME_RUN_LOG_MESSAGE,
             "[FakeClusterK8sRunLauncher] Creating Kubernetes run worker job",
             "[FakeClusterK8sRunLauncher] Kubernetes run worker job created",
@@ -220,7 +227,7 @@ def test_a_job_that_keeps_failing_fails_the_run_with_the_launchers_debug_info(
 
         assert cluster.count(run.run_id) == {  # the health check, then the debug info
             "read_namespaced_job_status": 1,
-            "list_namespaced_pod": 2,  # the Job's pods, then each pod by name
+            "list_namespaced_pod": 3,  # the Job's pods (health, debug info), each pod by name
             "read_namespaced_pod_log": 1,
             "list_namespaced_event": 1,
         }
@@ -228,9 +235,9 @@ def test_a_job_that_keeps_failing_fails_the_run_with_the_launchers_debug_info(
         assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_WORKER_CRASH
         pod = f"{job_name(run, 1)}-{POD_SUFFIX}"
         assert messages(instance, run.run_id)[-1] == (
-            f"Detected run worker status FAILED: '{NO_ACTIVE_PODS}'. Marking run {run.run_id} as"
-            " failed, because it has surpassed the configured maximum attempts to resume the"
-            f" run: 1.\nDebug information for pod {pod}:\n\n"
+            f"Detected run worker status FAILED: '{crash_health(run, attempt=1)}'. Marking run"
+            f" {run.run_id} as failed, because it has surpassed the configured maximum attempts"
+            f" to resume the run: 1.\nDebug information for pod {pod}:\n\n"
             "Pod status: Failed\n"
             "Container 'dagster' status: Terminated with exit code 137: OOMKilled\n\n"
             "Last 25 log lines for container 'dagster':\n"
@@ -293,7 +300,12 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
                 "healthy": {"read_namespaced_job_status": 1},
                 # read again under the claim, just before the resume (another daemon may
                 # have resumed it since the pass's check)
-                "crashed": {"read_namespaced_job_status": 2, "create_namespaced_job": 1},
+                # what its pod says (once, for the crash message)
+                "crashed": {
+                    "read_namespaced_job_status": 2,
+                    "list_namespaced_pod": 1,
+                    "create_namespaced_job": 1,
+                },
             },
             {
                 "healthy": {"read_namespaced_job_status": 1},
@@ -302,54 +314,8 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
         ]
         # check_run_worker_health counts the run's resumes (to name the Job) on every call:
         # one query per STARTED run per pass, plus ours for each crashed run: one in the pass's
-        # batched count, one re-count under the run's claim, and the launcher's again in the
-        # health check under the claim before resuming it.
+        # batched count, one to name the Job whose pods explain the crash, one re-count under
+        # the run's claim, and the launcher's again in the health check under the claim before
+        # resuming it.
         assert len(launcher_reads) == 1
-        assert selects == [5, 2]
-
-
-# --- a real cluster (opt-in) -----------------------------------------------------------
-
-
-@pytest.mark.k8s
-@pytest.mark.skipif(
-    not os.environ.get("KUBECONFIG"),
-    reason="needs a Kubernetes cluster: KUBECONFIG=~/.kube/config pytest -m k8s"
-    " dagster_run_monitor_tests/test_k8s.py (namespace: $DAGSTER_RUN_MONITOR_K8S_NAMESPACE,"
-    " default 'default'; creates and deletes two Jobs)",
-)
-def test_on_a_real_cluster_a_failed_job_is_resumed_with_a_new_job(workspace_context):
-    """Scenario 1 with the stock K8sRunLauncher. The image has no ``dagster`` executable, so
-    the worker's container cannot start and its Job fails: only Job-level behaviour is tested.
-    """
-    namespace = os.environ.get("DAGSTER_RUN_MONITOR_K8S_NAMESPACE", "default")
-    config = {**LAUNCHER_CONFIG, "service_account_name": "default", "job_namespace": namespace}
-    launcher = {
-        "module": "dagster_k8s",
-        "class": "K8sRunLauncher",
-        "config": {**config, "job_image": "busybox:1.36"},
-    }
-    with (
-        monitor_instance("sqlite", {}, launcher) as instance,
-        workspace_context(instance) as ctx,
-    ):
-        run = start(instance)
-        batch = kubernetes.client.BatchV1Api()
-        try:
-            wait_until(
-                lambda: (
-                    instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
-                ),
-                timeout=300,
-                what="the worker's Job to fail",
-                interval=2,
-            )
-            assert monitor_pass(instance, ctx) == []
-            assert resumes(instance, run) == 1
-            assert batch.read_namespaced_job(job_name(run, 1), namespace).metadata.name
-        finally:
-            for name in (job_name(run), job_name(run, 1)):
-                try:
-                    batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-                except kubernetes.client.rest.ApiException:
-                    pass
+        assert selects == [6, 2]

@@ -1,0 +1,561 @@
+"""Kubernetes for real: the one-node cluster of scripts/k8s-cluster, Dagster's K8sRunLauncher
+and k8s_job_executor, Postgres storage, our daemon running as the stock `dagster-daemon run`.
+
+Every pod uses the host's network (no CNI, no kube-proxy: nothing leaves 127.0.0.1) and the
+offline image of scripts/docker-engine (never pulled); Python, the virtualenv, the code and
+DAGSTER_HOME are mounted from the host at the same paths, as the Docker tests do. Each test
+asserts what an operator checks: the run's status, its event log, its tags, and what is left
+in the cluster.
+"""
+
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+from dagster._core.events import DagsterEventType
+from dagster._core.launcher import WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRunStatus as S
+from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
+
+from dagster_run_monitor import constants as c
+from dagster_run_monitor_tests.helpers import monitor_pass
+from dagster_run_monitor_tests.processes import (
+    REPO_ROOT,
+    daemon,
+    load_instance,
+    wait_until,
+    write_home,
+)
+
+pytestmark = [pytest.mark.k8s_cluster, pytest.mark.slow, pytest.mark.postgres]
+
+CLUSTER_DIR = Path(os.environ.get("DAGSTER_RUN_MONITOR_K8S_DIR", "/tmp/dagster-run-monitor-k8s"))
+KUBECONFIG = CLUSTER_DIR / "kubeconfig"
+NODE = "localhost"
+NAMESPACE = f"run-monitor-test-{os.getpid()}"
+IMAGE = "dagster-run-monitor-worker:bookworm"  # scripts/docker-engine's, loaded, never pulled
+DOCKER_HOST = "unix:///tmp/dagster-run-monitor-docker/docker.sock"  # scripts/docker-engine's
+JOBS_FILE = str(Path(__file__).with_name("k8s_jobs.py"))
+K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster_k8s's USER_DEFINED_K8S_CONFIG_KEY
+INSTANCE_CONFIG_MAP = "dagster-instance"
+POD_DAGSTER_HOME = "/opt/dagster/dagster_home"  # where the launcher mounts the ConfigMap
+
+
+@dataclass
+class Cluster:
+    core: Any  # kubernetes.client.CoreV1Api
+    batch: Any  # kubernetes.client.BatchV1Api
+    namespace: str
+
+    def jobs(self, run_id: str) -> dict[str, str]:
+        """The run's Jobs (run worker and steps) by name, with their state."""
+        items = self.batch.list_namespaced_job(
+            self.namespace, label_selector=f"dagster/run-id={run_id}"
+        ).items
+        return {job.metadata.name: job_state(job) for job in items}
+
+    def jobs_end(self, run_id: str, timeout: float = 60) -> None:
+        """The run's Jobs all succeed or fail: a worker's pod exits a moment after its run
+        ended."""
+        wait_until(
+            lambda: "active" not in self.jobs(run_id).values(),
+            timeout,
+            f"the run's Jobs to end ({self.jobs(run_id)})",
+            interval=1,
+        )
+
+    def pods(self, run_id: str) -> list[Any]:
+        return self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"dagster/run-id={run_id}"
+        ).items
+
+    def nothing_left(self, run_id: str, timeout: float = 90) -> None:
+        """No Job and no pod of the run, within ``timeout`` (pods take their grace period)."""
+        try:
+            wait_until(
+                lambda: not self.jobs(run_id) and not self.pods(run_id),
+                timeout,
+                "the run's Jobs and pods to be gone",
+                interval=1,
+            )
+        except AssertionError as timed_out:
+            pods = [pod.metadata.name for pod in self.pods(run_id)]
+            raise AssertionError(f"{timed_out}; left: {self.jobs(run_id)}, pods {pods}") from None
+
+    def worker_container(self, run_id: str) -> Any:
+        """The Docker container of the run worker's pod (the kubelet's dockershim names it)."""
+        import docker
+
+        os.environ.setdefault("DOCKER_HOST", DOCKER_HOST)
+        client = docker.from_env()
+        found = client.containers.list(
+            filters={
+                "label": [
+                    f"io.kubernetes.pod.namespace={self.namespace}",
+                    "io.kubernetes.container.name=dagster",
+                ]
+            }
+        )
+        workers = [
+            container
+            for container in found
+            if container.labels["io.kubernetes.pod.name"].startswith(f"dagster-run-{run_id}")
+        ]
+        assert len(workers) == 1, f"expected one run worker container, found {workers}"
+        return workers[0]
+
+    def clear(self) -> None:
+        """Delete every Job and pod of the namespace (between tests)."""
+        for job in self.batch.list_namespaced_job(self.namespace).items:
+            self.batch.delete_namespaced_job(
+                job.metadata.name, self.namespace, propagation_policy="Background"
+            )
+        self.core.delete_collection_namespaced_pod(self.namespace, grace_period_seconds=0)
+
+
+def job_state(job: Any) -> str:
+    status = job.status
+    if status.succeeded:
+        return "succeeded"
+    if status.failed and not status.active:
+        return "failed"
+    return "active"
+
+
+def cluster_unavailable() -> str | None:
+    """None if the cluster of scripts/k8s-cluster answers and its node is Ready."""
+    if not KUBECONFIG.exists():
+        return f"no {KUBECONFIG}: run scripts/k8s-cluster start (root, apt; builds Kubernetes once)"
+    try:
+        import kubernetes
+
+        api = kubernetes.config.new_client_from_config(str(KUBECONFIG))
+        node = kubernetes.client.CoreV1Api(api).read_node(NODE, _request_timeout=5)
+    except Exception as exc:
+        return f"the cluster of {KUBECONFIG} does not answer ({type(exc).__name__}: {exc})"
+    ready = [c.status for c in node.status.conditions or [] if c.type == "Ready"]
+    if ready != ["True"]:
+        return f"node {NODE} is not Ready"
+    return None
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """A namespace of this test session's own with the service account run workers use to
+    create step Jobs (in-cluster config); deleted at the end."""
+    reason = cluster_unavailable()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Kubernetes tests, but {reason}")
+        pytest.skip(reason)
+    import kubernetes
+    from kubernetes import client as k8s
+
+    api = kubernetes.config.new_client_from_config(str(KUBECONFIG))
+    core, batch, rbac = k8s.CoreV1Api(api), k8s.BatchV1Api(api), k8s.RbacAuthorizationV1Api(api)
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
+    core.create_namespaced_service_account(
+        NAMESPACE, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="dagster"))
+    )
+    rule = k8s.V1PolicyRule(  # what the Helm chart's Role grants run workers
+        api_groups=["", "batch"],
+        resources=["jobs", "jobs/status", "pods", "pods/log", "pods/status", "events"],
+        verbs=["*"],
+    )
+    rbac.create_namespaced_role(
+        NAMESPACE, k8s.V1Role(metadata=k8s.V1ObjectMeta(name="dagster"), rules=[rule])
+    )
+    rbac.create_namespaced_role_binding(
+        NAMESPACE,
+        k8s.V1RoleBinding(
+            metadata=k8s.V1ObjectMeta(name="dagster"),
+            role_ref=k8s.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="Role", name="dagster"
+            ),
+            subjects=[
+                k8s.RbacV1Subject(kind="ServiceAccount", name="dagster", namespace=NAMESPACE)
+            ],
+        ),
+    )
+    wait_until(  # the token controller makes the account's token secret
+        lambda: core.read_namespaced_service_account("dagster", NAMESPACE).secrets,
+        60,
+        "the service account's token",
+    )
+    yield Cluster(core, batch, NAMESPACE)
+    core.delete_namespace(NAMESPACE, grace_period_seconds=0)
+
+
+def launcher_config(home: Path) -> dict[str, Any]:
+    """Dagster's K8sRunLauncher as a Helm deployment configures it, plus what this cluster
+    needs: host network, the local image, the host's Python and code mounted."""
+    mounts = {str(REPO_ROOT): True, sys.base_prefix: True, sys.prefix: True, str(home): False}
+    mounts[str(KUBECONFIG)] = True  # the daemon's launcher config names it; run workers load it
+    volumes = [{"name": f"host-{i}", "host_path": {"path": path}} for i, path in enumerate(mounts)]
+    volume_mounts = [
+        {"name": f"host-{i}", "mount_path": path, "read_only": read_only}
+        for i, (path, read_only) in enumerate(mounts.items())
+    ]
+    return {
+        "module": "dagster_k8s",
+        "class": "K8sRunLauncher",
+        "config": {
+            "service_account_name": "dagster",
+            "instance_config_map": INSTANCE_CONFIG_MAP,
+            "dagster_home": POD_DAGSTER_HOME,
+            "job_image": IMAGE,
+            "image_pull_policy": "Never",
+            "job_namespace": NAMESPACE,
+            "load_incluster_config": False,
+            "kubeconfig_file": str(KUBECONFIG),
+            "env_vars": [
+                f"PATH={Path(sys.executable).parent}:/usr/bin:/bin",
+                "HOME=/tmp",
+                "DAGSTER_DISABLE_TELEMETRY=1",
+                # The in-cluster config of step-launching run workers: the API server on
+                # loopback (the container's env wins over the injected service variables).
+                "KUBERNETES_SERVICE_HOST=127.0.0.1",
+                "KUBERNETES_SERVICE_PORT=6443",
+            ],
+            "volumes": volumes,
+            "volume_mounts": volume_mounts,
+            # Run worker and step pods: the host's network only (k8s_job_executor's step pods
+            # inherit the launcher's run_k8s_config).
+            "run_k8s_config": {"pod_spec_config": {"host_network": True}},
+        },
+    }
+
+
+@pytest.fixture
+def k8s_home(tmp_path, cluster, postgres_database) -> Iterator[Callable[..., tuple]]:
+    """Factory: ``home, instance = k8s_home(**run_monitoring)``; the namespace is cleared
+    after the test."""
+    from kubernetes import client as k8s
+
+    def factory(**run_monitoring: Any) -> tuple[Path, DagsterInstance]:
+        home = tmp_path / "home"
+        settings = {
+            "poll_interval_seconds": 2,
+            "worker_unknown_grace_seconds": 5,
+            "start_timeout_seconds": 300,
+            **run_monitoring,
+        }
+        home = write_home(home, settings, "postgres", launcher_config(home))
+        config_map = k8s.V1ConfigMap(
+            metadata=k8s.V1ObjectMeta(name=INSTANCE_CONFIG_MAP),
+            data={"dagster.yaml": (home / "dagster.yaml").read_text()},
+        )
+        try:
+            cluster.core.replace_namespaced_config_map(INSTANCE_CONFIG_MAP, NAMESPACE, config_map)
+        except k8s.rest.ApiException:
+            cluster.core.create_namespaced_config_map(NAMESPACE, config_map)
+        instance = load_instance(home)
+        instance.wipe()
+        return home, instance
+
+    yield factory
+    cluster.clear()
+
+
+def launch(
+    instance: DagsterInstance,
+    job_name: str,
+    tags: dict[str, str] | None = None,
+    run_config: dict | None = None,
+) -> DagsterRun:
+    recon = ReconstructableRepository.for_file(JOBS_FILE, "defs").get_reconstructable_job(job_name)
+    run = instance.create_run_for_job(
+        job_def=recon.get_definition(),
+        job_code_origin=recon.get_python_origin(),
+        tags=tags or {},
+        run_config=run_config or {},
+    )
+    instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    return instance.get_run_by_id(run.run_id)
+
+
+def k8s_config(**config: Any) -> dict[str, str]:
+    """The run tag through which a run sets its worker pod's Kubernetes config."""
+    import json
+
+    return {K8S_CONFIG_TAG: json.dumps(config)}
+
+
+def status(instance: DagsterInstance, run_id: str) -> S:
+    return instance.get_run_by_id(run_id).status
+
+
+def log(instance: DagsterInstance, run_id: str) -> list[str]:
+    return [e.message for e in instance.all_logs(run_id)]
+
+
+def step_starts(instance: DagsterInstance, run_id: str) -> Counter:
+    events = instance.all_logs(run_id, of_type=DagsterEventType.STEP_START)
+    return Counter(e.step_key for e in events)
+
+
+def wait_for_step(instance: DagsterInstance, run_id: str, step: str, timeout: float = 240) -> None:
+    wait_until(
+        lambda: step in step_starts(instance, run_id) or instance.get_run_by_id(run_id).is_finished,
+        timeout,
+        f"step {step} to start",
+        interval=1,
+    )
+    assert step in step_starts(instance, run_id), log(instance, run_id)[-10:]
+
+
+def assert_ends(instance: DagsterInstance, run_id: str, expected: S, timeout: float = 300) -> None:
+    """The run ends with ``expected`` within ``timeout``; else the error shows its events."""
+    try:
+        wait_until(lambda: instance.get_run_by_id(run_id).is_finished, timeout, "the run to end", 1)
+    except AssertionError as timed_out:
+        raise AssertionError(f"{timed_out}; its events: {story(instance, run_id)}") from None
+    ended = status(instance, run_id)
+    assert ended == expected, f"{ended}; its events: {story(instance, run_id)}"
+
+
+def story(instance: DagsterInstance, run_id: str, last: int = 15) -> str:
+    """The run's last events, with the errors they carry, for an assertion's message."""
+    lines = []
+    for record in instance.all_logs(run_id)[-last:]:
+        lines.append(record.message)
+        data = record.dagster_event.event_specific_data if record.dagster_event else None
+        error = getattr(data, "error", None)
+        if error is not None:
+            lines.append(f"  error: {error.to_string()[-1500:]}")
+    return "\n".join(lines)
+
+
+def event_time(instance: DagsterInstance, run_id: str, message: str) -> float:
+    return next(e.timestamp for e in instance.all_logs(run_id) if e.message == message)
+
+
+def job(run: DagsterRun, attempt: int = 0) -> str:
+    return f"dagster-run-{run.run_id}" + (f"-{attempt}" if attempt else "")
+
+
+ALL_STEPS = {"extract": 1, "transform": 1, "load": 1, "report": 1}
+
+
+# --- 1. Dagster's test_k8s_run_monitoring_resume: the run worker's Job is deleted -----------
+
+
+def test_a_deleted_run_worker_job_is_resumed_and_every_step_runs_once(k8s_home, cluster):
+    from dagster_k8s.client import DagsterKubernetesClient
+
+    home, instance = k8s_home(max_resume_run_attempts=2)
+    with daemon(home):
+        run = launch(instance, "k8s_steps")
+        wait_for_step(instance, run.run_id, "transform")
+        deleted_at = time.time()
+        assert DagsterKubernetesClient.production_client().delete_job(job(run), NAMESPACE)
+        assert_ends(instance, run.run_id, S.SUCCESS)
+    messages = log(instance, run.run_id)
+    assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    cluster.jobs_end(run.run_id)
+    detected = next(m for m in messages if m.startswith("Detected run worker status"))
+    assert detected.startswith(f"Detected run worker status UNKNOWN: 'Job {job(run)} could not")
+    assert step_starts(instance, run.run_id) == ALL_STEPS  # the step Job outlived the worker
+    jobs = cluster.jobs(run.run_id)
+    assert jobs[job(run, 1)] == "succeeded" and job(run) not in jobs
+    assert sorted(state for name, state in jobs.items() if "step" in name) == ["succeeded"] * 4
+    resumed_after = event_time(instance, run.run_id, c.RESUME_RUN_LOG_MESSAGE) - deleted_at
+    print(f"\nJob deleted -> resume event: {resumed_after:.1f} s (grace 5 s, poll 2 s)")
+
+
+# --- 2. the run worker's container is killed --------------------------------------------------
+
+
+def test_a_killed_run_worker_container_is_resumed(k8s_home, cluster):
+    home, instance = k8s_home(max_resume_run_attempts=2)
+    with daemon(home):
+        run = launch(instance, "k8s_steps")
+        wait_for_step(instance, run.run_id, "transform")
+        killed_at = time.time()
+        cluster.worker_container(run.run_id).kill()  # SIGKILL: no clean-up in the worker
+        assert_ends(instance, run.run_id, S.SUCCESS)
+    messages = log(instance, run.run_id)
+    assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    detected = next(m for m in messages if m.startswith("Detected run worker status"))
+    assert "container 'dagster' terminated: Error, exit code 137" in detected
+    assert step_starts(instance, run.run_id) == ALL_STEPS
+    cluster.jobs_end(run.run_id)
+    assert cluster.jobs(run.run_id)[job(run)] == "failed"
+    assert cluster.jobs(run.run_id)[job(run, 1)] == "succeeded"
+    resumed_after = event_time(instance, run.run_id, c.RESUME_RUN_LOG_MESSAGE) - killed_at
+    print(f"\ncontainer killed -> resume event: {resumed_after:.1f} s (poll 2 s)")
+
+
+# --- 3. Dagster's test_k8s_run_monitoring_startup_fail: the pod cannot start ----------------
+
+
+def test_a_pod_that_cannot_start_fails_the_run_long_before_the_start_timeout(k8s_home, cluster):
+    home, instance = k8s_home(start_timeout_seconds=300)
+    missing = {"env_from": [{"config_map_ref": {"name": "no-such-config-map"}}]}
+    with daemon(home):
+        run = launch(instance, "k8s_sleeps", tags=k8s_config(container_config=missing))
+        assert_ends(instance, run.run_id, S.FAILURE, timeout=120)
+    run = instance.get_run_by_id(run.run_id)
+    failure = log(instance, run.run_id)[-1]
+    assert failure.startswith("Detected run worker status FAILED: 'pod dagster-run-")
+    assert "CreateContainerConfigError" in failure and "no-such-config-map" in failure
+    assert "before the run started" in failure
+    assert run.tags[c.REASON_TAG] == c.REASON_START_FAILED
+    cluster.nothing_left(run.run_id)  # no Pending pod left behind (dagster-io/dagster#14833)
+    records = instance.all_logs(run.run_id)
+    took = records[-1].timestamp - records[0].timestamp
+    print(f"\npod that cannot start -> FAILURE: {took:.1f} s after launch (grace 5 s)")
+
+
+# --- 4. a worker that exits non-zero every time --------------------------------------------
+
+
+def test_a_worker_that_keeps_exiting_is_resumed_max_times_then_failed(k8s_home, cluster):
+    home, instance = k8s_home(max_resume_run_attempts=2)
+    with daemon(home):
+        run = launch(instance, "k8s_dies")
+        assert_ends(instance, run.run_id, S.FAILURE)
+    messages = log(instance, run.run_id)
+    assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 2
+    assert cluster.jobs(run.run_id) == {
+        job(run): "failed",
+        job(run, 1): "failed",
+        job(run, 2): "failed",
+    }
+    failure = messages[-1]
+    assert "surpassed the configured maximum attempts to resume the run: 2" in failure
+    assert "container 'dagster' terminated: Error, exit code 3" in failure
+    assert f"Debug information for pod {job(run, 2)}-" in failure  # the launcher's pod info
+    assert "run worker about to exit with code 3" in failure  # the pod's log tail
+
+
+# --- 5. max runtime ---------------------------------------------------------------------------
+
+
+def test_max_runtime_deletes_the_worker_and_step_jobs(k8s_home, cluster):
+    home, instance = k8s_home()
+    with daemon(home):
+        run = launch(instance, "k8s_sleeps", tags={c.MAX_RUNTIME_TAG: "20"})
+        wait_for_step(instance, run.run_id, "sleep_long")
+        assert_ends(instance, run.run_id, S.FAILURE, timeout=180)
+    messages = log(instance, run.run_id)
+    assert "Canceling due to exceeding maximum runtime of 20 seconds." in messages
+    assert "Exceeded maximum runtime of 20 seconds." in messages
+    assert instance.get_run_by_id(run.run_id).tags[c.REASON_TAG] == c.REASON_MAX_RUNTIME
+    cluster.nothing_left(run.run_id)
+
+
+# --- 6. start timeout: a pod that is never scheduled ------------------------------------------
+
+
+def test_start_timeout_deletes_the_pending_job(k8s_home, cluster):
+    home, instance = k8s_home(start_timeout_seconds=15)
+    nowhere = {"node_selector": {"dagster-run-monitor/no-such-node": "true"}}
+    with daemon(home):
+        run = launch(instance, "k8s_sleeps", tags=k8s_config(pod_spec_config=nowhere))
+        assert_ends(instance, run.run_id, S.FAILURE, timeout=120)
+    run = instance.get_run_by_id(run.run_id)
+    assert run.tags[RUN_FAILURE_REASON_TAG] == "START_TIMEOUT"
+    failure = log(instance, run.run_id)[-1]
+    assert failure.startswith("Run timed out due to taking longer than 15 seconds to start.")
+    cluster.nothing_left(run.run_id)
+
+
+# --- 7. a user's Terminate with resumes enabled (dagster-io/dagster#33923) ------------------
+
+
+def test_terminate_stops_the_step_jobs_and_the_run_is_never_resumed(k8s_home, cluster):
+    home, instance = k8s_home(max_resume_run_attempts=3)
+    with daemon(home):
+        run = launch(instance, "k8s_sleeps")
+        wait_for_step(instance, run.run_id, "sleep_long")
+        assert instance.run_coordinator.cancel_run(run.run_id)  # what the UI's Terminate does
+        assert_ends(instance, run.run_id, S.CANCELED, timeout=120)
+        cluster.nothing_left(run.run_id)  # the step Job too, not left running
+    messages = log(instance, run.run_id)
+    assert c.RESUME_RUN_LOG_MESSAGE not in messages
+    assert any(m.startswith("Deleting Kubernetes job dagster-step-") for m in messages)
+    assert status(instance, run.run_id) == S.CANCELED
+
+
+# --- 8. the OOM killer ------------------------------------------------------------------------
+
+
+def test_an_oom_killed_worker_is_resumed_and_the_crash_message_says_oomkilled(k8s_home, cluster):
+    home, instance = k8s_home(max_resume_run_attempts=2)
+    small = {"resources": {"limits": {"memory": "400Mi"}, "requests": {"memory": "400Mi"}}}
+    run_config = {"ops": {"allocate_once": {"config": {"marker": str(home / "allocated")}}}}
+    with daemon(home):
+        run = launch(
+            instance, "k8s_oom", tags=k8s_config(container_config=small), run_config=run_config
+        )
+        assert_ends(instance, run.run_id, S.SUCCESS)
+    messages = log(instance, run.run_id)
+    assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    detected = next(m for m in messages if m.startswith("Detected run worker status"))
+    assert "container 'dagster' terminated: OOMKilled, exit code 137" in detected
+    cluster.jobs_end(run.run_id)
+    assert cluster.jobs(run.run_id) == {job(run): "failed", job(run, 1): "succeeded"}
+
+
+# --- cost on the real cluster -------------------------------------------------------------------
+
+
+def test_kubernetes_api_calls_per_run_per_pass(k8s_home, cluster, workspace_context):
+    """Our pass in this process (as the daemon runs it), every HTTP request to the API server
+    counted by path: a healthy run, then the same run after its worker was killed."""
+    from kubernetes.client import ApiClient
+
+    home, instance = k8s_home(max_resume_run_attempts=1)
+    run = launch(instance, "k8s_sleeps")
+    wait_for_step(instance, run.run_id, "sleep_long")
+    calls: list[tuple[str, str]] = []
+    real_call_api = ApiClient.call_api
+
+    def counted(self, resource_path, method, path_params=None, *args, **kwargs):
+        path = resource_path
+        for key, value in (path_params or {}).items():
+            path = path.replace("{" + key + "}", str(value))
+        calls.append((method, path))
+        return real_call_api(self, resource_path, method, path_params, *args, **kwargs)
+
+    def one_pass() -> dict[str, int]:
+        calls.clear()
+        ApiClient.call_api = counted
+        try:
+            assert monitor_pass(instance, ctx, now=time.time()) == []
+        finally:
+            ApiClient.call_api = real_call_api
+        return dict(
+            Counter(
+                f"{method} {path.replace(run.run_id, '<id>').replace(NAMESPACE, '<ns>')}"
+                for method, path in calls
+            )
+        )
+
+    with workspace_context(instance) as ctx:
+        healthy = one_pass()
+        cluster.worker_container(run.run_id).kill()
+        wait_until(
+            lambda: (
+                instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
+            ),
+            60,
+            "the worker's Job to fail",
+        )
+        crashed = one_pass()
+    print(f"\nK8s API calls, healthy STARTED run, one pass: {healthy}")
+    print(f"K8s API calls, crashed run resumed, one pass: {crashed}")
+    assert sum(healthy.values()) == 1
+    assert status(instance, run.run_id) == S.STARTED
+    assert log(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    assert sum(crashed.values()) == 4  # job status (pass), pods (why), job status (claim), create
