@@ -559,3 +559,32 @@ def test_kubernetes_api_calls_per_run_per_pass(k8s_home, cluster, workspace_cont
     assert status(instance, run.run_id) == S.STARTED
     assert log(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE) == 1
     assert sum(crashed.values()) == 4  # job status (pass), pods (why), job status (claim), create
+
+
+# --- the network rule -------------------------------------------------------------------------
+
+CLUSTER_PROCESSES = ("etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kubelet")
+
+
+def test_the_cluster_listens_and_connects_on_loopback_only(cluster):
+    """Every socket of the cluster's processes, listening or connected, is on 127.0.0.1."""
+    import subprocess
+
+    sockets = subprocess.run(["ss", "-Htanp"], capture_output=True, text=True, check=True).stdout
+    seen, outside = 0, []
+    for line in sockets.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or not any(f'(("{name}"' in fields[5] for name in CLUSTER_PROCESSES):
+            continue
+        seen += 1
+        (local, _), (peer, peer_port) = (a.rsplit(":", 1) for a in fields[3:5])
+        if not _loopback(local) or not (peer_port == "*" or _loopback(peer)):
+            outside.append(line)
+    assert seen >= len(CLUSTER_PROCESSES), sockets  # each listens at least once
+    assert outside == []
+
+
+def _loopback(address: str) -> bool:
+    import ipaddress
+
+    return ipaddress.ip_address(address.strip("[]").removeprefix("::ffff:")).is_loopback
