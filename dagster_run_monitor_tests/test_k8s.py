@@ -19,6 +19,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
+from kubernetes import client as k8s
 from sqlalchemy.engine import Engine
 
 from dagster_run_monitor import constants as c
@@ -153,6 +154,94 @@ def test_a_job_that_ended_under_a_started_run_is_resumed_with_a_new_job(
         assert status_of(instance, run.run_id) == S.SUCCESS
         assert resumes(instance, run) == 1
         assert cluster.count(run.run_id)["create_namespaced_job"] == 2
+
+
+# --- a STARTING run whose pod cannot start ------------------------------------------------
+
+
+def launched(instance: DagsterInstance) -> DagsterRun:
+    """A run launched through the launcher (its Job created) whose worker has not started it."""
+    run = instance.create_run_for_job(job_def=k8s_job, job_code_origin=ORIGIN)
+    instance.launch_run(run.run_id, workspace=None)  # type: ignore[arg-type]
+    run = instance.get_run_by_id(run.run_id)
+    assert run is not None and run.status == S.STARTING
+    return run
+
+
+def pending_pod(cluster: FakeCluster, name: str, waiting: str | None, message: str) -> None:
+    """The Job's pod is Pending: its container waits for ``waiting``, or (None) no node fits."""
+    pod = cluster.pods[f"{name}-{POD_SUFFIX}"]
+    if waiting is None:
+        unschedulable = k8s.V1PodCondition(
+            type="PodScheduled", status="False", reason="Unschedulable", message=message
+        )
+        pod.status = k8s.V1PodStatus(phase="Pending", conditions=[unschedulable])
+        return
+    state = k8s.V1ContainerState(
+        waiting=k8s.V1ContainerStateWaiting(reason=waiting, message=message)
+    )
+    container = k8s.V1ContainerStatus(
+        name="dagster",
+        image="example.com/etl:1.0",
+        image_id="",
+        ready=False,
+        restart_count=0,
+        state=state,
+    )
+    pod.status = k8s.V1PodStatus(phase="Pending", container_statuses=[container])
+
+
+@pytest.mark.parametrize(
+    "waiting, message",
+    [
+        ("CreateContainerConfigError", 'configmap "app-env" not found'),
+        ("ImagePullBackOff", 'Back-off pulling image "example.com/etl:1.0"'),
+    ],
+)
+def test_a_pod_that_cannot_start_fails_the_starting_run_after_the_grace_period(
+    k8s_instance, cluster, workspace_context, waiting, message
+):
+    with (
+        k8s_instance(worker_unknown_grace_seconds=60) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = launched(instance)
+        pending_pod(cluster, job_name(run), waiting, message)
+        daemon = RunMonitorDaemon.from_instance(instance)
+        launch_time = instance.get_run_record_by_id(run.run_id).create_timestamp.timestamp()
+        for now in (launch_time + 10, launch_time + 69):
+            assert monitor_pass(instance, ctx, now=now, daemon=daemon) == []
+            assert status_of(instance, run.run_id) == S.STARTING  # the Job reads as active
+        assert monitor_pass(instance, ctx, now=launch_time + 70, daemon=daemon) == []
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_START_FAILED
+        pod = f"{job_name(run)}-{POD_SUFFIX}"
+        failure = messages(instance, run.run_id)[-1]
+        assert failure.startswith(
+            f"Detected run worker status FAILED: 'pod {pod}: container 'dagster' waiting:"
+            f" {waiting}: {message}' before the run started. Marking run {run.run_id} as failed."
+        )
+        assert cluster.state(job_name(run)) is None  # the Job was deleted: no Pending pod left
+
+
+def test_an_unschedulable_pod_waits_for_the_start_timeout(k8s_instance, cluster, workspace_context):
+    """A node may still come (an autoscaler): only the start timeout ends the run."""
+    with (
+        k8s_instance(worker_unknown_grace_seconds=60, start_timeout_seconds=300) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = launched(instance)
+        pending_pod(cluster, job_name(run), None, "0/3 nodes are available")
+        daemon = RunMonitorDaemon.from_instance(instance)
+        launch_time = instance.get_run_record_by_id(run.run_id).create_timestamp.timestamp()
+        for now in (launch_time + 10, launch_time + 120, launch_time + 299):
+            assert monitor_pass(instance, ctx, now=now, daemon=daemon) == []
+            assert status_of(instance, run.run_id) == S.STARTING
+        assert monitor_pass(instance, ctx, now=launch_time + 302, daemon=daemon) == []
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert messages(instance, run.run_id)[-1].startswith(
+            "Run timed out due to taking longer than 300 seconds to start."
+        )
 
 
 # --- a missing Job or an API failure: UNKNOWN, then the grace period ---------------------
