@@ -85,7 +85,7 @@ from dagster._utils.error import SerializableErrorInfo
 from dagster_shared.record import copy as copy_record
 
 from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.instance import read_settings
+from dagster_run_monitor.settings import read_settings
 from dagster_run_monitor_tests import helpers
 from dagster_run_monitor_tests.helpers import make_run
 from dagster_run_monitor_tests.launchers import HEALTH_TAG

@@ -18,7 +18,7 @@ from dagster_run_monitor.debug_info import worker_debug_info
 from dagster_run_monitor.eventlog import resume_history
 from dagster_run_monitor.health import check_worker
 from dagster_run_monitor.metrics import action_labels
-from dagster_run_monitor.policy import (
+from dagster_run_monitor.model import (
     Action,
     CancelRun,
     FailRun,

@@ -7,7 +7,7 @@ import logging
 import time
 import urllib.request
 
-from dagster_run_monitor.policy import Alert
+from dagster_run_monitor.model import Alert
 from dagster_run_monitor.settings import AlertSettings
 
 

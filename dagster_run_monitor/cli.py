@@ -6,11 +6,11 @@ import click
 from dagster import DagsterInstance
 from dagster._time import get_current_timestamp
 
-from dagster_run_monitor.facts import RunFacts, observe
-from dagster_run_monitor.instance import read_settings
+from dagster_run_monitor.facts import observe
 from dagster_run_monitor.limits import resolve_limits
+from dagster_run_monitor.model import RunFacts
 from dagster_run_monitor.policy import decide
-from dagster_run_monitor.settings import MonitorSettings
+from dagster_run_monitor.settings import MonitorSettings, read_settings
 
 
 @click.group()

@@ -28,10 +28,10 @@ REASON_START_FAILED = "worker_failed_to_start"
 REASON_CANCEL_TIMEOUT = "cancel_timeout"
 REASON_MAX_RUNTIME = "max_runtime"
 REASON_WORKER_CRASH = "worker_crash"
-REASON_WORKER_RESUMED = "worker_resumed"
 REASON_QUEUE_TIMEOUT = "queue_timeout"
 REASON_STALLED = "stalled"
 REASON_STEP_TIMEOUT = "step_timeout"
+LOG_TAIL_LINES = 25  # lines of a worker's output in failure messages
 RESUME_SCHEDULED_TAG = f"{TAG_PREFIX}resume_scheduled"  # attempt number announced
 
 # Event-log messages. The first group is Dagster's built-in monitor's, word for word.

@@ -14,13 +14,13 @@ from dagster._utils.error import SerializableErrorInfo
 
 from dagster_run_monitor.actions import apply_due
 from dagster_run_monitor.constants import DAEMON_TYPE
-from dagster_run_monitor.facts import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, observe
-from dagster_run_monitor.instance import read_settings
+from dagster_run_monitor.facts import observe
 from dagster_run_monitor.metrics import Metrics
-from dagster_run_monitor.policy import Action, decide, over_warning_threshold
+from dagster_run_monitor.model import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, Action
+from dagster_run_monitor.policy import decide, over_warning_threshold
 from dagster_run_monitor.pooling import pool_postgres_connections
 from dagster_run_monitor.runs import RunReader
-from dagster_run_monitor.settings import MonitorSettings
+from dagster_run_monitor.settings import MonitorSettings, read_settings
 
 
 class RunMonitorDaemon(IntervalDaemon):

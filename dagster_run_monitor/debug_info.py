@@ -4,7 +4,7 @@ launchers that give none (Dagster's DockerRunLauncher), the container's state an
 from dagster._core.launcher import RunLauncher
 from dagster._core.storage.dagster_run import DagsterRun
 
-LOG_TAIL_LINES = 25
+from dagster_run_monitor import constants as c
 
 
 def worker_debug_info(launcher: RunLauncher, run: DagsterRun, container_logs: bool) -> str | None:
@@ -24,7 +24,7 @@ def _docker_container_info(launcher: RunLauncher, run: DagsterRun) -> str | None
     if container is None:
         return None
     state = container.attrs.get("State", {})
-    logs = container.logs(tail=LOG_TAIL_LINES).decode(errors="replace").rstrip()
+    logs = container.logs(tail=c.LOG_TAIL_LINES).decode(errors="replace").rstrip()
     return (
         f"Container {container.short_id}: status {container.status}, exit code"
         f" {state.get('ExitCode')}.\nLast lines of its output:\n{logs}"

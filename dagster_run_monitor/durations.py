@@ -40,8 +40,3 @@ def _parse_text(text: str) -> float:
         if isinstance(parsed, pendulum.Duration):
             return parsed.total_seconds()
     raise ValueError(f"not a duration: {text!r}")
-
-
-def format_duration(seconds: float) -> str:
-    """A short readable form for messages: ``1h 30m``."""
-    return pendulum.duration(seconds=seconds).in_words(locale="en") or "0 seconds"

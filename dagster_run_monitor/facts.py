@@ -1,7 +1,6 @@
 """Observe: read in-progress runs and what each policy needs to know about them."""
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from dagster import DagsterInstance
@@ -10,46 +9,13 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times, running_steps
-from dagster_run_monitor.health import Health, HealthChecks
+from dagster_run_monitor.health import HealthChecks
+from dagster_run_monitor.model import HEALTH_CHECKED, MONITORED_STATUSES, Health, RunFacts
 from dagster_run_monitor.runs import RunReader, read_all
 from dagster_run_monitor.settings import MonitorSettings
 
 if TYPE_CHECKING:
     from dagster_run_monitor.limits import Limits
-
-MONITORED_STATUSES = (
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.SUSPENDED,
-    DagsterRunStatus.CANCELING,
-)
-HEALTH_CHECKED_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
-HEALTH_CHECKED = frozenset(HEALTH_CHECKED_STATUSES)
-
-
-@dataclass(frozen=True)
-class RunFacts:
-    """What the decision core knows about one in-progress run. Times are UNIX seconds."""
-
-    run_id: str
-    job_name: str
-    status: DagsterRunStatus
-    created_at: float
-    updated_at: float
-    tags: Mapping[str, str] = field(default_factory=dict)
-    location: str | None = None  # code location name
-    enqueued_at: float | None = None  # latest RUN_ENQUEUED event (QUEUED runs)
-    last_event_at: float | None = None  # latest event of any kind (STARTED runs, for stalls)
-    running_steps: Mapping[str, float] = field(default_factory=dict)  # step key -> start time
-    step_limits: Mapping[str, str] = field(default_factory=dict)  # step key -> op tag value
-    started_at: float | None = None  # RUN_START
-    launched_at: float | None = None  # latest PIPELINE_STARTING event
-    canceling_at: float | None = None  # latest RUN_CANCELING event
-    health: Health | None = None  # None where the launcher has no health check
-    unhealthy_since: float | None = None  # first pass that saw this worker unhealthy
-    resume_attempts: int = 0
 
 
 def observe(

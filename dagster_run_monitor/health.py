@@ -5,30 +5,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from dagster._core.launcher import RunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
-HEALTHY = frozenset({WorkerStatus.RUNNING.value, WorkerStatus.SUCCESS.value})
-
-
-@dataclass(frozen=True)
-class Health:
-    """One worker health result, as plain data."""
-
-    status: str  # a WorkerStatus value: RUNNING, SUCCESS, FAILED, NOT_FOUND, UNKNOWN
-    message: str = ""
-    transient: bool = False
-    answered: bool = True  # False: the check raised or timed out, which proves nothing
-    seconds: float = field(default=0.0, compare=False)  # how long the check took
-
-    @property
-    def healthy(self) -> bool:
-        return self.status in HEALTHY
-
-    def __str__(self) -> str:  # the same text as Dagster's CheckRunHealthResult
-        return f"{self.status}: '{self.message}'"
+from dagster_run_monitor.model import Health
 
 
 class HealthChecks:

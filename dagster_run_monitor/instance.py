@@ -12,12 +12,7 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor.constants import DAEMON_TYPE
-from dagster_run_monitor.settings import (
-    MonitorSettings,
-    invalid_setting,
-    run_monitoring_config_field,
-    settings_from_config,
-)
+from dagster_run_monitor.settings import read_settings, run_monitoring_config_field
 
 BUILTIN_MONITORING_DAEMON = "MONITORING"
 
@@ -76,27 +71,6 @@ class RunMonitorInstanceMixin:
 
 class RunMonitorInstance(RunMonitorInstanceMixin, DagsterInstance):
     """``instance_class: {module: dagster_run_monitor, class: RunMonitorInstance}``."""
-
-
-def read_settings(instance: DagsterInstance) -> MonitorSettings:
-    """Validated settings of any instance; the launcher's abilities are read only if enabled."""
-    config = instance.get_settings("run_monitoring") or {}
-    if not config.get("enabled"):
-        return settings_from_config(config)
-    launcher = instance.run_launcher
-    settings = settings_from_config(
-        config,
-        can_check_health=launcher.supports_check_run_worker_health,
-        can_resume=launcher.supports_resume_run,
-    )
-    if settings.stall_action == "resume" and not hasattr(launcher, "kill_worker"):
-        raise invalid_setting(
-            "stall_action",
-            "resume",
-            f"{type(launcher).__name__} cannot stop a hung worker without canceling its run;"
-            " use fail, or ProcessRunLauncher",
-        )
-    return settings
 
 
 def refuse_duplicate_keys(path: str) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from dagster._core.launcher import RunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
-from dagster_run_monitor.health import Health
+from dagster_run_monitor.model import Health
 
 # Container waiting reasons of a pod that will not start by itself. Unschedulable pods are
 # not among them: a node may still come (an autoscaler); the start timeout covers them.

@@ -4,13 +4,13 @@
 from collections import Counter
 from collections.abc import Sequence
 
-from dagster_run_monitor.facts import RunFacts
-from dagster_run_monitor.policy import (
+from dagster_run_monitor.model import (
     Action,
     CancelRun,
     FailRun,
     Notice,
     ResumeRun,
+    RunFacts,
     TerminateAndFail,
 )
 

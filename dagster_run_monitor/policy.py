@@ -2,7 +2,6 @@
 
 import datetime
 import logging
-from dataclasses import dataclass, field
 
 from dagster._core.events import RunFailureReason
 from dagster._core.launcher import WorkerStatus
@@ -10,85 +9,20 @@ from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.durations import parse_duration
-from dagster_run_monitor.facts import RunFacts
-from dagster_run_monitor.health import Health
 from dagster_run_monitor.limits import Limit, Limits, resolve_limits
+from dagster_run_monitor.model import (
+    Action,
+    Alert,
+    CancelRun,
+    FailRun,
+    Health,
+    Notice,
+    ResumeRun,
+    RunFacts,
+    TerminateAndFail,
+)
 from dagster_run_monitor.settings import MonitorSettings
 
-
-@dataclass(frozen=True)
-class FailRun:
-    """Mark the run FAILURE, optionally terminating its worker first."""
-
-    message: str
-    reason: str  # value of the run_monitor/reason tag
-    failure_reason: RunFailureReason | None = None  # the dagster/failure_reason tag
-    terminate_first: bool = False
-    debug_info: bool = False  # append the launcher's get_run_worker_debug_info
-    container_logs: bool = True
-    # The limit passed and the value seen, for logs and metrics (not part of the decision).
-    limit: float | None = field(default=None, compare=False)
-    observed: float | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class CancelRun:
-    """Mark the run CANCELED (a cancel that never finished, or a queue timeout)."""
-
-    message: str
-    reason: str = c.REASON_CANCEL_TIMEOUT
-    debug_info: bool = True
-    limit: float | None = field(default=None, compare=False)
-    observed: float | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class TerminateAndFail:
-    """RUN_CANCELING, terminate the worker, FAILURE: Dagster's max-runtime sequence."""
-
-    canceling_message: str
-    failure_message: str
-    reason: str
-    limit: float | None = field(default=None, compare=False)
-    observed: float | None = field(default=None, compare=False)
-
-
-@dataclass(frozen=True)
-class ResumeRun:
-    """Launch a new worker for the run through ``instance.resume_run``."""
-
-    attempt: int
-    message: str
-    kill_first: bool = False  # stop a hung worker first (stalled runs)
-    reason: str = c.REASON_WORKER_CRASH
-
-
-@dataclass(frozen=True)
-class Alert:
-    """What alert sinks receive (a logger, your function, a webhook as JSON)."""
-
-    run_id: str
-    job_name: str
-    kind: str  # "warning" or "invalid_tag"
-    message: str
-    limit: str | None = None  # e.g. "max_runtime_seconds"
-    limit_seconds: float | None = None
-    elapsed_seconds: float | None = None
-    fraction: float | None = None
-
-
-@dataclass(frozen=True)
-class Notice:
-    """One event on the run, remembered in a tag so it is written once per value."""
-
-    message: str
-    tag: str
-    value: str
-    level: int = logging.WARNING
-    alert: Alert | None = None
-
-
-Action = FailRun | CancelRun | TerminateAndFail | ResumeRun | Notice
 LIMIT_NAMES = {
     "max_runtime_seconds": "max runtime",
     "start_timeout_seconds": "start timeout",

@@ -5,6 +5,7 @@ import math
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from typing import Any as AnyType
 
 from dagster import Any, Bool, Field, Permissive
@@ -15,6 +16,9 @@ from dagster._config.errors import (
 )
 from dagster._config.stack import EvaluationStackPathEntry, EvaluationStackRoot
 from dagster._core.errors import DagsterInvalidConfigError
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 # Dagster's documented defaults. `max_resume_run_attempts` is documented as 3 while Dagster's
 # code defaults to 0; we follow the documentation, for launchers that can resume.
@@ -386,3 +390,24 @@ def invalid_setting(key: str, value: object, why: str) -> DagsterInvalidConfigEr
     return DagsterInvalidConfigError(
         "Errors whilst loading the run_monitoring block of dagster.yaml", [error], {key: value}
     )
+
+
+def read_settings(instance: "DagsterInstance") -> MonitorSettings:
+    """Validated settings of any instance; the launcher's abilities are read only if enabled."""
+    config = instance.get_settings("run_monitoring") or {}
+    if not config.get("enabled"):
+        return settings_from_config(config)
+    launcher = instance.run_launcher
+    settings = settings_from_config(
+        config,
+        can_check_health=launcher.supports_check_run_worker_health,
+        can_resume=launcher.supports_resume_run,
+    )
+    if settings.stall_action == "resume" and not hasattr(launcher, "kill_worker"):
+        raise invalid_setting(
+            "stall_action",
+            "resume",
+            f"{type(launcher).__name__} cannot stop a hung worker without canceling its run;"
+            " use fail, or ProcessRunLauncher",
+        )
+    return settings

@@ -16,18 +16,18 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.cli import main as cli
 from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.facts import RunFacts
-from dagster_run_monitor.health import Health
 from dagster_run_monitor.limits import Limit, resolve_limits
-from dagster_run_monitor.policy import (
+from dagster_run_monitor.model import (
     Alert,
     CancelRun,
     FailRun,
+    Health,
     Notice,
     ResumeRun,
+    RunFacts,
     TerminateAndFail,
-    decide,
 )
+from dagster_run_monitor.policy import decide
 from dagster_run_monitor.settings import Backoff, MonitorSettings, settings_from_config
 from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.helpers import (

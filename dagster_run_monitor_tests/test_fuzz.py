@@ -20,10 +20,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dagster_run_monitor import constants as c
-from dagster_run_monitor.facts import MONITORED_STATUSES, RunFacts
-from dagster_run_monitor.health import Health
 from dagster_run_monitor.limits import LIMIT_TAGS, resolve_limits
-from dagster_run_monitor.policy import Notice, decide
+from dagster_run_monitor.model import MONITORED_STATUSES, Health, Notice, RunFacts
+from dagster_run_monitor.policy import decide
 from dagster_run_monitor.settings import (
     MonitorSettings,
     run_monitoring_config_field,

@@ -13,11 +13,10 @@ from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.actions import apply_actions
 from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.facts import MONITORED_STATUSES, observe
-from dagster_run_monitor.health import Health
-from dagster_run_monitor.instance import read_settings
-from dagster_run_monitor.policy import ResumeRun
+from dagster_run_monitor.facts import observe
+from dagster_run_monitor.model import MONITORED_STATUSES, Health, ResumeRun
 from dagster_run_monitor.runs import RunReader
+from dagster_run_monitor.settings import read_settings
 from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.helpers import (
     T0,

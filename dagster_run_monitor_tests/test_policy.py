@@ -5,18 +5,17 @@ from dagster._core.events import RunFailureReason
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
 from dagster_run_monitor import constants as c
-from dagster_run_monitor.facts import RunFacts
-from dagster_run_monitor.health import Health
 from dagster_run_monitor.limits import Limit, resolve_limits
-from dagster_run_monitor.policy import (
+from dagster_run_monitor.model import (
     CancelRun,
     FailRun,
+    Health,
     Notice,
     ResumeRun,
+    RunFacts,
     TerminateAndFail,
-    bad_tag_notices,
-    decide,
 )
+from dagster_run_monitor.policy import bad_tag_notices, decide
 from dagster_run_monitor.settings import MonitorSettings
 
 NOW = 10_000.0
@@ -253,3 +252,34 @@ def test_bad_tag_warning_comes_with_the_other_actions():
     run = facts(S.STARTING, launched_at=NOW - 181, tags={c.MAX_RUNTIME_TAG: "soon"})
     warning, failure = decide(run, SETTINGS, NOW)
     assert isinstance(warning, Notice) and failure.reason == c.REASON_START_TIMEOUT
+
+
+IO_MODULES = {  # storage, the launcher, threads, HTTP: the shell around the decision core
+    "actions",
+    "claims",
+    "cli",
+    "daemon",
+    "debug_info",
+    "eventlog",
+    "facts",
+    "health",
+    "k8s_pods",
+    "metrics",
+    "pooling",
+    "runs",
+}
+
+
+def test_the_decision_core_loads_none_of_the_io_modules():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, dagster_run_monitor.policy, dagster_run_monitor.model;"
+        " print(' '.join(m for m in sys.modules if m.startswith('dagster_run_monitor.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "dagster_run_monitor.policy" in loaded
+    assert {m.removeprefix("dagster_run_monitor.") for m in loaded} & IO_MODULES == set()

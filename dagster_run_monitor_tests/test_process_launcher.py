@@ -17,10 +17,10 @@ from dagster._time import get_current_timestamp
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor.facts import observe
-from dagster_run_monitor.instance import read_settings
 from dagster_run_monitor.launchers.process_executor import recorded_step_processes
 from dagster_run_monitor.launchers.processes import is_alive
 from dagster_run_monitor.policy import decide
+from dagster_run_monitor.settings import read_settings
 from dagster_run_monitor_tests.conftest import monitor_instance
 from dagster_run_monitor_tests.helpers import messages, status_of
 from dagster_run_monitor_tests.processes import wait_until

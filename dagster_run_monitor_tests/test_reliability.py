@@ -17,7 +17,7 @@ from dagster._time import get_current_timestamp
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.actions import apply_actions
 from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.policy import ResumeRun
+from dagster_run_monitor.model import ResumeRun
 from dagster_run_monitor_tests.chaos import (
     RACE_TAG,
     RACING_LAUNCHER,

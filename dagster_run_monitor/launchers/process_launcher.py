@@ -32,8 +32,6 @@ from dagster_run_monitor.launchers.processes import (
     stop_group,
 )
 
-LOG_TAIL_LINES = 25
-
 
 class ProcessRunLauncher(RunLauncher, ConfigurableClass):
     """Launches every run worker as ``python -m dagster api execute_run`` in its own process
@@ -205,7 +203,7 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         log_path = run.tags.get(c.WORKER_LOG_TAG)
         if include_container_logs and log_path and os.path.exists(log_path):
             with open(log_path, errors="replace") as log:
-                tail = "".join(deque(log, maxlen=LOG_TAIL_LINES)).rstrip()
+                tail = "".join(deque(log, maxlen=c.LOG_TAIL_LINES)).rstrip()
             lines.append(f"Last lines of the worker's output ({log_path}):\n{tail}")
         return "\n".join(lines)
 

@@ -1,0 +1,143 @@
+"""The decision core's vocabulary: what is known about a run (facts, worker health), and the
+actions and alerts decided for it. Plain frozen data, no I/O: ``policy`` and the modules that
+report on decisions (``alerts``, ``metrics``) import this, never the storage readers."""
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from dagster._core.events import RunFailureReason
+from dagster._core.launcher import WorkerStatus
+from dagster._core.storage.dagster_run import DagsterRunStatus
+
+from dagster_run_monitor import constants as c
+
+HEALTHY = frozenset({WorkerStatus.RUNNING.value, WorkerStatus.SUCCESS.value})
+
+
+@dataclass(frozen=True)
+class Health:
+    """One worker health result, as plain data."""
+
+    status: str  # a WorkerStatus value: RUNNING, SUCCESS, FAILED, NOT_FOUND, UNKNOWN
+    message: str = ""
+    transient: bool = False
+    answered: bool = True  # False: the check raised or timed out, which proves nothing
+    seconds: float = field(default=0.0, compare=False)  # how long the check took
+
+    @property
+    def healthy(self) -> bool:
+        return self.status in HEALTHY
+
+    def __str__(self) -> str:  # the same text as Dagster's CheckRunHealthResult
+        return f"{self.status}: '{self.message}'"
+
+
+MONITORED_STATUSES = (
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.SUSPENDED,
+    DagsterRunStatus.CANCELING,
+)
+HEALTH_CHECKED_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
+HEALTH_CHECKED = frozenset(HEALTH_CHECKED_STATUSES)
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the decision core knows about one in-progress run. Times are UNIX seconds."""
+
+    run_id: str
+    job_name: str
+    status: DagsterRunStatus
+    created_at: float
+    updated_at: float
+    tags: Mapping[str, str] = field(default_factory=dict)
+    location: str | None = None  # code location name
+    enqueued_at: float | None = None  # latest RUN_ENQUEUED event (QUEUED runs)
+    last_event_at: float | None = None  # latest event of any kind (STARTED runs, for stalls)
+    running_steps: Mapping[str, float] = field(default_factory=dict)  # step key -> start time
+    step_limits: Mapping[str, str] = field(default_factory=dict)  # step key -> op tag value
+    started_at: float | None = None  # RUN_START
+    launched_at: float | None = None  # latest PIPELINE_STARTING event
+    canceling_at: float | None = None  # latest RUN_CANCELING event
+    health: Health | None = None  # None where the launcher has no health check
+    unhealthy_since: float | None = None  # first pass that saw this worker unhealthy
+    resume_attempts: int = 0
+
+
+@dataclass(frozen=True)
+class FailRun:
+    """Mark the run FAILURE, optionally terminating its worker first."""
+
+    message: str
+    reason: str  # value of the run_monitor/reason tag
+    failure_reason: RunFailureReason | None = None  # the dagster/failure_reason tag
+    terminate_first: bool = False
+    debug_info: bool = False  # append the launcher's get_run_worker_debug_info
+    container_logs: bool = True
+    # The limit passed and the value seen, for logs and metrics (not part of the decision).
+    limit: float | None = field(default=None, compare=False)
+    observed: float | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class CancelRun:
+    """Mark the run CANCELED (a cancel that never finished, or a queue timeout)."""
+
+    message: str
+    reason: str = c.REASON_CANCEL_TIMEOUT
+    debug_info: bool = True
+    limit: float | None = field(default=None, compare=False)
+    observed: float | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class TerminateAndFail:
+    """RUN_CANCELING, terminate the worker, FAILURE: Dagster's max-runtime sequence."""
+
+    canceling_message: str
+    failure_message: str
+    reason: str
+    limit: float | None = field(default=None, compare=False)
+    observed: float | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class ResumeRun:
+    """Launch a new worker for the run through ``instance.resume_run``."""
+
+    attempt: int
+    message: str
+    kill_first: bool = False  # stop a hung worker first (stalled runs)
+    reason: str = c.REASON_WORKER_CRASH
+
+
+@dataclass(frozen=True)
+class Alert:
+    """What alert sinks receive (a logger, your function, a webhook as JSON)."""
+
+    run_id: str
+    job_name: str
+    kind: str  # "warning" or "invalid_tag"
+    message: str
+    limit: str | None = None  # e.g. "max_runtime_seconds"
+    limit_seconds: float | None = None
+    elapsed_seconds: float | None = None
+    fraction: float | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """One event on the run, remembered in a tag so it is written once per value."""
+
+    message: str
+    tag: str
+    value: str
+    level: int = logging.WARNING
+    alert: Alert | None = None
+
+
+Action = FailRun | CancelRun | TerminateAndFail | ResumeRun | Notice
