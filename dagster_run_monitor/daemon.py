@@ -7,7 +7,6 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.workspace.context import IWorkspaceProcessContext
 from dagster._daemon.daemon import DaemonIterator, IntervalDaemon
-from dagster._daemon.monitoring import execute_concurrency_slots_iteration
 from dagster._daemon.utils import DaemonErrorCapture
 from dagster._time import get_current_timestamp
 from dagster._utils.error import SerializableErrorInfo
@@ -15,6 +14,7 @@ from dagster._utils.error import SerializableErrorInfo
 from dagster_run_monitor.actions import apply_due
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.facts import observe
+from dagster_run_monitor.internals import concurrency_slots_iteration
 from dagster_run_monitor.metrics import Metrics
 from dagster_run_monitor.model import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, Action
 from dagster_run_monitor.policy import decide, over_warning_threshold
@@ -58,7 +58,8 @@ class RunMonitorDaemon(IntervalDaemon):
         if self._last_full_pass is None or now - self._last_full_pass >= self._poll_interval:
             self._last_full_pass = now
             yield from self.monitor_runs(workspace_process_context)
-            yield from execute_concurrency_slots_iteration(workspace_process_context, self._logger)
+            free_slots = concurrency_slots_iteration()
+            yield from free_slots(workspace_process_context, self._logger)
         else:
             yield from self.monitor_runs(workspace_process_context, crashes_only=True)
 

@@ -5,6 +5,7 @@ from dagster._core.launcher import RunLauncher
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.internals import docker_container
 
 
 def worker_debug_info(launcher: RunLauncher, run: DagsterRun, container_logs: bool) -> str | None:
@@ -20,7 +21,7 @@ def worker_debug_info(launcher: RunLauncher, run: DagsterRun, container_logs: bo
 
 
 def _docker_container_info(launcher: RunLauncher, run: DagsterRun) -> str | None:
-    container = launcher._get_container(run)  # type: ignore[attr-defined]
+    container = docker_container(launcher, run)
     if container is None:
         return None
     state = container.attrs.get("State", {})

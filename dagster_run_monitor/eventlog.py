@@ -5,13 +5,12 @@ from collections.abc import Sequence
 import sqlalchemy as db
 from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log import SqlEventLogStorage, SqlEventLogStorageTable
 from dagster._core.storage.event_log.base import EventLogStorage
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._serdes import deserialize_value
 from dagster._time import utc_datetime_from_naive
 
 from dagster_run_monitor.constants import RESUME_RUN_LOG_MESSAGE
+from dagster_run_monitor.internals import EVENT_LOGS, SqlEventLogStorage, SqliteEventLogStorage
 
 CHUNK = 500  # run ids per IN (...) clause
 
@@ -38,7 +37,7 @@ def latest_event_times(
             if records:
                 times[run_id] = records[0].event_log_entry.timestamp
         return times
-    table = SqlEventLogStorageTable
+    table = EVENT_LOGS
     times = {}
     with storage.index_connection() as conn:  # type: ignore[attr-defined]
         for chunk in _chunks(run_ids):
@@ -84,7 +83,7 @@ def running_steps(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str,
                     entry = r.event_log_entry
                     record(run_id, event.step_key, event.event_type_value, entry.timestamp)
     else:
-        table = SqlEventLogStorageTable
+        table = EVENT_LOGS
         with storage.index_connection() as conn:  # type: ignore[attr-defined]
             for chunk in _chunks(run_ids):
                 query = (
@@ -135,7 +134,7 @@ def resume_history(
             for record in records:
                 add(run_id, record.event_log_entry)
         return history
-    table = SqlEventLogStorageTable
+    table = EVENT_LOGS
     with storage.index_connection() as conn:  # type: ignore[attr-defined]
         for chunk in _chunks(run_ids):
             query = (

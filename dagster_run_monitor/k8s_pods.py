@@ -13,6 +13,7 @@ from typing import Any
 from dagster._core.launcher import RunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from dagster_run_monitor.internals import k8s_core_api, launcher_instance
 from dagster_run_monitor.model import Health
 
 # Container waiting reasons of a pod that will not start by itself. Unschedulable pods are
@@ -62,11 +63,14 @@ def _worker_pods(launcher: RunLauncher, run: DagsterRun) -> list[Any]:
     """The pods of the run's current worker Job, newest last (one API call)."""
     from dagster_k8s.job import get_job_name_from_run_id
 
-    attempt = launcher._instance.count_resume_run_attempts(run.run_id)  # type: ignore[attr-defined]
+    attempt = launcher_instance(launcher).count_resume_run_attempts(run.run_id)
     job_name = get_job_name_from_run_id(run.run_id, resume_attempt_number=attempt)
     namespace = launcher.get_container_context_for_run(run).namespace  # type: ignore[attr-defined]
-    core_api = launcher._api_client.core_api  # type: ignore[attr-defined]
-    pods = core_api.list_namespaced_pod(namespace, label_selector=f"job-name={job_name}").items
+    pods = (
+        k8s_core_api(launcher)
+        .list_namespaced_pod(namespace, label_selector=f"job-name={job_name}")
+        .items
+    )
     return sorted(pods, key=lambda pod: str(pod.metadata.creation_timestamp or ""))
 
 

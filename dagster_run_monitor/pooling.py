@@ -8,6 +8,8 @@ issues thousands of queries, so the daemon gives its run and event-log storages 
 
 from dagster import DagsterInstance
 
+from dagster_run_monitor.internals import replace_storage_engine, storage_engine
+
 POOL_RECYCLE_SECONDS = 3600
 
 
@@ -22,13 +24,13 @@ def pool_postgres_connections(instance: DagsterInstance, size: int) -> list[str]
 
     pooled = []
     for storage in (instance.run_storage, instance.event_log_storage):
-        engine = getattr(storage, "_engine", None)
+        engine = storage_engine(storage)
         url = getattr(storage, "postgres_url", None)
         if not type(storage).__module__.startswith("dagster_postgres") or not engine or not url:
             continue
         if engine.pool.__class__.__name__ != "NullPool":
             continue  # already pooled (the webserver, or a second call)
-        storage._engine = create_pg_engine(  # type: ignore[attr-defined]
+        pooled_engine = create_pg_engine(
             url,
             getattr(storage, "_token_provider", None),
             isolation_level="AUTOCOMMIT",
@@ -37,6 +39,7 @@ def pool_postgres_connections(instance: DagsterInstance, size: int) -> list[str]
             pool_recycle=POOL_RECYCLE_SECONDS,
             pool_reset_on_return=None,  # autocommit: no transaction to roll back
         )
+        replace_storage_engine(storage, pooled_engine)
         engine.dispose()
         pooled.append(type(storage).__name__)
     return pooled

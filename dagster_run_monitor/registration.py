@@ -3,19 +3,19 @@
 import functools
 
 from dagster_run_monitor.constants import DAEMON_TYPE
+from dagster_run_monitor.internals import DAEMON_CONTROLLER, DAEMON_FACTORY, daemon_controller
 
 _MARK = "__dagster_run_monitor__"
 
 
 def install() -> None:
     """Wrap ``dagster._daemon.controller.create_daemon_of_type`` once; other types pass through."""
-    import dagster._daemon.controller as controller
-
-    original = getattr(controller, "create_daemon_of_type", None)
+    controller = daemon_controller()
+    original = getattr(controller, DAEMON_FACTORY, None)
     if original is None:
         raise ImportError(
             "dagster-run-monitor cannot register its daemon: this Dagster version has no"
-            " dagster._daemon.controller.create_daemon_of_type. Install a supported Dagster"
+            f" {DAEMON_CONTROLLER}.{DAEMON_FACTORY}. Install a supported Dagster"
             " version (see dagster-run-monitor's setup.py)."
         )
     if _installed(original):
@@ -30,7 +30,7 @@ def install() -> None:
         return original(daemon_type, instance)
 
     setattr(create_daemon_of_type, _MARK, True)
-    controller.create_daemon_of_type = create_daemon_of_type
+    setattr(controller, DAEMON_FACTORY, create_daemon_of_type)
 
 
 def _installed(func) -> bool:

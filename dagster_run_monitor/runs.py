@@ -5,9 +5,9 @@ from collections.abc import Sequence
 
 from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunRecord, RunsFilter
-from dagster._core.storage.runs.schema import RunsTable
-from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 from dagster._time import utc_datetime_from_naive
+
+from dagster_run_monitor.internals import RUNS, SqlRunStorage
 
 PAGE_SIZE = 1000
 
@@ -26,10 +26,8 @@ class RunReader:
         storage = instance.run_storage
         if not isinstance(storage, SqlRunStorage):
             return read_all(instance, statuses)
-        query = RunsTable.select().with_only_columns(
-            RunsTable.c.run_id, RunsTable.c.update_timestamp
-        )
-        query = query.where(RunsTable.c.status.in_([s.value for s in statuses]))
+        query = RUNS.select().with_only_columns(RUNS.c.run_id, RUNS.c.update_timestamp)
+        query = query.where(RUNS.c.status.in_([s.value for s in statuses]))
         current = {
             row["run_id"]: utc_datetime_from_naive(row["update_timestamp"])
             for row in storage.fetchall(query)
