@@ -4,7 +4,8 @@ Playwright against `dagster dev` (webserver and daemon) on 127.0.0.1.
 Three runs that `dagster dev`'s daemon, ours, acts on (a crashed worker resumed, a start
 time-out, a max-runtime failure) must show the monitor's messages in their event logs, and the
 Daemons page must list our daemon as Running. Screenshots go to the test's tmp_path and, when
-DAGSTER_RUN_MONITOR_SCREENSHOTS names a directory, there too (docs/screenshots/ holds the README's).
+DAGSTER_RUN_MONITOR_SCREENSHOTS names a directory, there too (docs/screenshots/ holds the
+pictures of docs/operations.md).
 """
 
 import os
