@@ -15,9 +15,9 @@ from dagster_run_monitor.actions import apply_due
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.facts import observe
 from dagster_run_monitor.internals import concurrency_slots_iteration
-from dagster_run_monitor.metrics import Metrics
+from dagster_run_monitor.metrics import Metrics, NoMetrics
 from dagster_run_monitor.model import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, Action
-from dagster_run_monitor.policy import decide, over_warning_threshold
+from dagster_run_monitor.policy import plan
 from dagster_run_monitor.pooling import pool_postgres_connections
 from dagster_run_monitor.runs import RunReader
 from dagster_run_monitor.settings import MonitorSettings, read_settings
@@ -36,7 +36,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self._unhealthy_since: dict[str, float] = {}
         self._runs = RunReader()
         self._pooled = False
-        self.metrics: Metrics | None = None
+        self.metrics: NoMetrics = NoMetrics()
         if settings.metrics_port:
             self.metrics = Metrics()
             self.metrics.serve(settings.metrics_host, settings.metrics_port)
@@ -66,62 +66,58 @@ class RunMonitorDaemon(IntervalDaemon):
     def monitor_runs(
         self, context: IWorkspaceProcessContext, crashes_only: bool = False
     ) -> DaemonIterator:
-        """One monitoring pass; ``crashes_only`` looks just at runs whose worker is unhealthy.
-        Yields an error per run that could not be handled."""
-        instance = context.instance
-        settings = read_settings(instance)
-        if not self._pooled:
-            self._pooled = True
-            pool_postgres_connections(instance, settings.storage_pool_size)
-        began = time.monotonic()
-        now = get_current_timestamp()
+        """One monitoring pass: observe, plan (pure), apply. ``crashes_only`` looks just at
+        runs whose worker is unhealthy. Yields an error per run that could not be handled."""
+        instance, settings = context.instance, self._settings(context.instance)
+        began, now = time.monotonic(), get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES
         facts, runs = observe(
             instance, settings, now, self._unhealthy_since, statuses, crashes_only, self._runs
         )
-        self._unhealthy_since = {
-            f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None
-        }
-        unanswered = [f for f in facts if f.health is not None and not f.health.answered]
-        if unanswered:  # one error a pass in the heartbeat, not one per run of an API outage
-            first = unanswered[0]
-            message = (
-                f"{len(unanswered)} worker health check(s) had no answer; those runs are"
-                f" checked again next pass (run {first.run_id}: {first.health.message})"
-            )
-            self._logger.warning(message)
-            yield SerializableErrorInfo(message, stack=[], cls_name=None)
-        if self.metrics is not None:
-            over = None
-            if not crashes_only:
-                over = sum(over_warning_threshold(f, settings, now) for f in facts)
-            self.metrics.observed(facts, over)
-        if crashes_only:
-            facts = [f for f in facts if f.health is not None and not f.health.healthy]
-        workspace = cache(context.create_request_context)
-        due: list[tuple[DagsterRun, list[Action]]] = []
-        for run_facts in facts:
-            try:
-                actions = decide(run_facts, settings, now)
-            except Exception as error:
-                yield self._error(run_facts.run_id, error)
-                continue
-            if actions:
-                due.append((runs[run_facts.run_id], actions))
+        decided = plan(facts, settings, now, crashes_only, self.metrics.enabled)
+        self._unhealthy_since = decided.unhealthy_since
+        self.metrics.observed(facts, decided.over_warning_threshold)
+        if decided.unanswered:
+            self._logger.warning(decided.unanswered)
+            yield SerializableErrorInfo(decided.unanswered, stack=[], cls_name=None)
+        for run_id, error in decided.errors:
+            yield self._error(run_id, error)
+        yield from self._apply(context, settings, [(runs[i], a) for i, a in decided.due], now)
+        self.metrics.passed("crashes" if crashes_only else "full", time.monotonic() - began)
+
+    def _settings(self, instance: DagsterInstance) -> MonitorSettings:
+        """The block, validated; on the first pass the daemon's Postgres connections pooled."""
+        settings = read_settings(instance)
+        if not self._pooled:
+            self._pooled = True
+            pool_postgres_connections(instance, settings.storage_pool_size)
+        return settings
+
+    def _apply(
+        self,
+        context: IWorkspaceProcessContext,
+        settings: MonitorSettings,
+        due: list[tuple[DagsterRun, list[Action]]],
+        now: float,
+    ) -> DaemonIterator:
         if settings.dry_run:
             for run, actions in due:
                 for action in actions:
                     self._logger.info("DRY RUN: run %s would get %s", run.run_id, action)
             return
+        workspace = cache(context.create_request_context)
         applied = apply_due(
-            instance, due, workspace, self._logger, settings.alerts, settings.action_threads, now
+            context.instance,
+            due,
+            workspace,
+            self._logger,
+            settings.alerts,
+            settings.action_threads,
+            now,
         )
         for run_id, actions, error in applied:  # runs are independent: an error stops its own
-            if self.metrics is not None:
-                self.metrics.applied(actions)
+            self.metrics.applied(actions)
             yield None if error is None else self._error(run_id, error)
-        if self.metrics is not None:
-            self.metrics.passed("crashes" if crashes_only else "full", time.monotonic() - began)
 
     def _error(self, run_id: str, error: BaseException) -> SerializableErrorInfo:
         return DaemonErrorCapture.process_exception(

@@ -18,8 +18,22 @@ PREFIX = "dagster_run_monitor"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class Metrics:
+class NoMetrics:
+    """What the daemon reports to when ``run_monitoring.metrics`` is not set: nothing."""
+
+    enabled = False
+
+    def observed(self, facts: Sequence[RunFacts], over_warning: int | None) -> None: ...
+
+    def passed(self, kind: str, seconds: float) -> None: ...
+
+    def applied(self, actions: Sequence[Action]) -> None: ...
+
+
+class Metrics(NoMetrics):
     """The monitor's metrics, in a registry of their own."""
+
+    enabled = True
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Gauge, Histogram

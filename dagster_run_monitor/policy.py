@@ -2,6 +2,8 @@
 
 import datetime
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from dagster._core.events import RunFailureReason
 from dagster._core.launcher import WorkerStatus
@@ -286,3 +288,50 @@ def warning_threshold_passed(
 def over_warning_threshold(run: RunFacts, settings: MonitorSettings, now: float) -> bool:
     limits = resolve_limits(run.job_name, run.location, run.tags, settings)
     return warning_threshold_passed(run, limits, settings, now) is not None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every decision of one pass, and what the pass reports about itself."""
+
+    due: list[tuple[str, list[Action]]]  # (run id, its actions), in the order observed
+    errors: list[tuple[str, Exception]]  # runs ``decide`` raised on (each reported, no action)
+    unhealthy_since: dict[str, float]  # the clocks to carry to the next pass
+    unanswered: str | None  # the heartbeat's one error for health checks with no answer
+    over_warning_threshold: int | None  # runs past warn_after_fraction (full passes only)
+
+
+def plan(
+    facts: Sequence[RunFacts],
+    settings: MonitorSettings,
+    now: float,
+    crashes_only: bool = False,
+    count_warnings: bool = False,
+) -> Plan:
+    """Decide for every run; ``crashes_only`` (the cheap checks between full passes) decides
+    only for runs whose worker is unhealthy. ``count_warnings``: count the runs past a
+    warning threshold (for the metrics; full passes only)."""
+    unanswered = [f for f in facts if f.health is not None and not f.health.answered]
+    summary = None
+    if unanswered:  # one error a pass in the heartbeat, not one per run of an API outage
+        first = unanswered[0]
+        summary = (
+            f"{len(unanswered)} worker health check(s) had no answer; those runs are checked"
+            f" again next pass (run {first.run_id}: {first.health.message})"  # type: ignore[union-attr]
+        )
+    over = None
+    if count_warnings and not crashes_only:
+        over = sum(over_warning_threshold(f, settings, now) for f in facts)
+    decided = [f for f in facts if f.health is not None and not f.health.healthy]
+    due, errors = [], []
+    for run in decided if crashes_only else facts:
+        try:
+            actions = decide(run, settings, now)
+        except Exception as error:  # a bug or a value decide cannot take: this run only
+            errors.append((run.run_id, error))
+            continue
+        if actions:
+            due.append((run.run_id, actions))
+    clocks: Mapping[str, float | None] = {f.run_id: f.unhealthy_since for f in facts}
+    since = {run_id: t for run_id, t in clocks.items() if t is not None}
+    return Plan(due, errors, since, summary, over)

@@ -5,6 +5,7 @@ from dagster._core.events import RunFailureReason
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor import policy
 from dagster_run_monitor.limits import Limit, resolve_limits
 from dagster_run_monitor.model import (
     CancelRun,
@@ -15,7 +16,7 @@ from dagster_run_monitor.model import (
     RunFacts,
     TerminateAndFail,
 )
-from dagster_run_monitor.policy import bad_tag_notices, decide
+from dagster_run_monitor.policy import bad_tag_notices, decide, plan
 from dagster_run_monitor.settings import MonitorSettings
 
 NOW = 10_000.0
@@ -283,3 +284,53 @@ def test_the_decision_core_loads_none_of_the_io_modules():
     ).stdout.split()
     assert "dagster_run_monitor.policy" in loaded
     assert {m.removeprefix("dagster_run_monitor.") for m in loaded} & IO_MODULES == set()
+
+
+def test_a_pass_plan_decides_each_run_and_says_what_the_heartbeat_reports(monkeypatch):
+    crashed = RunFacts(
+        run_id="crashed",
+        job_name="job",
+        status=S.STARTED,
+        created_at=NOW - 50,
+        updated_at=NOW - 50,
+        health=FAILED,
+        unhealthy_since=NOW - 1,
+    )
+    hung = RunFacts(
+        run_id="hung",
+        job_name="job",
+        status=S.STARTED,
+        created_at=NOW - 50,
+        updated_at=NOW - 50,
+        health=Health("UNKNOWN", "no answer in 30 s", answered=False),
+        unhealthy_since=NOW - 5,
+    )
+    old = RunFacts(  # past the start timeout, worker healthy
+        run_id="old",
+        job_name="job",
+        status=S.STARTING,
+        created_at=NOW - 500,
+        updated_at=NOW - 500,
+        launched_at=NOW - 400,
+        health=RUNNING,
+    )
+    full = plan([crashed, hung, old], SETTINGS, NOW)
+    assert [run_id for run_id, _ in full.due] == ["crashed", "old"]
+    assert isinstance(full.due[0][1][0], ResumeRun)
+    assert full.unhealthy_since == {"crashed": NOW - 1, "hung": NOW - 5}
+    assert full.unanswered == (
+        "1 worker health check(s) had no answer; those runs are checked again next pass"
+        " (run hung: no answer in 30 s)"
+    )
+    assert full.over_warning_threshold is None  # not asked for
+    between = plan([crashed, hung, old], SETTINGS, NOW, crashes_only=True, count_warnings=True)
+    assert [run_id for run_id, _ in between.due] == ["crashed"]  # only unhealthy workers
+    assert between.over_warning_threshold is None  # full passes only
+
+    real = policy.decide
+    monkeypatch.setattr(
+        policy, "decide", lambda run, *a: 1 / 0 if run.run_id == "crashed" else real(run, *a)
+    )
+    isolated = plan([crashed, old], SETTINGS, NOW)
+    assert [run_id for run_id, _ in isolated.due] == ["old"]
+    assert [(run_id, type(e)) for run_id, e in isolated.errors] == [("crashed", ZeroDivisionError)]
