@@ -12,7 +12,8 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor.constants import DAEMON_TYPE
-from dagster_run_monitor.settings import read_settings, run_monitoring_config_field
+from dagster_run_monitor.schema import run_monitoring_config_field
+from dagster_run_monitor.settings import read_settings
 
 BUILTIN_MONITORING_DAEMON = "MONITORING"
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from typing import Any as AnyType
 
-from dagster import Any, Bool, Field, Permissive
+from dagster import Bool
 from dagster._config.errors import (
     DagsterEvaluationErrorReason,
     EvaluationError,
@@ -28,7 +28,7 @@ DEFAULT_MAX_RESUME_RUN_ATTEMPTS = 3
 DEFAULT_POLL_INTERVAL_SECONDS = 120
 
 # Dagster's own keys, with the types Dagster gives them.
-_DAGSTER_KEYS = {
+DAGSTER_KEYS = {
     "enabled": Bool,
     "start_timeout_seconds": int,
     "cancel_timeout_seconds": int,
@@ -40,7 +40,7 @@ _DAGSTER_KEYS = {
 }
 
 # Our numeric keys: name -> (default, description).
-_OUR_KEYS: dict[str, tuple[int, str]] = {
+OUR_KEYS: dict[str, tuple[int, str]] = {
     "worker_unknown_grace_seconds": (
         60,
         "How long a worker health result of UNKNOWN, a transient failure, or any unhealthy"
@@ -72,81 +72,6 @@ RULE_LIMIT_KEYS = (
     "max_step_runtime_seconds",
 )
 STALL_ACTIONS = ("fail", "resume")
-
-
-def run_monitoring_config_field() -> Field:
-    """Dagster's ``run_monitoring`` schema extended with our keys."""
-    fields = {key: Field(kind, is_required=False) for key, kind in _DAGSTER_KEYS.items()}
-    fields.update(
-        {
-            key: Field(int, is_required=False, default_value=default, description=text)
-            for key, (default, text) in _OUR_KEYS.items()
-        }
-    )
-    fields.update(
-        {
-            "stall_action": Field(
-                str, is_required=False, default_value="fail", description="fail or resume"
-            ),
-            "warn_after_fraction": Field(
-                float,
-                is_required=False,
-                default_value=0.0,
-                description="Warn once when a run has used this fraction of a limit (0: off).",
-            ),
-            "dry_run": Field(Bool, is_required=False, default_value=False),
-            "resume_on_start_failure": Field(Bool, is_required=False, default_value=False),
-            "resume_backoff": Field(
-                {
-                    "initial_seconds": Field(float, is_required=False, default_value=0.0),
-                    "multiplier": Field(float, is_required=False, default_value=2.0),
-                    "max_seconds": Field(float, is_required=False, default_value=3600.0),
-                    "jitter": Field(float, is_required=False, default_value=0.0),
-                },
-                is_required=False,
-            ),
-            "alerts": Field(
-                {
-                    "log": Field(Bool, is_required=False, default_value=True),
-                    "callable": Field({"module": str, "function": str}, is_required=False),
-                    "webhook": Field(
-                        {
-                            "url": str,
-                            "timeout_seconds": Field(float, is_required=False, default_value=5.0),
-                            "retries": Field(int, is_required=False, default_value=3),
-                        },
-                        is_required=False,
-                    ),
-                },
-                is_required=False,
-            ),
-            "metrics": Field(
-                {
-                    "port": Field(int, description="Serve Prometheus metrics on this port."),
-                    "host": Field(str, is_required=False, default_value="127.0.0.1"),
-                },
-                is_required=False,
-            ),
-            "rules": Field(
-                [
-                    {
-                        "match": Field(
-                            {
-                                "job": Field(str, is_required=False),
-                                "location": Field(str, is_required=False),
-                                "tags": Field(Permissive(), is_required=False),
-                            },
-                            is_required=False,
-                        ),
-                        **{key: Field(Any, is_required=False) for key in RULE_LIMIT_KEYS},
-                        "warn_after_fraction": Field(float, is_required=False),
-                    }
-                ],
-                is_required=False,
-            ),
-        }
-    )
-    return Field(fields, is_required=False)
 
 
 @dataclass(frozen=True)
@@ -210,11 +135,11 @@ class MonitorSettings:
     max_resume_run_attempts: int = DEFAULT_MAX_RESUME_RUN_ATTEMPTS
     poll_interval_seconds: float = DEFAULT_POLL_INTERVAL_SECONDS
     free_slots_after_run_end_seconds: float = 0
-    worker_unknown_grace_seconds: float = _OUR_KEYS["worker_unknown_grace_seconds"][0]
-    health_check_timeout_seconds: float = _OUR_KEYS["health_check_timeout_seconds"][0]
-    health_check_threads: int = _OUR_KEYS["health_check_threads"][0]
-    action_threads: int = _OUR_KEYS["action_threads"][0]
-    storage_pool_size: int = _OUR_KEYS["storage_pool_size"][0]
+    worker_unknown_grace_seconds: float = OUR_KEYS["worker_unknown_grace_seconds"][0]
+    health_check_timeout_seconds: float = OUR_KEYS["health_check_timeout_seconds"][0]
+    health_check_threads: int = OUR_KEYS["health_check_threads"][0]
+    action_threads: int = OUR_KEYS["action_threads"][0]
+    storage_pool_size: int = OUR_KEYS["storage_pool_size"][0]
     queue_timeout_seconds: float = 0
     stall_timeout_seconds: float = 0
     max_step_runtime_seconds: float = 0
@@ -253,7 +178,7 @@ _SCALARS = (
     "max_resume_run_attempts",
     "poll_interval_seconds",
     "free_slots_after_run_end_seconds",
-    *_OUR_KEYS,
+    *OUR_KEYS,
     "dry_run",
     "resume_on_start_failure",
 )

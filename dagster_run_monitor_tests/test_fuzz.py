@@ -23,11 +23,8 @@ from dagster_run_monitor import constants as c
 from dagster_run_monitor.limits import LIMIT_TAGS, resolve_limits
 from dagster_run_monitor.model import MONITORED_STATUSES, Health, Notice, RunFacts
 from dagster_run_monitor.policy import decide
-from dagster_run_monitor.settings import (
-    MonitorSettings,
-    run_monitoring_config_field,
-    settings_from_config,
-)
+from dagster_run_monitor.schema import run_monitoring_config_field
+from dagster_run_monitor.settings import MonitorSettings, settings_from_config
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = 1_800_000_000.0
