@@ -7,9 +7,9 @@ from dagster import DagsterInstance
 from dagster._time import get_current_timestamp
 
 from dagster_run_monitor.facts import observe
-from dagster_run_monitor.limits import resolve_limits
+from dagster_run_monitor.limit_table import LIMITS, clock_start
 from dagster_run_monitor.model import RunFacts
-from dagster_run_monitor.policy import decide
+from dagster_run_monitor.policy import decide, limits_of
 from dagster_run_monitor.settings import MonitorSettings, read_settings
 
 
@@ -55,22 +55,17 @@ def explain(run_id: str) -> None:
 
 
 def describe(run: RunFacts, settings: MonitorSettings, now: float) -> str:
-    limits = resolve_limits(run.job_name, run.location, run.tags, settings)
-    since = {
-        "max_runtime_seconds": run.started_at,
-        "queue_timeout_seconds": run.enqueued_at or run.created_at,
-        "stall_timeout_seconds": run.last_event_at,
-        "max_step_runtime_seconds": min(run.running_steps.values(), default=None),
-    }
+    limits = limits_of(run, settings)
     lines = [f"{run.run_id}  {run.job_name}  {run.status.value}"]
     if run.health is not None:
         lines.append(f"  worker: {run.health}")
-    for key, limit in limits.by_key.items():
-        if not limit.seconds:
+    for kind in LIMITS:  # the limits a rule may set, and the one of the run's status
+        limit = limits[kind.key]
+        if not limit.seconds or not (kind.by_rule or kind.status == run.status):
             continue
-        start = since[key]
+        start = clock_start(kind, run)
         left = f", {limit.seconds - (now - start):.0f}s left" if start is not None else ""
-        lines.append(f"  {key}: {limit.seconds:g}s from {limit.source}{left}")
+        lines.append(f"  {kind.key}: {limit.seconds:g}s from {limit.source}{left}")
     for bad in limits.bad_tags:
         lines.append(f"  ignored tag {bad.tag}={bad.value!r} (not a duration)")
     created = datetime.datetime.fromtimestamp(run.created_at, datetime.timezone.utc)

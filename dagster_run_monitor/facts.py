@@ -1,7 +1,6 @@
 """Observe: read in-progress runs and what each policy needs to know about them."""
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEventType
@@ -10,12 +9,11 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times, running_steps
 from dagster_run_monitor.health import HealthChecks
+from dagster_run_monitor.limit_table import STALL_TIMEOUT, STEP_RUNTIME
+from dagster_run_monitor.limits import Limits, resolve_limits
 from dagster_run_monitor.model import HEALTH_CHECKED, MONITORED_STATUSES, Health, RunFacts
 from dagster_run_monitor.runs import RunReader, read_all
 from dagster_run_monitor.settings import MonitorSettings
-
-if TYPE_CHECKING:
-    from dagster_run_monitor.limits import Limits
 
 
 def observe(
@@ -52,13 +50,15 @@ def observe(
         storage, ids_in(DagsterRunStatus.QUEUED), DagsterEventType.PIPELINE_ENQUEUED
     )
     started = [] if crashes_only else ids_in(DagsterRunStatus.STARTED)
-    limits = {i: _limits(runs[i], settings) for i in started}
-    stall_watched = [i for i in started if limits[i]["stall_timeout_seconds"].seconds]
+    # Each run's limits, resolved once for the pass (the crash checks between full passes
+    # leave them to decide, for the few runs they act on).
+    limits = {} if crashes_only else {i: _limits(run, settings) for i, run in runs.items()}
+    stall_watched = [i for i in started if limits[i][STALL_TIMEOUT.key].seconds]
     last_event = latest_event_times(storage, stall_watched, None)
     step_limits = {i: _step_limits(instance, runs[i]) for i in started}
     steps = running_steps(
         storage,
-        [i for i in started if step_limits[i] or limits[i][STEP_LIMIT].seconds],
+        [i for i in started if step_limits[i] or limits[i][STEP_RUNTIME.key].seconds],
     )
     health: dict[str, Health] = checks.results() if checks is not None else {}
     unhealthy = {i for i, h in health.items() if h.answered and not h.healthy}
@@ -79,6 +79,7 @@ def observe(
             last_event_at=last_event.get(record.dagster_run.run_id),
             running_steps=steps.get(record.dagster_run.run_id, {}),
             step_limits=step_limits.get(record.dagster_run.run_id, {}),
+            limits=limits.get(record.dagster_run.run_id),
             health=health.get(record.dagster_run.run_id),
             unhealthy_since=_unhealthy_since(
                 record.dagster_run.run_id, health, unhealthy_since, now
@@ -106,13 +107,10 @@ def _location(run: DagsterRun) -> str | None:
     return origin.location_name if origin is not None else None
 
 
-STEP_LIMIT = "max_step_runtime_seconds"
 _STEP_TAGS_CACHE: dict[str, dict[str, str]] = {}  # execution plan snapshots never change
 
 
-def _limits(run: DagsterRun, settings: MonitorSettings) -> "Limits":
-    from dagster_run_monitor.limits import resolve_limits
-
+def _limits(run: DagsterRun, settings: MonitorSettings) -> Limits:
     return resolve_limits(run.job_name, _location(run), run.tags, settings)
 
 

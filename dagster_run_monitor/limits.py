@@ -4,17 +4,12 @@ matching rule, which beats the instance default."""
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from dagster_run_monitor import constants as c
 from dagster_run_monitor.durations import parse_duration
+from dagster_run_monitor.limit_table import LIMITS, TAGS
 from dagster_run_monitor.settings import MonitorSettings
 
 # limit (a run_monitoring key) -> the run tags that set it, in order of precedence
-LIMIT_TAGS: Mapping[str, tuple[str, ...]] = {
-    "max_runtime_seconds": (c.MAX_RUNTIME_TAG, c.MAX_RUNTIME_ALIAS_TAG),
-    "queue_timeout_seconds": (c.QUEUE_TIMEOUT_TAG,),
-    "stall_timeout_seconds": (c.STALL_TIMEOUT_TAG,),
-    "max_step_runtime_seconds": (c.MAX_STEP_RUNTIME_TAG,),
-}
+LIMIT_TAGS: Mapping[str, tuple[str, ...]] = TAGS
 DEFAULT_SOURCE = "instance default"
 
 
@@ -49,11 +44,12 @@ def resolve_limits(
     rule = next((r for r in settings.rules if r.matches(job_name, location, tags)), None)
     by_key: dict[str, Limit] = {}
     bad: list[BadTag] = []
-    for key, tag_names in LIMIT_TAGS.items():
+    for kind in LIMITS:
+        key = kind.key
         limit = Limit(getattr(settings, key), DEFAULT_SOURCE)
         if rule is not None and key in rule.limits:
             limit = Limit(rule.limits[key], rule.describe())
-        for tag in tag_names:
+        for tag in kind.tags:
             raw = tags.get(tag)
             if raw is None or raw == "":
                 continue

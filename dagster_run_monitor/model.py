@@ -11,6 +11,7 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.limits import Limits
 
 HEALTHY = frozenset({WorkerStatus.RUNNING.value, WorkerStatus.SUCCESS.value})
 
@@ -66,6 +67,11 @@ class RunFacts:
     health: Health | None = None  # None where the launcher has no health check
     unhealthy_since: float | None = None  # first pass that saw this worker unhealthy
     resume_attempts: int = 0
+    limits: "Limits | None" = None  # resolved once per pass (None: decide resolves them)
+
+    @property
+    def oldest_step_started_at(self) -> float | None:
+        return min(self.running_steps.values(), default=None)
 
 
 @dataclass(frozen=True)

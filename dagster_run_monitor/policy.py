@@ -11,6 +11,17 @@ from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.durations import parse_duration
+from dagster_run_monitor.limit_table import (
+    BY_KEY,
+    CANCEL_TIMEOUT,
+    MAX_RUNTIME,
+    QUEUE_TIMEOUT,
+    STALL_TIMEOUT,
+    START_TIMEOUT,
+    STEP_RUNTIME,
+    WARNED,
+    clock_start,
+)
 from dagster_run_monitor.limits import Limit, Limits, resolve_limits
 from dagster_run_monitor.model import (
     Action,
@@ -25,37 +36,31 @@ from dagster_run_monitor.model import (
 )
 from dagster_run_monitor.settings import MonitorSettings
 
-LIMIT_NAMES = {
-    "max_runtime_seconds": "max runtime",
-    "start_timeout_seconds": "start timeout",
-    "queue_timeout_seconds": "queue timeout",
-}
-
 
 def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
     """Everything due for one run on this pass, in the order to apply it."""
-    limits = resolve_limits(run.job_name, run.location, run.tags, settings)
+    limits = limits_of(run, settings)
     actions: list[Action] = bad_tag_notices(run, limits)
     status = run.status
     if status == DagsterRunStatus.QUEUED:
         actions += queue_timeout(run, limits, now)
     elif status == DagsterRunStatus.NOT_STARTED:
-        actions += start_timeout(run, run.created_at, settings, now, terminate=False)
+        actions += start_timeout(run, run.created_at, limits, now, terminate=False)
     elif status == DagsterRunStatus.STARTING:
         actions += start_failure(run, settings, now) or start_timeout(
-            run, run.launched_at or run.updated_at, settings, now, terminate=True
+            run, clock_start(START_TIMEOUT, run), limits, now, terminate=True
         )
     elif status == DagsterRunStatus.STARTED:
         actions += (
             worker_crash(run, settings, now)
-            or runtime_exceeded(run, limits["max_runtime_seconds"].seconds, now)
-            or step_timeout(run, limits["max_step_runtime_seconds"], now)
-            or stalled(run, limits["stall_timeout_seconds"], settings, now)
+            or runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
+            or step_timeout(run, limits[STEP_RUNTIME.key], now)
+            or stalled(run, limits[STALL_TIMEOUT.key], settings, now)
         )
     elif status == DagsterRunStatus.SUSPENDED:
-        actions += runtime_exceeded(run, limits["max_runtime_seconds"].seconds, now)
+        actions += runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
     elif status == DagsterRunStatus.CANCELING:
-        actions += cancel_timeout(run, settings, now)
+        actions += cancel_timeout(run, limits, now)
     if not any(isinstance(a, (FailRun, CancelRun, TerminateAndFail)) for a in actions):
         actions += threshold_warnings(run, limits, settings, now)
     return actions
@@ -76,8 +81,8 @@ def bad_tag_notices(run: RunFacts, limits: Limits) -> list[Action]:
 
 
 def queue_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
-    limit = limits["queue_timeout_seconds"]
-    since = run.enqueued_at or run.created_at
+    limit = limits[QUEUE_TIMEOUT.key]
+    since = clock_start(QUEUE_TIMEOUT, run) or run.created_at
     if not limit.seconds or now - since < limit.seconds:
         return []
     message = c.queue_timeout_message(limit.seconds, limit.source)
@@ -87,10 +92,10 @@ def queue_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
 
 
 def start_timeout(
-    run: RunFacts, since: float, settings: MonitorSettings, now: float, terminate: bool
+    run: RunFacts, since: float | None, limits: Limits, now: float, terminate: bool
 ) -> list[Action]:
-    limit = settings.start_timeout_seconds
-    if not limit or now - since < limit:
+    limit = limits[START_TIMEOUT.key].seconds
+    if not limit or since is None or now - since < limit:
         return []
     return [
         FailRun(
@@ -228,10 +233,10 @@ def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) 
     return [TerminateAndFail(message, message, c.REASON_STALLED, limit.seconds, idle)]
 
 
-def cancel_timeout(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
-    limit = settings.cancel_timeout_seconds
-    since = run.canceling_at if run.canceling_at is not None else run.updated_at
-    if not limit or now - since < limit:
+def cancel_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
+    limit = limits[CANCEL_TIMEOUT.key].seconds
+    since = clock_start(CANCEL_TIMEOUT, run)
+    if not limit or since is None or now - since < limit:
         return []
     return [CancelRun(c.cancel_timeout_message(limit), limit=limit, observed=now - since)]
 
@@ -247,7 +252,7 @@ def threshold_warnings(
     tag = f"{c.WARNED_TAG_PREFIX}{key}"
     if run.tags.get(tag) == str(fraction):
         return []
-    message = c.threshold_message(LIMIT_NAMES[key], fraction, elapsed, limit)
+    message = c.threshold_message(BY_KEY[key].label, fraction, elapsed, limit)
     alert = Alert(run.run_id, run.job_name, "warning", message, key, limit, elapsed, fraction)
     return [Notice(message, tag, str(fraction), alert=alert)]
 
@@ -260,34 +265,24 @@ def warning_threshold_passed(
     fraction = limits.warn_after_fraction
     if not fraction:
         return None
-    since_and_limit = {
-        DagsterRunStatus.QUEUED: (
-            "queue_timeout_seconds",
-            run.enqueued_at or run.created_at,
-            limits["queue_timeout_seconds"].seconds,
-        ),
-        DagsterRunStatus.STARTING: (
-            "start_timeout_seconds",
-            run.launched_at or run.updated_at,
-            settings.start_timeout_seconds,
-        ),
-        DagsterRunStatus.STARTED: (
-            "max_runtime_seconds",
-            run.started_at,
-            limits["max_runtime_seconds"].seconds,
-        ),
-    }.get(run.status)
-    if since_and_limit is None:
+    kind = WARNED.get(run.status)
+    if kind is None:
         return None
-    key, since, limit = since_and_limit
+    since, limit = clock_start(kind, run), limits[kind.key].seconds
     if not limit or since is None or now - since < fraction * limit:
         return None
-    return key, now - since, limit, fraction
+    return kind.key, now - since, limit, fraction
 
 
 def over_warning_threshold(run: RunFacts, settings: MonitorSettings, now: float) -> bool:
-    limits = resolve_limits(run.job_name, run.location, run.tags, settings)
-    return warning_threshold_passed(run, limits, settings, now) is not None
+    return warning_threshold_passed(run, limits_of(run, settings), settings, now) is not None
+
+
+def limits_of(run: RunFacts, settings: MonitorSettings) -> Limits:
+    """The limits observed with the run, or resolved now (facts built by hand)."""
+    if run.limits is not None:
+        return run.limits
+    return resolve_limits(run.job_name, run.location, run.tags, settings)
 
 
 @dataclass(frozen=True)

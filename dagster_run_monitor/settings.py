@@ -17,6 +17,8 @@ from dagster._config.errors import (
 from dagster._config.stack import EvaluationStackPathEntry, EvaluationStackRoot
 from dagster._core.errors import DagsterInvalidConfigError
 
+from dagster_run_monitor.limit_table import RULE_KEYS
+
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
@@ -65,12 +67,7 @@ OUR_KEYS: dict[str, tuple[int, str]] = {
     ),
     "max_step_runtime_seconds": (0, "Fail the run when one step runs longer (0: no limit)."),
 }
-RULE_LIMIT_KEYS = (
-    "max_runtime_seconds",
-    "queue_timeout_seconds",
-    "stall_timeout_seconds",
-    "max_step_runtime_seconds",
-)
+RULE_LIMIT_KEYS = RULE_KEYS  # the limits a rule may set (limit_table.py)
 STALL_ACTIONS = ("fail", "resume")
 
 
@@ -170,17 +167,10 @@ _MINIMUM = {
 }
 
 
-_SCALARS = (
-    "enabled",
-    "start_timeout_seconds",
-    "cancel_timeout_seconds",
-    "max_runtime_seconds",
-    "max_resume_run_attempts",
-    "poll_interval_seconds",
-    "free_slots_after_run_end_seconds",
-    *OUR_KEYS,
-    "dry_run",
-    "resume_on_start_failure",
+_SCALARS = tuple(  # the plain values of the block that MonitorSettings keeps
+    key
+    for key in (*DAGSTER_KEYS, *OUR_KEYS, "dry_run", "resume_on_start_failure")
+    if key in MonitorSettings.__dataclass_fields__
 )
 
 
