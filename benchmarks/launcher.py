@@ -8,7 +8,11 @@ from dagster import Bool, Field, Float
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
-from dagster_run_monitor_tests.launchers import HEALTH_TAG, TRANSIENT_TAG, ScriptedRunLauncher
+from dagster_run_monitor_tests.support.launchers import (
+    HEALTH_TAG,
+    TRANSIENT_TAG,
+    ScriptedRunLauncher,
+)
 
 DEFAULT_LATENCY_SECONDS = 0.02  # about one Kubernetes API round trip
 

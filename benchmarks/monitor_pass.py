@@ -61,11 +61,11 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import dagster
 import sqlalchemy as db
-import yaml
 from dagster import DagsterInstance, In, Nothing, RunsFilter, job, op
 from dagster._core.definitions.dependency import NodeHandle
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
@@ -85,13 +85,15 @@ from dagster._utils.error import SerializableErrorInfo
 from dagster_shared.record import copy as copy_record
 
 from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.dagster_yaml import instance_config, write_dagster_yaml
 from dagster_run_monitor.settings import read_settings
-from dagster_run_monitor_tests import helpers
-from dagster_run_monitor_tests.helpers import make_run
-from dagster_run_monitor_tests.launchers import HEALTH_TAG
+from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
+from dagster_run_monitor_tests.support.postgres import PG_SERVER
+from dagster_run_monitor_tests.support.postgres import pg_admin as support_pg_admin
+from dagster_run_monitor_tests.support.runs import make_run
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PG_SERVER = helpers.PG_SERVER
+
 DEFAULT_DATABASE = "run_monitor_bench"
 MIX = (  # share of N per status
     (DagsterRunStatus.QUEUED, 0.05),
@@ -244,7 +246,7 @@ def pg_url(database: str) -> str:
 
 
 def pg_admin(statement: str) -> None:
-    helpers.pg_admin(statement, dbname="postgres", connect_timeout=5)
+    support_pg_admin(statement, dbname="postgres", connect_timeout=5)
 
 
 def check_database_name(name: str) -> None:
@@ -260,20 +262,13 @@ def write_home(home: str, storage: str, args: argparse.Namespace) -> None:
     monitoring = dict(RUN_MONITORING)
     if args.health_check_threads:
         monitoring["health_check_threads"] = args.health_check_threads
-    config: dict[str, Any] = {
-        "instance_class": {"module": "dagster_run_monitor", "class": "RunMonitorInstance"},
-        "run_launcher": {
-            "module": "benchmarks.launcher",
-            "class": "LatencyRunLauncher",
-            "config": {"latency_seconds": args.latency},
-        },
-        "run_monitoring": monitoring,
-        "telemetry": {"enabled": False},
+    launcher = {
+        "module": "benchmarks.launcher",
+        "class": "LatencyRunLauncher",
+        "config": {"latency_seconds": args.latency},
     }
-    if storage == "postgres":
-        config["storage"] = {"postgres": {"postgres_url": pg_url(args.database)}}
-    with open(os.path.join(home, "dagster.yaml"), "w") as f:
-        yaml.safe_dump(config, f)
+    url = pg_url(args.database) if storage == "postgres" else None
+    write_dagster_yaml(Path(home), instance_config(monitoring, launcher, url))
 
 
 @contextlib.contextmanager

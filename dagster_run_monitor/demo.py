@@ -23,6 +23,7 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.dagster_yaml import instance_config, write_dagster_yaml
 
 BIN = Path(sys.executable).parent
 MODULE = "dagster_run_monitor.demo_job"
@@ -50,18 +51,15 @@ def say(text: str) -> None:
 
 def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="dagster-run-monitor-demo-"))
-    config = {
-        "instance_class": {"module": "dagster_run_monitor", "class": "RunMonitorInstance"},
-        "run_launcher": {"module": "dagster_run_monitor", "class": "ProcessRunLauncher"},
-        "run_coordinator": {
+    config = instance_config(  # the monitor's documented defaults: a full pass every 120 s
+        launcher={"module": "dagster_run_monitor", "class": "ProcessRunLauncher"},
+        run_coordinator={
             "module": "dagster._core.run_coordinator",
             "class": "QueuedRunCoordinator",
             "config": {"dequeue_interval_seconds": 1},
         },
-        "run_monitoring": {"enabled": True},  # documented defaults: poll every 120 s
-        "telemetry": {"enabled": False},
-    }
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    )
+    write_dagster_yaml(home, config)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     say(f"DAGSTER_HOME={home} (SQLite). dagster.yaml:\n{yaml.safe_dump(config)}")
 

@@ -29,8 +29,9 @@ from dagster_run_monitor.model import (
 )
 from dagster_run_monitor.policy import decide
 from dagster_run_monitor.settings import Backoff, MonitorSettings, settings_from_config
-from dagster_run_monitor_tests.conftest import monitor_instance
-from dagster_run_monitor_tests.helpers import (
+from dagster_run_monitor_tests.support.home import monitor_instance
+from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
+from dagster_run_monitor_tests.support.runs import (
     T0,
     at,
     make_run,
@@ -39,7 +40,6 @@ from dagster_run_monitor_tests.helpers import (
     status_of,
     tags_of,
 )
-from dagster_run_monitor_tests.launchers import HEALTH_TAG
 
 NOW = 10_000.0
 RUNNING = Health("RUNNING", "ok")

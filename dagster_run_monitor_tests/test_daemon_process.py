@@ -10,18 +10,20 @@ from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 from dagster._time import get_current_timestamp
 
 from dagster_run_monitor import constants as c
-from dagster_run_monitor_tests.conftest import SCRIPTED_LAUNCHER
-from dagster_run_monitor_tests.helpers import make_run, messages, status_of, tags_of
-from dagster_run_monitor_tests.launchers import AFTER_RESUME_TAG, HEALTH_TAG, RESUME_RAISE_TAG
-from dagster_run_monitor_tests.processes import (
+from dagster_run_monitor_tests.support.home import SCRIPTED_LAUNCHER, load_instance, write_home
+from dagster_run_monitor_tests.support.launchers import (
+    AFTER_RESUME_TAG,
+    HEALTH_TAG,
+    RESUME_RAISE_TAG,
+)
+from dagster_run_monitor_tests.support.runs import make_run, messages, status_of, tags_of
+from dagster_run_monitor_tests.support.subprocesses import (
     BIN,
     daemon,
     free_port,
-    load_instance,
     process_env,
     running,
     wait_until,
-    write_home,
 )
 
 pytestmark = pytest.mark.slow

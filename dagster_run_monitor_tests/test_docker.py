@@ -13,13 +13,8 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
 from dagster_run_monitor import constants as c
-from dagster_run_monitor_tests.processes import (
-    REPO_ROOT,
-    daemon,
-    load_instance,
-    wait_until,
-    write_home,
-)
+from dagster_run_monitor_tests.support.home import load_instance, write_home
+from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT, daemon, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.postgres]
 

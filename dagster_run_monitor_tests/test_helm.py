@@ -20,7 +20,7 @@ from dagster._core.instance.ref import InstanceRef
 from dagster_run_monitor import RunMonitorInstance
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.settings import read_settings
-from dagster_run_monitor_tests.processes import REPO_ROOT
+from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT
 
 OVERLAY = REPO_ROOT / "docs" / "helm" / "values-run-monitor.yaml"
 CHART_DEFAULTS: dict[str, Any] = {  # helm/dagster/values.yaml

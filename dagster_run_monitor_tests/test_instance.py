@@ -13,8 +13,9 @@ from dagster._core.test_utils import instance_for_test
 from dagster_run_monitor import RunMonitorInstance, RunMonitorInstanceMixin, registration
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor_tests.conftest import INSTANCE_CLASS, SCRIPTED_LAUNCHER, monitor_instance
-from dagster_run_monitor_tests.helpers import T0, make_run, monitor_pass, status_of
+from dagster_run_monitor.dagster_yaml import INSTANCE_CLASS
+from dagster_run_monitor_tests.support.home import SCRIPTED_LAUNCHER, monitor_instance
+from dagster_run_monitor_tests.support.runs import T0, make_run, monitor_pass, status_of
 
 
 def test_our_daemon_replaces_the_builtin_monitoring_daemon(instance):

@@ -24,8 +24,7 @@ from sqlalchemy.engine import Engine
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor_tests.conftest import monitor_instance
-from dagster_run_monitor_tests.fake_k8s import (
+from dagster_run_monitor_tests.support.fake_k8s import (
     CLUSTER,
     LOG_TIME,
     POD_LOG,
@@ -34,7 +33,15 @@ from dagster_run_monitor_tests.fake_k8s import (
     api_error,
     read_timeout,
 )
-from dagster_run_monitor_tests.helpers import T0, messages, monitor_pass, report, status_of, tags_of
+from dagster_run_monitor_tests.support.home import monitor_instance
+from dagster_run_monitor_tests.support.runs import (
+    T0,
+    messages,
+    monitor_pass,
+    report,
+    status_of,
+    tags_of,
+)
 
 LAUNCHER_CONFIG: dict[str, Any] = {
     "service_account_name": "dagster",
@@ -45,7 +52,7 @@ LAUNCHER_CONFIG: dict[str, Any] = {
     "load_incluster_config": False,
 }
 FAKE_K8S_LAUNCHER = {
-    "module": "dagster_run_monitor_tests.fake_k8s",
+    "module": "dagster_run_monitor_tests.support.fake_k8s",
     "class": "FakeClusterK8sRunLauncher",
     "config": LAUNCHER_CONFIG,
 }

@@ -9,9 +9,9 @@ from dagster._utils.log import get_structlog_json_formatter
 from prometheus_client.parser import text_string_to_metric_families
 
 from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor_tests.helpers import T0, make_run, monitor_pass
-from dagster_run_monitor_tests.launchers import HEALTH_RAISE_TAG, HEALTH_TAG
-from dagster_run_monitor_tests.processes import free_port
+from dagster_run_monitor_tests.support.launchers import HEALTH_RAISE_TAG, HEALTH_TAG
+from dagster_run_monitor_tests.support.runs import T0, make_run, monitor_pass
+from dagster_run_monitor_tests.support.subprocesses import free_port
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

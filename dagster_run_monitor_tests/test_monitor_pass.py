@@ -17,8 +17,17 @@ from dagster_run_monitor.facts import observe
 from dagster_run_monitor.model import MONITORED_STATUSES, Health, ResumeRun
 from dagster_run_monitor.runs import RunReader
 from dagster_run_monitor.settings import read_settings
-from dagster_run_monitor_tests.conftest import monitor_instance
-from dagster_run_monitor_tests.helpers import (
+from dagster_run_monitor_tests.support.home import monitor_instance
+from dagster_run_monitor_tests.support.launchers import (
+    AFTER_RESUME_TAG,
+    HEALTH_RAISE_TAG,
+    HEALTH_SLEEP_TAG,
+    HEALTH_TAG,
+    RESUME_RAISE_TAG,
+    TERMINATE_TAG,
+    TERMINATED_TAG,
+)
+from dagster_run_monitor_tests.support.runs import (
     T0,
     at,
     events,
@@ -28,15 +37,6 @@ from dagster_run_monitor_tests.helpers import (
     report,
     status_of,
     tags_of,
-)
-from dagster_run_monitor_tests.launchers import (
-    AFTER_RESUME_TAG,
-    HEALTH_RAISE_TAG,
-    HEALTH_SLEEP_TAG,
-    HEALTH_TAG,
-    RESUME_RAISE_TAG,
-    TERMINATE_TAG,
-    TERMINATED_TAG,
 )
 
 

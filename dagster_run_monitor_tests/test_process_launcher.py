@@ -21,9 +21,9 @@ from dagster_run_monitor.launchers.process_executor import recorded_step_process
 from dagster_run_monitor.launchers.processes import is_alive
 from dagster_run_monitor.policy import decide
 from dagster_run_monitor.settings import read_settings
-from dagster_run_monitor_tests.conftest import monitor_instance
-from dagster_run_monitor_tests.helpers import messages, status_of
-from dagster_run_monitor_tests.processes import wait_until
+from dagster_run_monitor_tests.support.home import monitor_instance
+from dagster_run_monitor_tests.support.runs import messages, status_of
+from dagster_run_monitor_tests.support.subprocesses import wait_until
 
 # Real processes on a 2-core machine: two of these failed once each in CI, not reproduced
 # since (see the issue notes); one retry keeps a timing fluke from hiding the rest of CI.

@@ -17,8 +17,8 @@ from dagster_run_monitor.launchers.processes import (
     start_ticks,
     stop_group,
 )
-from dagster_run_monitor_tests.conftest import monitor_instance
-from dagster_run_monitor_tests.helpers import make_run
+from dagster_run_monitor_tests.support.home import monitor_instance
+from dagster_run_monitor_tests.support.runs import make_run
 
 LAUNCHER = {"module": "dagster_run_monitor", "class": "ProcessRunLauncher"}
 

@@ -18,32 +18,38 @@ from dagster_run_monitor import constants as c
 from dagster_run_monitor.actions import apply_actions
 from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor.model import ResumeRun
-from dagster_run_monitor_tests.chaos import (
+from dagster_run_monitor_tests.support.home import load_instance, write_home, write_home_for_url
+from dagster_run_monitor_tests.support.launchers import (
+    HEALTH_SLEEP_TAG,
+    HEALTH_TAG,
     RACE_TAG,
     RACING_LAUNCHER,
     RECORDING_LAUNCHER,
     RESUME_SLEEP_TAG,
+    TERMINATED_TAG,
     RacingRunLauncher,
-    action_lines,
-    current_runs,
-    kill_group,
     launched_attempts,
-    log_text,
-    pool_connections,
-    private_postgres,
-    run_logs,
-    start_daemon,
-    started_runs,
-    write_home_for_url,
 )
-from dagster_run_monitor_tests.helpers import T0, make_run, messages, monitor_pass, status_of
-from dagster_run_monitor_tests.launchers import HEALTH_SLEEP_TAG, HEALTH_TAG, TERMINATED_TAG
-from dagster_run_monitor_tests.processes import (
+from dagster_run_monitor_tests.support.postgres import private_postgres
+from dagster_run_monitor_tests.support.runs import (
+    T0,
+    current_runs,
+    make_run,
+    messages,
+    monitor_pass,
+    pool_connections,
+    run_logs,
+    started_runs,
+    status_of,
+)
+from dagster_run_monitor_tests.support.subprocesses import (
+    action_lines,
     daemon,
-    load_instance,
+    kill_group,
+    log_text,
+    start_daemon,
     stop_group,
     wait_until,
-    write_home,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

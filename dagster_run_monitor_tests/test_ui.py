@@ -21,17 +21,10 @@ from dagster._time import get_current_timestamp
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.demo_job import crash_demo
-from dagster_run_monitor_tests.conftest import SCRIPTED_LAUNCHER
-from dagster_run_monitor_tests.helpers import make_run, messages, status_of
-from dagster_run_monitor_tests.launchers import HEALTH_TAG
-from dagster_run_monitor_tests.processes import (
-    BIN,
-    free_port,
-    load_instance,
-    running,
-    wait_until,
-    write_home,
-)
+from dagster_run_monitor_tests.support.home import SCRIPTED_LAUNCHER, load_instance, write_home
+from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
+from dagster_run_monitor_tests.support.runs import make_run, messages, status_of
+from dagster_run_monitor_tests.support.subprocesses import BIN, free_port, running, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ui]
 

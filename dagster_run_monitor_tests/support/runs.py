@@ -1,7 +1,9 @@
 """Building runs in a given state at given times, and reading what a user would see."""
 
 import datetime
-import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from dagster import DagsterInstance, JobDefinition
@@ -11,55 +13,106 @@ from dagster._core.remote_origin import (
     RemoteJobOrigin,
     RemoteRepositoryOrigin,
 )
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._core.test_utils import create_run_for_test, freeze_time
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import IWorkspaceProcessContext
+from dagster._time import get_current_timestamp
 from dagster._utils.error import SerializableErrorInfo
 
+from dagster_run_monitor import constants as c
 from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.pooling import pool_postgres_connections
 
-PG_SERVER = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
-PG_DATABASE = os.environ.get("DAGSTER_RUN_MONITOR_PG_DATABASE", f"run_monitor_test_{os.getpid()}")
+
+def pool_connections(instance: DagsterInstance, size: int = 8) -> None:
+    """Give this test process's Postgres storages a connection pool, as our daemon does for
+    itself (Dagster's NullPool opens a connection per statement group: ~300 ms per run
+    created on a busy machine)."""
+    pool_postgres_connections(instance, size)
+
+
+def started_runs(
+    instance: DagsterInstance,
+    count: int,
+    tags: Mapping[str, str] | None = None,
+    started: float | None = None,
+    threads: int = 4,
+) -> list[DagsterRun]:
+    """``count`` STARTED runs, through the events Dagster writes (launched a second before
+    ``started``, default now), a few at a time. The times go into the events themselves:
+    ``helpers.make_run`` freezes Dagster's clock, which is not safe from several threads."""
+
+    def one(_: int) -> DagsterRun:
+        run = create_run_for_test(instance, job_name="monitored_job", tags=dict(tags or {}))
+        at = started if started is not None else get_current_timestamp()
+        for event_type, timestamp in (
+            (DagsterEventType.PIPELINE_STARTING, at - 1),
+            (DagsterEventType.RUN_START, at),
+        ):
+            event = DagsterEvent(event_type_value=event_type.value, job_name=run.job_name)
+            instance.report_dagster_event(event, run_id=run.run_id, timestamp=timestamp)
+        return run
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def current_runs(instance: DagsterInstance, run_ids: Sequence[str]) -> dict[str, DagsterRun]:
+    """The runs as stored now, in one query per 500 ids."""
+    runs: dict[str, DagsterRun] = {}
+    for start in range(0, len(run_ids), 500):
+        chunk = list(run_ids[start : start + 500])
+        runs.update({r.run_id: r for r in instance.get_runs(RunsFilter(run_ids=chunk))})
+    return runs
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """What a user reads in one run's event log."""
+
+    events: list[tuple[str, str, float]]  # (event type or LOG, message, timestamp)
+
+    def count(self, message: str) -> int:
+        return sum(m == message for _, m, _ in self.events)
+
+    def times(self, message: str) -> list[float]:
+        return [t for _, m, t in self.events if m == message]
+
+    def of_type(self, event_type: DagsterEventType) -> list[str]:
+        return [m for t, m, _ in self.events if t == event_type.value]
+
+    @property
+    def resumes(self) -> int:
+        return self.count(c.RESUME_RUN_LOG_MESSAGE)
+
+    @property
+    def failures(self) -> list[str]:
+        return self.of_type(DagsterEventType.RUN_FAILURE)
+
+
+def run_logs(
+    instance: DagsterInstance, run_ids: Sequence[str], threads: int = 8
+) -> dict[str, RunLog]:
+    """Each run's event log, read as the UI reads it (``instance.all_logs``)."""
+
+    def read(run_id: str) -> RunLog:
+        return RunLog(
+            [
+                (
+                    e.dagster_event.event_type_value if e.dagster_event else "LOG",
+                    e.message,
+                    e.timestamp,
+                )
+                for e in instance.all_logs(run_id)
+            ]
+        )
+
+    with ThreadPoolExecutor(threads) as pool:
+        return dict(zip(run_ids, pool.map(read, run_ids), strict=True))
+
+
 T0 = 1_800_000_000.0  # a fixed "now" for tests that freeze time
-
-
-def pg_url() -> str:
-    """This test session's own database, so that parallel sessions do not wipe each other."""
-    return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{PG_DATABASE}"
-
-
-def create_pg_database() -> None:
-    pg_admin(f'CREATE DATABASE "{PG_DATABASE}"')
-
-
-def drop_pg_database() -> None:
-    pg_admin(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
-
-
-def pg_admin(statement: str, dbname: str = "test", connect_timeout: int = 3) -> None:
-    """Run one statement outside a transaction (CREATE/DROP DATABASE) on the local server."""
-    import psycopg2
-
-    connection = psycopg2.connect(dbname=dbname, connect_timeout=connect_timeout, **PG_SERVER)
-    connection.autocommit = True
-    try:
-        connection.cursor().execute(statement)
-    finally:
-        connection.close()
-
-
-def postgres_unavailable() -> str | None:
-    """None if Postgres answers at 127.0.0.1:5432, else why not."""
-    try:
-        import psycopg2
-    except ImportError as exc:
-        return f"psycopg2 is not installed: {exc}"
-    try:
-        psycopg2.connect(dbname="test", connect_timeout=3, **PG_SERVER).close()
-    except Exception as exc:
-        return f"cannot connect: {str(exc).strip()}"
-    return None
 
 
 def at(timestamp: float):

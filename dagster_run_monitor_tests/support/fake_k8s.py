@@ -8,7 +8,7 @@ and every API call is recorded, so tests can count what a monitoring pass costs.
 ``dagster.yaml``::
 
     run_launcher:
-      module: dagster_run_monitor_tests.fake_k8s
+      module: dagster_run_monitor_tests.support.fake_k8s
       class: FakeClusterK8sRunLauncher
       config: {service_account_name: dagster, instance_config_map: dagster-instance, ...}
 """

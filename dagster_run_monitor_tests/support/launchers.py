@@ -4,9 +4,12 @@ It stands in for a launcher's remote API: `check_run_worker_health` answers what
 `test/health` tag says, `resume_run` starts a "new worker" by rewriting that tag, and
 `terminate` behaves as Dagster's launchers do (RUN_CANCELING first, no-op on finished runs).
 Real worker processes are covered by the process launcher's tests.
-"""
+
+`RecordingRunLauncher` also records each worker it launches; `RacingRunLauncher` lets another
+daemon act during a health check (the reliability tests)."""
 
 import time
+from collections.abc import Callable
 
 from dagster import Bool, Field
 from dagster._core.launcher import (
@@ -16,16 +19,30 @@ from dagster._core.launcher import (
     RunLauncher,
     WorkerStatus,
 )
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRun, RunsFilter
 from dagster._serdes import ConfigurableClass, ConfigurableClassData
 
 HEALTH_TAG = "test/health"  # RUNNING, SUCCESS, FAILED, NOT_FOUND, UNKNOWN
+
+
 TRANSIENT_TAG = "test/health_transient"  # "true"
+
+
 HEALTH_SLEEP_TAG = "test/health_sleep"  # seconds the health check takes
+
+
 HEALTH_RAISE_TAG = "test/health_raise"  # any value: the health check raises
+
+
 RESUME_RAISE_TAG = "test/resume_raise"  # any value: resume_run raises
+
+
 AFTER_RESUME_TAG = "test/health_after_resume"  # health of a resumed worker (default RUNNING)
+
+
 TERMINATE_TAG = "test/terminate"  # ok (default), false, raise
+
+
 TERMINATED_TAG = "test/terminated"  # written when terminate stopped the worker
 
 
@@ -97,3 +114,65 @@ def scripted_health(run: DagsterRun) -> CheckRunHealthResult:
     return CheckRunHealthResult(
         status, msg=f"worker is {status.value.lower()}", transient=TRANSIENT_TAG in run.tags
     )
+
+
+LAUNCHED_TAG = "test/launched_attempts"  # attempt numbers whose new worker was launched: "1,2"
+
+
+RESUME_SLEEP_TAG = "test/resume_sleep"  # seconds resume_run takes before the worker is launched
+
+
+RACE_TAG = "test/race"  # RacingRunLauncher: another daemon acts during this run's health check
+
+
+RECORDING_LAUNCHER = {
+    "module": "dagster_run_monitor_tests.support.launchers",
+    "class": "RecordingRunLauncher",
+}
+
+
+RACING_LAUNCHER = {
+    "module": "dagster_run_monitor_tests.support.launchers",
+    "class": "RacingRunLauncher",
+}
+
+
+class RecordingRunLauncher(ScriptedRunLauncher):
+    """ScriptedRunLauncher whose resume records the attempt it launched, in the same tag write
+    that starts the "new worker": a resume event without its launch is a resume cut short."""
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        """ScriptedRunLauncher's answer, read in one query instead of two (``get_run_by_id``
+        also checks the schema): three daemons check hundreds of runs a second."""
+        fresh = self._instance.get_runs(RunsFilter(run_ids=[run.run_id]))
+        return scripted_health(fresh[0] if fresh else run)
+
+    def resume_run(self, context: ResumeRunContext) -> None:
+        run = self._instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+        if RESUME_SLEEP_TAG in run.tags:  # a launcher's API call takes time
+            time.sleep(float(run.tags[RESUME_SLEEP_TAG]))
+        launched = [a for a in run.tags.get(LAUNCHED_TAG, "").split(",") if a]
+        launched.append(str(context.resume_attempt_number))
+        after = run.tags.get(AFTER_RESUME_TAG, WorkerStatus.RUNNING.value)
+        tags = {HEALTH_TAG: after, LAUNCHED_TAG: ",".join(launched)}
+        self._instance.add_run_tags(run.run_id, tags)
+
+
+def launched_attempts(run: DagsterRun) -> list[int]:
+    return [int(a) for a in run.tags.get(LAUNCHED_TAG, "").split(",") if a]
+
+
+class RacingRunLauncher(RecordingRunLauncher):
+    """RecordingRunLauncher that runs ``race`` (once per run carrying ``RACE_TAG``) inside a
+    health check, after reading the worker's health: another daemon acting at that moment."""
+
+    race: Callable[[DagsterRun], None] | None = None
+    _raced: set[str] = set()
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        result = super().check_run_worker_health(run)
+        race = type(self).race
+        if race is not None and RACE_TAG in run.tags and run.run_id not in self._raced:
+            self._raced.add(run.run_id)
+            race(run)
+        return result

@@ -1,50 +1,71 @@
-"""Real Dagster processes for tests: a DAGSTER_HOME, `dagster-daemon run`, `dagster dev`."""
+"""Real Dagster processes for tests, each in its own process group: `dagster-daemon run`,
+`dagster dev`, and what their logs say."""
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
-from dagster import DagsterInstance
-from dagster._core.instance.ref import InstanceRef
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
-from dagster_run_monitor_tests.helpers import pg_url
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+def start_daemon(home: Path, log_name: str) -> subprocess.Popen:
+    """The stock ``dagster-daemon run`` in its own process group; the caller stops it
+    (``kill_group`` or ``processes.stop_group``)."""
+    with open(home / log_name, "w") as log:
+        return subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "--empty-workspace"],
+            env=process_env(home),
+            cwd=home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group: no clean-up of any kind runs in the daemon."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(30)
+
+
+def log_text(path: Path) -> str:
+    """A daemon's log without its colour codes."""
+    try:
+        return _ANSI.sub("", path.read_text(errors="replace"))
+    except FileNotFoundError:
+        return ""
+
+
+_RUN_LINE = re.compile(r"RunMonitorDaemon - INFO - Run [0-9a-f-]{36}\b(.*)")
+
+
+_NOT_AN_ACTION = ("another daemon", "changed during the pass")
+
+
+def action_lines(text: str) -> int:
+    """How many actions a daemon's log records: its INFO lines about one run, less those
+    saying it left the run alone."""
+    return sum(not any(skip in rest for skip in _NOT_AN_ACTION) for rest in _RUN_LINE.findall(text))
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
 BIN = Path(sys.executable).parent
+
+
 T = TypeVar("T")
-
-
-def write_home(
-    home: Path,
-    run_monitoring: Mapping[str, Any],
-    storage: str = "sqlite",
-    launcher: Mapping[str, Any] | None = None,
-) -> Path:
-    """A DAGSTER_HOME whose dagster.yaml turns our monitor on."""
-    config: dict[str, Any] = {
-        "instance_class": {"module": "dagster_run_monitor", "class": "RunMonitorInstance"},
-        "run_monitoring": {"enabled": True, **run_monitoring},
-        "telemetry": {"enabled": False},
-    }
-    if launcher:
-        config["run_launcher"] = dict(launcher)
-    if storage == "postgres":
-        config["storage"] = {"postgres": {"postgres_url": pg_url()}}
-    home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return home
-
-
-def load_instance(home: Path) -> DagsterInstance:
-    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
 
 def process_env(home: Path) -> dict[str, str]:

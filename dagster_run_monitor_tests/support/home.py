@@ -1,0 +1,58 @@
+"""DAGSTER_HOMEs and instances that turn our monitor on (the dagster.yaml comes from
+`dagster_run_monitor.dagster_yaml`, as for the demo and the benchmark)."""
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dagster import DagsterInstance
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.test_utils import instance_for_test
+
+from dagster_run_monitor.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor_tests.support.postgres import pg_url
+
+
+def write_home_for_url(
+    home: Path, run_monitoring: Mapping[str, Any], launcher: Mapping[str, Any], postgres_url: str
+) -> Path:
+    """``write_home`` with PostgreSQL storage at ``postgres_url``."""
+    return write_dagster_yaml(home, instance_config(run_monitoring, launcher, postgres_url))
+
+
+def write_home(
+    home: Path,
+    run_monitoring: Mapping[str, Any],
+    storage: str = "sqlite",
+    launcher: Mapping[str, Any] | None = None,
+) -> Path:
+    """A DAGSTER_HOME whose dagster.yaml turns our monitor on."""
+    postgres_url = pg_url() if storage == "postgres" else None
+    return write_dagster_yaml(home, instance_config(run_monitoring, launcher, postgres_url))
+
+
+def load_instance(home: Path) -> DagsterInstance:
+    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+
+
+SCRIPTED_LAUNCHER = {
+    "module": "dagster_run_monitor_tests.support.launchers",
+    "class": "ScriptedRunLauncher",
+}
+
+
+@contextmanager
+def monitor_instance(
+    storage: str = "sqlite",
+    run_monitoring: Mapping[str, Any] | None = None,
+    launcher: Mapping[str, Any] | None = SCRIPTED_LAUNCHER,
+) -> Iterator[DagsterInstance]:
+    """A test instance (``instance_for_test``) with our monitor on."""
+    postgres_url = pg_url() if storage == "postgres" else None
+    overrides = instance_config(run_monitoring, launcher, postgres_url)
+    with instance_for_test(overrides=overrides) as instance:
+        if storage == "postgres":
+            instance.wipe()
+            instance.wipe_daemon_heartbeats()
+        yield instance
