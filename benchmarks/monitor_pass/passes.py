@@ -1,0 +1,136 @@
+"""One pass of either monitor, and what it changed."""
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as db
+from dagster import DagsterInstance, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._core.storage.event_log import SqlEventLogStorageTable
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs.schema import RunsTable
+from dagster._daemon.daemon import get_default_daemon_logger
+from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
+from dagster._utils.error import SerializableErrorInfo
+
+from benchmarks.monitor_pass.measure import MB, RssSampler, SqlCounter, release_memory
+from benchmarks.monitor_pass.storage import cached_schema_checks
+from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
+
+
+@dataclass
+class PassResult:
+    kind: str  # ours | builtin
+    scenario: str  # steady | crash
+    seconds: float
+    sql: int
+    sql_by_storage: dict[str, int]
+    sql_threads: dict[str, int]
+    connections: int
+    statements: dict[str, int]
+    health_checks: int
+    rss_start: int
+    rss_peak: int
+    errors: list[str] = field(default_factory=list)
+    resumed: int | None = None
+    side_effects: str | None = None
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.rss_peak - self.rss_start) / MB
+
+
+DAEMONS: dict[int, RunMonitorDaemon] = {}  # one per instance, kept across passes like the real one
+
+
+def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -> PassResult:
+    """One pass of ``kind``. Ours is one daemon object for all passes on an instance, as under
+    ``dagster-daemon run``: its first pass reads every run, later ones only changed runs."""
+    launcher = instance.run_launcher
+    checks_before = launcher.health_checks
+    daemon = None
+    if kind == "ours":
+        daemon = DAEMONS.setdefault(id(instance), RunMonitorDaemon.from_instance(instance))
+    logger = get_default_daemon_logger("MonitoringDaemon")  # the built-in daemon's logger
+    release_memory()
+    sampler = RssSampler()
+    with counter.counting():
+        started = time.perf_counter()
+        if daemon is not None:
+            results = list(daemon.monitor_runs(context))
+        else:
+            results = list(execute_run_monitoring_iteration(context, logger))
+        seconds = time.perf_counter() - started
+    rss_start, rss_peak = sampler.stop()
+    counter.name_engines(instance)  # our daemon's first pass gives its storages pooled engines
+    errors = [r.message.strip() for r in results if isinstance(r, SerializableErrorInfo)]
+    return PassResult(
+        kind,
+        scenario,
+        seconds,
+        counter.total,
+        dict(counter.by_storage),
+        dict(counter.by_thread),
+        counter.connections,
+        dict(counter.statements),
+        launcher.health_checks - checks_before,
+        rss_start,
+        rss_peak,
+        errors,
+    )
+
+
+def fingerprint(instance: DagsterInstance) -> tuple:
+    """Run statuses and update times, and (Postgres) the event log's size: a pass that changed
+    nothing leaves this as it was."""
+    storage = instance.run_storage
+    with storage.connect() as conn:
+        runs = tuple(
+            conn.execute(
+                db.select(
+                    RunsTable.c.status,
+                    db.func.count(),
+                    db.func.max(RunsTable.c.update_timestamp),
+                ).group_by(RunsTable.c.status)
+            ).all()
+        )
+    events: tuple = ()
+    if not isinstance(instance.event_log_storage, SqliteEventLogStorage):
+        with instance.event_log_storage.index_connection() as conn:
+            events = tuple(
+                conn.execute(
+                    db.select(db.func.count(), db.func.max(SqlEventLogStorageTable.c.id))
+                ).one()
+            )
+    return tuple(sorted(map(tuple, runs), key=str)), events
+
+
+def mark_crashed(instance: DagsterInstance, run_ids: Sequence[str]) -> None:
+    with cached_schema_checks(instance):
+        for run_id in run_ids:
+            instance.add_run_tags(run_id, {HEALTH_TAG: "FAILED"})
+
+
+def count_resumed(instance: DagsterInstance, run_ids: Sequence[str], before: dict[str, int]):
+    """Runs that got one more "Launching a new run worker to resume run" event, are still
+    STARTED, and whose (new) worker is healthy again."""
+    from dagster_run_monitor.eventlog import count_resume_attempts
+
+    after = count_resume_attempts(instance.event_log_storage, list(run_ids))
+    resumed = 0
+    records = {
+        r.dagster_run.run_id: r.dagster_run
+        for r in instance.get_run_records(filters=RunsFilter(run_ids=list(run_ids)))
+    }
+    for run_id in run_ids:
+        run = records.get(run_id)
+        if (
+            after[run_id] == before[run_id] + 1
+            and run is not None
+            and run.status == DagsterRunStatus.STARTED
+            and run.tags.get(HEALTH_TAG) == "RUNNING"
+        ):
+            resumed += 1
+    return resumed, after
