@@ -26,6 +26,7 @@ from dagster_run_monitor.model import (
     ResumeRun,
     TerminateAndFail,
 )
+from dagster_run_monitor.policy import Observed, resume_of, still_due
 from dagster_run_monitor.settings import AlertSettings
 
 CLAIM_BATCH = 500  # runs claimed and re-checked together (bounds open lock files)
@@ -33,54 +34,48 @@ CLAIM_BATCH = 500  # runs claimed and re-checked together (bounds open lock file
 
 def apply_due(
     instance: DagsterInstance,
-    due: Sequence[tuple[DagsterRun, Sequence[Action]]],
+    due: Sequence[tuple[Observed, Sequence[Action]]],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
     alerts: AlertSettings | None = None,
     threads: int = 1,
     observed_at: float | None = None,
 ) -> Iterator[tuple[str, Sequence[Action], BaseException | None]]:
-    """Apply each run's actions, ``threads`` runs at a time, under the runs' claims, unless
-    another daemon holds a run's claim or the run changed since it was observed: its status,
-    or, for a resume, its resume count or a resume since ``observed_at`` (the pass's start:
-    another daemon resumed the run after this pass checked its worker). Claims and re-checks
-    take a few queries per batch of runs, not per run. Yields, per run acted on, its id, the
-    actions applied and the error that stopped them (None if none did)."""
+    """Apply each run's actions, ``threads`` runs at a time, to the run as re-read under its
+    claim, unless another daemon holds the claim or the run changed since it was observed
+    (``policy.still_due``). ``observed_at``: the pass's start. Claims and re-checks take a few
+    queries per batch of runs, not per run. Yields, per run acted on, its id, the actions
+    applied and the error that stopped them (None if none did)."""
     storage = instance.event_log_storage
     for start in range(0, len(due), CLAIM_BATCH):
         batch = due[start : start + CLAIM_BATCH]
-        with claims(instance, [run.run_id for run, _ in batch]) as held:
-            for run, _ in batch:
-                if run.run_id not in held:
+        with claims(instance, [seen.run_id for seen, _ in batch]) as held:
+            for seen, _ in batch:
+                if seen.run_id not in held:
                     logger.info(
-                        "Run %s is being handled by another daemon; skipping it.", run.run_id
+                        "Run %s is being handled by another daemon; skipping it.", seen.run_id
                     )
-            mine = [(run, actions) for run, actions in batch if run.run_id in held]
-            ids = [run.run_id for run, _ in mine]
-            reread = instance.get_runs(RunsFilter(run_ids=ids)) if ids else []
-            current = {r.run_id: r for r in reread}
-            resuming = [run.run_id for run, actions in mine if _resume(actions)]
-            resumes = resume_history(storage, resuming)
+            mine = [(seen, actions) for seen, actions in batch if seen.run_id in held]
+            ids = [seen.run_id for seen, _ in mine]
+            current = (
+                {r.run_id: r for r in instance.get_runs(RunsFilter(run_ids=ids))} if ids else {}
+            )
+            resumes = resume_history(
+                storage, [s.run_id for s, actions in mine if resume_of(actions)]
+            )
             todo = []
-            for run, actions in mine:
-                done, last_resume_at = resumes.get(run.run_id, (0, None))
-                resumed_during_pass = (
-                    observed_at is not None
-                    and last_resume_at is not None
-                    and last_resume_at >= observed_at
-                )
-                reread_run = current.get(run.run_id)
-                now_due = still_due(run, actions, reread_run, done, resumed_during_pass)
-                if now_due is None:
-                    logger.info("Run %s changed during the pass; leaving it for now.", run.run_id)
+            for seen, actions in mine:
+                done, last_resume_at = resumes.get(seen.run_id, (0, None))
+                run = current.get(seen.run_id)
+                now_due = still_due(seen.status, actions, run, done, last_resume_at, observed_at)
+                if run is None or now_due is None:
+                    logger.info("Run %s changed during the pass; leaving it for now.", seen.run_id)
                 else:
-                    todo.append((run, now_due, reread_run))
+                    todo.append((run, now_due))
             with ThreadPoolExecutor(max(1, threads), "run_monitor_action") as pool:
                 futures = {
-                    pool.submit(
-                        _act, instance, run, reread_run, todo_actions, workspace, logger, alerts
-                    ): run
-                    for run, todo_actions, reread_run in todo
+                    pool.submit(_act, instance, run, actions, workspace, logger, alerts): run
+                    for run, actions in todo
                 }
                 for future in as_completed(futures):
                     error = future.exception()
@@ -91,7 +86,6 @@ def apply_due(
 def _act(
     instance: DagsterInstance,
     run: DagsterRun,
-    reread_run: DagsterRun | None,
     actions: Sequence[Action],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
@@ -100,9 +94,9 @@ def _act(
     """Apply one run's actions; a crashed worker is checked once more under the claim before
     a resume: another daemon may have resumed the run between this pass's health check and
     its claim (its resume event written before its new worker started)."""
-    resume = _resume(actions)
-    if resume and not resume.kill_first and reread_run is not None:
-        health = check_worker(instance.run_launcher, reread_run, explain=False)
+    resume = resume_of(actions)
+    if resume and not resume.kill_first:
+        health = check_worker(instance.run_launcher, run, explain=False)
         if health.answered and health.healthy:
             logger.info(
                 "Run %s: its worker is healthy again (%s); not resuming.", run.run_id, health
@@ -124,31 +118,6 @@ def apply_actions(
     for _, _, error in apply_due(instance, [(run, actions)], workspace, logger, alerts):
         if error is not None:
             raise error
-
-
-def _resume(actions: Sequence[Action]) -> ResumeRun | None:
-    return next((a for a in actions if isinstance(a, ResumeRun)), None)
-
-
-def still_due(
-    observed: DagsterRun,
-    actions: Sequence[Action],
-    current: DagsterRun | None,
-    resumes: int,
-    resumed_during_pass: bool = False,
-) -> Sequence[Action] | None:
-    """The actions to apply now that the run was re-read under its claim: None if the run
-    changed since it was observed (its status; for a resume, its resume count or a resume
-    written during this pass), the actions otherwise, less notices already written. A changed
-    run's notices are left to the next pass."""
-    if current is None:
-        return None
-    resume = _resume(actions)
-    if current.status != observed.status:
-        return None
-    if resume and (resumed_during_pass or resumes != resume.attempt - 1):
-        return None
-    return [a for a in actions if not isinstance(a, Notice) or current.tags.get(a.tag) != a.value]
 
 
 def _apply(

@@ -24,7 +24,7 @@ def status() -> None:
     instance = DagsterInstance.get()
     settings = read_settings(instance)
     now = get_current_timestamp()
-    facts, _ = observe(instance, settings, now, {})
+    facts = observe(instance, settings, now, {})
     if not facts:
         click.echo("No runs in progress.")
     for run in facts:
@@ -38,7 +38,7 @@ def explain(run_id: str) -> None:
     instance = DagsterInstance.get()
     settings = read_settings(instance)
     now = get_current_timestamp()
-    facts, _ = observe(instance, settings, now, {})
+    facts = observe(instance, settings, now, {})
     run = next((f for f in facts if f.run_id == run_id), None)
     if run is None:
         found = instance.get_run_by_id(run_id)

@@ -4,7 +4,6 @@ import time
 from functools import cache
 
 from dagster import DagsterInstance
-from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.workspace.context import IWorkspaceProcessContext
 from dagster._daemon.daemon import DaemonIterator, IntervalDaemon
 from dagster._daemon.utils import DaemonErrorCapture
@@ -16,7 +15,12 @@ from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.facts import observe
 from dagster_run_monitor.internals import concurrency_slots_iteration
 from dagster_run_monitor.metrics import Metrics, NoMetrics
-from dagster_run_monitor.model import HEALTH_CHECKED_STATUSES, MONITORED_STATUSES, Action
+from dagster_run_monitor.model import (
+    HEALTH_CHECKED_STATUSES,
+    MONITORED_STATUSES,
+    Action,
+    RunFacts,
+)
 from dagster_run_monitor.policy import plan
 from dagster_run_monitor.pooling import pool_postgres_connections
 from dagster_run_monitor.runs import RunReader
@@ -71,7 +75,7 @@ class RunMonitorDaemon(IntervalDaemon):
         instance, settings = context.instance, self._settings(context.instance)
         began, now = time.monotonic(), get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES
-        facts, runs = observe(
+        facts = observe(
             instance, settings, now, self._unhealthy_since, statuses, crashes_only, self._runs
         )
         decided = plan(facts, settings, now, crashes_only, self.metrics.enabled)
@@ -82,7 +86,8 @@ class RunMonitorDaemon(IntervalDaemon):
             yield SerializableErrorInfo(decided.unanswered, stack=[], cls_name=None)
         for run_id, error in decided.errors:
             yield self._error(run_id, error)
-        yield from self._apply(context, settings, [(runs[i], a) for i, a in decided.due], now)
+        seen = {f.run_id: f for f in facts}
+        yield from self._apply(context, settings, [(seen[i], a) for i, a in decided.due], now)
         self.metrics.passed("crashes" if crashes_only else "full", time.monotonic() - began)
 
     def _settings(self, instance: DagsterInstance) -> MonitorSettings:
@@ -97,7 +102,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self,
         context: IWorkspaceProcessContext,
         settings: MonitorSettings,
-        due: list[tuple[DagsterRun, list[Action]]],
+        due: list[tuple[RunFacts, list[Action]]],
         now: float,
     ) -> DaemonIterator:
         if settings.dry_run:

@@ -12,6 +12,7 @@ from dagster_run_monitor.health import HealthChecks
 from dagster_run_monitor.limit_table import STALL_TIMEOUT, STEP_RUNTIME
 from dagster_run_monitor.limits import Limits, resolve_limits
 from dagster_run_monitor.model import HEALTH_CHECKED, MONITORED_STATUSES, Health, RunFacts
+from dagster_run_monitor.policy import unhealthy_clock
 from dagster_run_monitor.runs import RunReader, read_all
 from dagster_run_monitor.settings import MonitorSettings
 
@@ -24,9 +25,9 @@ def observe(
     statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES,
     crashes_only: bool = False,
     reader: RunReader | None = None,
-) -> tuple[list[RunFacts], dict[str, DagsterRun]]:
-    """Facts for each run in ``statuses``, and the runs themselves by id for the actions.
-    ``crashes_only`` leaves out what only the timeout policies need (stalls, steps); a
+) -> list[RunFacts]:
+    """Facts for each run in ``statuses`` (the actions act on the runs re-read under their
+    claims). ``crashes_only`` leaves out what only the timeout policies need (stalls, steps); a
     daemon's ``reader`` re-reads only the runs that changed since its last pass."""
     records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
     checks = None
@@ -81,25 +82,16 @@ def observe(
             step_limits=step_limits.get(record.dagster_run.run_id, {}),
             limits=limits.get(record.dagster_run.run_id),
             health=health.get(record.dagster_run.run_id),
-            unhealthy_since=_unhealthy_since(
-                record.dagster_run.run_id, health, unhealthy_since, now
+            unhealthy_since=unhealthy_clock(
+                health.get(record.dagster_run.run_id),
+                unhealthy_since.get(record.dagster_run.run_id),
+                now,
             ),
             resume_attempts=attempts.get(record.dagster_run.run_id, 0),
         )
         for record in records
     ]
-    return facts, runs
-
-
-def _unhealthy_since(
-    run_id: str, health: Mapping[str, Health], since: Mapping[str, float], now: float
-) -> float | None:
-    """When the worker was first seen unhealthy: now for a new result, as before while a
-    check has no answer (a hung API call neither starts nor resets the clock)."""
-    result = health.get(run_id)
-    if result is None or result.healthy:
-        return None
-    return since.get(run_id, now) if result.answered else since.get(run_id)
+    return facts
 
 
 def _location(run: DagsterRun) -> str | None:

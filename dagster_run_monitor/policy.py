@@ -4,10 +4,11 @@ import datetime
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from dagster._core.events import RunFailureReason
 from dagster._core.launcher import WorkerStatus
-from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.durations import parse_duration
@@ -330,3 +331,49 @@ def plan(
     clocks: Mapping[str, float | None] = {f.run_id: f.unhealthy_since for f in facts}
     since = {run_id: t for run_id, t in clocks.items() if t is not None}
     return Plan(due, errors, since, summary, over)
+
+
+class Observed(Protocol):
+    """What the re-check under a claim compares: a run as this pass saw it (RunFacts, or a
+    DagsterRun)."""
+
+    run_id: str
+    status: DagsterRunStatus
+
+
+def resume_of(actions: Sequence[Action]) -> ResumeRun | None:
+    return next((a for a in actions if isinstance(a, ResumeRun)), None)
+
+
+def still_due(
+    observed: DagsterRunStatus,
+    actions: Sequence[Action],
+    current: DagsterRun | None,
+    resumes: int,
+    last_resume_at: float | None = None,
+    observed_at: float | None = None,
+) -> Sequence[Action] | None:
+    """The actions to apply now that the run was re-read under its claim: None if it changed
+    since this pass observed it (its status; for a resume, its resume count, or a resume
+    written since ``observed_at``: another daemon resumed it after this pass checked its
+    worker), the actions otherwise, less the notices already written. A changed run's notices
+    are left to the next pass."""
+    if current is None or current.status != observed:
+        return None
+    resume = resume_of(actions)
+    resumed_during_pass = (
+        observed_at is not None and last_resume_at is not None and last_resume_at >= observed_at
+    )
+    if resume and (resumed_during_pass or resumes != resume.attempt - 1):
+        return None
+    return [a for a in actions if not isinstance(a, Notice) or current.tags.get(a.tag) != a.value]
+
+
+def unhealthy_clock(health: Health | None, since: float | None, now: float) -> float | None:
+    """When the worker was first seen unhealthy: now for a new result, as before while a
+    check has no answer (a hung API call neither starts nor resets the clock)."""
+    if health is None or health.healthy:
+        return None
+    if since is None:
+        return now if health.answered else None
+    return since

@@ -442,7 +442,7 @@ def test_hung_checks_on_every_thread_do_not_block_the_pass(make_instance):
     with make_instance(run_monitoring=settings) as instance:
         waiting = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"})
         hung = make_run(instance, S.STARTED, tags={HEALTH_SLEEP_TAG: "3600"})
-        facts, _ = observe(instance, read_settings(instance), T0, {})
+        facts = observe(instance, read_settings(instance), T0, {})
         health = {f.run_id: f.health for f in facts}
         assert health[hung.run_id] == Health(
             "UNKNOWN", "Health check did not answer within 1 seconds", answered=False

@@ -75,7 +75,7 @@ def monitor_view(instance: DagsterInstance, run_id: str) -> str:
     """What the monitor observes for the run now and what it would decide (for failures)."""
     settings = read_settings(instance)
     now = get_current_timestamp()
-    facts, _ = observe(instance, settings, now, {})
+    facts = observe(instance, settings, now, {})
     return (
         "\n".join(f"monitor sees {f}\nand decides {decide(f, settings, now)}" for f in facts)
         or f"monitor sees no in-progress runs; {run_id} is {status_of(instance, run_id)}"
