@@ -19,6 +19,9 @@ class LimitKind:
     tags: tuple[str, ...] = ()  # run tags that set it, in order of precedence
     by_rule: bool = False
     warns: bool = False  # warn_after_fraction watches it for its status
+    default: float = 0  # seconds; 0: no limit
+    dagsters: bool = False  # one of Dagster's own keys (else ours)
+    description: str = ""  # ours: shown in the config schema
 
 
 MAX_RUNTIME = LimitKind(
@@ -29,6 +32,7 @@ MAX_RUNTIME = LimitKind(
     (c.MAX_RUNTIME_TAG, c.MAX_RUNTIME_ALIAS_TAG),
     by_rule=True,
     warns=True,
+    dagsters=True,
 )
 QUEUE_TIMEOUT = LimitKind(
     "queue_timeout_seconds",
@@ -38,6 +42,7 @@ QUEUE_TIMEOUT = LimitKind(
     (c.QUEUE_TIMEOUT_TAG,),
     by_rule=True,
     warns=True,
+    description="Cancel runs QUEUED longer than this (0: never).",
 )
 STALL_TIMEOUT = LimitKind(
     "stall_timeout_seconds",
@@ -46,6 +51,8 @@ STALL_TIMEOUT = LimitKind(
     ("last_event_at",),
     (c.STALL_TIMEOUT_TAG,),
     by_rule=True,
+    description="A STARTED run with a healthy worker but no new event for this long is stalled"
+    " (0: off).",
 )
 STEP_RUNTIME = LimitKind(
     "max_step_runtime_seconds",
@@ -54,12 +61,24 @@ STEP_RUNTIME = LimitKind(
     ("oldest_step_started_at",),
     (c.MAX_STEP_RUNTIME_TAG,),
     by_rule=True,
+    description="Fail the run when one step runs longer (0: no limit).",
 )
 START_TIMEOUT = LimitKind(
-    "start_timeout_seconds", "start timeout", S.STARTING, ("launched_at", "updated_at"), warns=True
+    "start_timeout_seconds",
+    "start timeout",
+    S.STARTING,
+    ("launched_at", "updated_at"),
+    warns=True,
+    default=180,  # Dagster's documented default
+    dagsters=True,
 )
 CANCEL_TIMEOUT = LimitKind(
-    "cancel_timeout_seconds", "cancel timeout", S.CANCELING, ("canceling_at", "updated_at")
+    "cancel_timeout_seconds",
+    "cancel timeout",
+    S.CANCELING,
+    ("canceling_at", "updated_at"),
+    default=180,
+    dagsters=True,
 )
 
 LIMITS = (MAX_RUNTIME, QUEUE_TIMEOUT, STALL_TIMEOUT, STEP_RUNTIME, START_TIMEOUT, CANCEL_TIMEOUT)

@@ -17,24 +17,29 @@ from dagster._config.errors import (
 from dagster._config.stack import EvaluationStackPathEntry, EvaluationStackRoot
 from dagster._core.errors import DagsterInvalidConfigError
 
-from dagster_run_monitor.limit_table import RULE_KEYS
+from dagster_run_monitor.limit_table import (
+    CANCEL_TIMEOUT,
+    LIMITS,
+    MAX_RUNTIME,
+    QUEUE_TIMEOUT,
+    RULE_KEYS,
+    STALL_TIMEOUT,
+    START_TIMEOUT,
+    STEP_RUNTIME,
+)
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
 # Dagster's documented defaults. `max_resume_run_attempts` is documented as 3 while Dagster's
 # code defaults to 0; we follow the documentation, for launchers that can resume.
-DEFAULT_START_TIMEOUT_SECONDS = 180
-DEFAULT_CANCEL_TIMEOUT_SECONDS = 180
 DEFAULT_MAX_RESUME_RUN_ATTEMPTS = 3
 DEFAULT_POLL_INTERVAL_SECONDS = 120
 
-# Dagster's own keys, with the types Dagster gives them.
+# Dagster's own keys, with the types Dagster gives them (the limits among them: limit_table).
 DAGSTER_KEYS = {
     "enabled": Bool,
-    "start_timeout_seconds": int,
-    "cancel_timeout_seconds": int,
-    "max_runtime_seconds": int,
+    **{kind.key: int for kind in LIMITS if kind.dagsters},
     "max_resume_run_attempts": int,
     "poll_interval_seconds": int,
     "cancellation_thread_poll_interval_seconds": int,
@@ -60,12 +65,7 @@ OUR_KEYS: dict[str, tuple[int, str]] = {
         "PostgreSQL: connections the daemon keeps open per storage (run, event log) instead of"
         " a new connection for each query (0: Dagster's default, no pool).",
     ),
-    "queue_timeout_seconds": (0, "Cancel runs QUEUED longer than this (0: never)."),
-    "stall_timeout_seconds": (
-        0,
-        "A STARTED run with a healthy worker but no new event for this long is stalled (0: off).",
-    ),
-    "max_step_runtime_seconds": (0, "Fail the run when one step runs longer (0: no limit)."),
+    **{kind.key: (int(kind.default), kind.description) for kind in LIMITS if not kind.dagsters},
 }
 RULE_LIMIT_KEYS = RULE_KEYS  # the limits a rule may set (limit_table.py)
 STALL_ACTIONS = ("fail", "resume")
@@ -126,9 +126,9 @@ class MonitorSettings:
     """Everything a monitoring pass needs to know about the instance's configuration."""
 
     enabled: bool = False
-    start_timeout_seconds: float = DEFAULT_START_TIMEOUT_SECONDS
-    cancel_timeout_seconds: float = DEFAULT_CANCEL_TIMEOUT_SECONDS
-    max_runtime_seconds: float = 0
+    start_timeout_seconds: float = START_TIMEOUT.default
+    cancel_timeout_seconds: float = CANCEL_TIMEOUT.default
+    max_runtime_seconds: float = MAX_RUNTIME.default
     max_resume_run_attempts: int = DEFAULT_MAX_RESUME_RUN_ATTEMPTS
     poll_interval_seconds: float = DEFAULT_POLL_INTERVAL_SECONDS
     free_slots_after_run_end_seconds: float = 0
@@ -137,9 +137,9 @@ class MonitorSettings:
     health_check_threads: int = OUR_KEYS["health_check_threads"][0]
     action_threads: int = OUR_KEYS["action_threads"][0]
     storage_pool_size: int = OUR_KEYS["storage_pool_size"][0]
-    queue_timeout_seconds: float = 0
-    stall_timeout_seconds: float = 0
-    max_step_runtime_seconds: float = 0
+    queue_timeout_seconds: float = QUEUE_TIMEOUT.default
+    stall_timeout_seconds: float = STALL_TIMEOUT.default
+    max_step_runtime_seconds: float = STEP_RUNTIME.default
     stall_action: str = "fail"
     warn_after_fraction: float = 0.0
     dry_run: bool = False
