@@ -7,7 +7,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
-from dagster_run_monitor.eventlog import count_resume_attempts, latest_event_times, running_steps
+from dagster_run_monitor.eventlog import latest_event_times, resume_history, running_steps
 from dagster_run_monitor.health import HealthChecks
 from dagster_run_monitor.limit_table import STALL_TIMEOUT, STEP_RUNTIME
 from dagster_run_monitor.limits import Limits, resolve_limits
@@ -63,7 +63,7 @@ def observe(
     )
     health: dict[str, Health] = checks.results() if checks is not None else {}
     unhealthy = {i for i, h in health.items() if h.answered and not h.healthy}
-    attempts = count_resume_attempts(storage, sorted({*unhealthy, *stall_watched}))
+    resumes = resume_history(storage, sorted({*unhealthy, *stall_watched}))
     facts = [
         RunFacts(
             run_id=record.dagster_run.run_id,
@@ -87,7 +87,8 @@ def observe(
                 unhealthy_since.get(record.dagster_run.run_id),
                 now,
             ),
-            resume_attempts=attempts.get(record.dagster_run.run_id, 0),
+            resume_attempts=resumes.get(record.dagster_run.run_id, (0, None))[0],
+            last_resume_at=resumes.get(record.dagster_run.run_id, (0, None))[1],
         )
         for record in records
     ]

@@ -67,6 +67,7 @@ class RunFacts:
     health: Health | None = None  # None where the launcher has no health check
     unhealthy_since: float | None = None  # first pass that saw this worker unhealthy
     resume_attempts: int = 0
+    last_resume_at: float | None = None  # the latest resume event (unhealthy workers only)
     limits: "Limits | None" = None  # resolved once per pass (None: decide resolves them)
 
     @property

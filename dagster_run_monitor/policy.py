@@ -154,12 +154,16 @@ def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[A
 def resume_or_wait(
     run: RunFacts, settings: MonitorSettings, now: float, kill_first: bool = False
 ) -> list[Action]:
-    """The next resume, once the back-off for its attempt number has passed since the crash
-    was first seen; until then one event saying when it will happen."""
+    """The next resume, once the back-off for its attempt number has passed since the later
+    of the crash's first sighting and the previous resume (in a crash loop the new worker dies
+    before any pass sees it healthy, so the sighting alone would shrink the back-off); until
+    then one event saying when it will happen."""
     attempt = run.resume_attempts + 1
     message = c.resuming_message(str(run.health), run.run_id)
     wait = settings.resume_backoff.wait_seconds(attempt, run.run_id)
-    since = run.unhealthy_since if run.unhealthy_since is not None else now
+    since = max(
+        (t for t in (run.unhealthy_since, run.last_resume_at) if t is not None), default=now
+    )
     if now - since >= wait:
         return [ResumeRun(attempt, message, kill_first)]
     if run.tags.get(c.RESUME_SCHEDULED_TAG) == str(attempt):

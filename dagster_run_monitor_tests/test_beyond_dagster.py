@@ -30,7 +30,7 @@ from dagster_run_monitor.model import (
 from dagster_run_monitor.policy import decide
 from dagster_run_monitor.settings import Backoff, MonitorSettings, settings_from_config
 from dagster_run_monitor_tests.support.home import monitor_instance
-from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
+from dagster_run_monitor_tests.support.launchers import AFTER_RESUME_TAG, HEALTH_TAG
 from dagster_run_monitor_tests.support.runs import (
     T0,
     at,
@@ -195,6 +195,24 @@ def test_resume_waits_for_its_backoff_and_says_when_once():
     assert resume == ResumeRun(1, c.resuming_message("FAILED: 'gone'", "r1"))
 
 
+def test_in_a_crash_loop_each_backoff_runs_from_the_previous_resume():
+    """The new worker died before any pass saw it healthy, so the crash's first sighting is
+    still the first one: attempt 2 must wait its 8 s from the resume, not from that sighting."""
+    config = settings(resume_backoff={"initial_seconds": 4, "multiplier": 2})
+    looping = dict(
+        health=Health("FAILED", "gone"),
+        started_at=NOW - 100,
+        unhealthy_since=NOW - 10,  # first seen; attempt 1 followed 4 s later
+        last_resume_at=NOW - 6,
+        resume_attempts=1,
+    )
+    (scheduled,) = decide(facts(S.STARTED, **looping), config, NOW)
+    assert isinstance(scheduled, Notice)
+    assert scheduled.message.startswith("Resume attempt 2 scheduled in 2 seconds, at ")
+    (resume,) = decide(facts(S.STARTED, **looping), config, NOW + 2)
+    assert resume == ResumeRun(2, c.resuming_message("FAILED: 'gone'", "r1"))
+
+
 def test_start_failures_can_be_relaunched_within_the_budget():
     dead = dict(health=Health("FAILED", "exit 1"), launched_at=NOW - 70, unhealthy_since=NOW - 60)
     (action,) = decide(facts(S.STARTING, **dead), settings(resume_on_start_failure=True), NOW)
@@ -312,6 +330,33 @@ def test_resume_backoff_is_announced_then_applied(make_instance, workspace_conte
             assert c.RESUME_RUN_LOG_MESSAGE not in log
             monitor_pass(instance, ctx, now=T0 + 30, daemon=daemon)
         assert messages(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE) == 1
+
+
+def test_a_crash_loop_backs_off_from_each_resume_through_daemon_passes(
+    make_instance, workspace_context
+):
+    config = {
+        "resume_backoff": {"initial_seconds": 4, "multiplier": 2},
+        "worker_unknown_grace_seconds": 0,
+        "max_resume_run_attempts": 3,
+    }
+    with make_instance(run_monitoring=config) as instance:
+        tags = {HEALTH_TAG: "FAILED", AFTER_RESUME_TAG: "FAILED"}  # every new worker dies too
+        run = make_run(instance, S.STARTED, tags=tags)
+        daemon = RunMonitorDaemon.from_instance(instance)
+
+        def resumes_after(now: float) -> int:
+            monitor_pass(instance, ctx, now=now, daemon=daemon)
+            return messages(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE)
+
+        with workspace_context(instance) as ctx:
+            assert resumes_after(T0) == 0  # first seen; attempt 1 due at T0 + 4
+            assert resumes_after(T0 + 4) == 1  # attempt 2 due 8 s later: T0 + 12
+            assert resumes_after(T0 + 8) == 1  # 8 s after the sighting, 4 s after the resume
+            assert resumes_after(T0 + 11) == 1
+            assert resumes_after(T0 + 12) == 2
+        log = messages(instance, run.run_id)
+        assert sum(m.startswith("Resume attempt 2 scheduled in 4 seconds") for m in log) == 1
 
 
 class Receiver(BaseHTTPRequestHandler):
