@@ -64,34 +64,37 @@ def observe(
     health: dict[str, Health] = checks.results() if checks is not None else {}
     unhealthy = {i for i, h in health.items() if h.answered and not h.healthy}
     resumes = resume_history(storage, sorted({*unhealthy, *stall_watched}))
-    facts = [
-        RunFacts(
-            run_id=record.dagster_run.run_id,
-            job_name=record.dagster_run.job_name,
-            status=record.dagster_run.status,
-            created_at=record.create_timestamp.timestamp(),
-            updated_at=record.update_timestamp.timestamp(),
-            tags=record.dagster_run.tags,
-            started_at=record.start_time,
-            launched_at=launched.get(record.dagster_run.run_id),
-            canceling_at=canceling.get(record.dagster_run.run_id),
-            location=_location(record.dagster_run),
-            enqueued_at=enqueued.get(record.dagster_run.run_id),
-            last_event_at=last_event.get(record.dagster_run.run_id),
-            running_steps=steps.get(record.dagster_run.run_id, {}),
-            step_limits=step_limits.get(record.dagster_run.run_id, {}),
-            limits=limits.get(record.dagster_run.run_id),
-            health=health.get(record.dagster_run.run_id),
-            unhealthy_since=unhealthy_clock(
-                health.get(record.dagster_run.run_id),
-                unhealthy_since.get(record.dagster_run.run_id),
-                now,
-            ),
-            resume_attempts=resumes.get(record.dagster_run.run_id, (0, None))[0],
-            last_resume_at=resumes.get(record.dagster_run.run_id, (0, None))[1],
+    facts = []
+    for record in records:
+        run_id = record.dagster_run.run_id
+        resume_count, last_resume_at = resumes.get(run_id, (0, None))
+        facts.append(
+            RunFacts(
+                run_id=run_id,
+                job_name=record.dagster_run.job_name,
+                status=record.dagster_run.status,
+                created_at=record.create_timestamp.timestamp(),
+                updated_at=record.update_timestamp.timestamp(),
+                tags=record.dagster_run.tags,
+                started_at=record.start_time,
+                launched_at=launched.get(run_id),
+                canceling_at=canceling.get(run_id),
+                location=_location(record.dagster_run),
+                enqueued_at=enqueued.get(run_id),
+                last_event_at=last_event.get(run_id),
+                running_steps=steps.get(run_id, {}),
+                step_limits=step_limits.get(run_id, {}),
+                limits=limits.get(run_id),
+                health=health.get(run_id),
+                unhealthy_since=unhealthy_clock(
+                    health.get(run_id),
+                    unhealthy_since.get(run_id),
+                    now,
+                ),
+                resume_attempts=resume_count,
+                last_resume_at=last_resume_at,
+            )
         )
-        for record in records
-    ]
     return facts
 
 

@@ -5,11 +5,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dagster_run_monitor.durations import parse_duration
-from dagster_run_monitor.limit_table import LIMITS, TAGS
+from dagster_run_monitor.limit_table import LIMITS
 from dagster_run_monitor.settings import MonitorSettings
 
-# limit (a run_monitoring key) -> the run tags that set it, in order of precedence
-LIMIT_TAGS: Mapping[str, tuple[str, ...]] = TAGS
 DEFAULT_SOURCE = "instance default"
 
 

@@ -2,7 +2,7 @@
 
 import datetime
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -332,8 +332,7 @@ def plan(
             continue
         if actions:
             due.append((run.run_id, actions))
-    clocks: Mapping[str, float | None] = {f.run_id: f.unhealthy_since for f in facts}
-    since = {run_id: t for run_id, t in clocks.items() if t is not None}
+    since = {f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None}
     return Plan(due, errors, since, summary, over)
 
 

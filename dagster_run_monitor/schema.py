@@ -2,7 +2,8 @@
 
 from dagster import Any, Bool, Field, Permissive
 
-from dagster_run_monitor.settings import DAGSTER_KEYS, OUR_KEYS, RULE_LIMIT_KEYS
+from dagster_run_monitor.limit_table import RULE_KEYS
+from dagster_run_monitor.settings import DAGSTER_KEYS, OUR_KEYS
 
 
 def run_monitoring_config_field() -> Field:
@@ -69,7 +70,7 @@ def run_monitoring_config_field() -> Field:
                             },
                             is_required=False,
                         ),
-                        **{key: Field(Any, is_required=False) for key in RULE_LIMIT_KEYS},
+                        **{key: Field(Any, is_required=False) for key in RULE_KEYS},
                         "warn_after_fraction": Field(float, is_required=False),
                     }
                 ],

@@ -67,7 +67,6 @@ OUR_KEYS: dict[str, tuple[int, str]] = {
     ),
     **{kind.key: (int(kind.default), kind.description) for kind in LIMITS if not kind.dagsters},
 }
-RULE_LIMIT_KEYS = RULE_KEYS  # the limits a rule may set (limit_table.py)
 STALL_ACTIONS = ("fail", "resume")
 
 
@@ -79,7 +78,7 @@ class Rule:
     job: str | None = None  # glob on the job name
     location: str | None = None  # glob on the code location name
     tags: Mapping[str, str] = field(default_factory=dict)  # all must be on the run
-    limits: Mapping[str, float] = field(default_factory=dict)  # RULE_LIMIT_KEYS -> seconds
+    limits: Mapping[str, float] = field(default_factory=dict)  # limit_table.RULE_KEYS -> seconds
     warn_after_fraction: float | None = None
 
     def matches(self, job_name: str, location: str | None, tags: Mapping[str, str]) -> bool:
@@ -273,7 +272,7 @@ def _rule(index: int, config: Mapping[str, AnyType]) -> Rule:
 
     match = config.get("match") or {}
     limits = {}
-    for key in RULE_LIMIT_KEYS:
+    for key in RULE_KEYS:
         if config.get(key) is None:
             continue
         try:

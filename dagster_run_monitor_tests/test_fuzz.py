@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dagster_run_monitor import constants as c
-from dagster_run_monitor.limits import LIMIT_TAGS, resolve_limits
+from dagster_run_monitor.limit_table import TAGS as LIMIT_TAGS
+from dagster_run_monitor.limits import resolve_limits
 from dagster_run_monitor.model import MONITORED_STATUSES, Health, Notice, RunFacts
 from dagster_run_monitor.policy import decide
 from dagster_run_monitor.schema import run_monitoring_config_field
