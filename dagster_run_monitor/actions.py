@@ -136,6 +136,8 @@ def _apply(
                 send_alert(alerts or AlertSettings(), action.alert, logger)
         elif isinstance(action, FailRun):
             fail(instance, run, action, logger)
+            if action.alert is not None:
+                send_alert(alerts or AlertSettings(), action.alert, logger)
         elif isinstance(action, CancelRun):
             message = action.message
             if action.debug_info:
@@ -145,26 +147,45 @@ def _apply(
         elif isinstance(action, TerminateAndFail):
             terminate_and_fail(instance, run, action)
         elif isinstance(action, ResumeRun):
-            if action.kill_first:
-                instance.run_launcher.kill_worker(run)  # type: ignore[attr-defined]
-            instance.report_engine_event(action.message, run)
-            instance.resume_run(run.run_id, workspace(), action.attempt)
+            resume(instance, run, action, workspace)
+            if action.alert is not None:
+                send_alert(alerts or AlertSettings(), action.alert, logger)
+
+
+def resume(
+    instance: DagsterInstance,
+    run: DagsterRun,
+    action: ResumeRun,
+    workspace: Callable[[], BaseWorkspaceRequestContext],
+) -> None:
+    """Tags first (the cause, an uncounted attempt, raised memory: a daemon stopped before the
+    resume writes the same values again), then the events, then the new worker."""
+    if action.kill_first:
+        instance.run_launcher.kill_worker(run)  # type: ignore[attr-defined]
+    if action.tags:
+        instance.add_run_tags(run.run_id, dict(action.tags))
+    if action.note:
+        instance.report_engine_event(action.note, run)
+    instance.report_engine_event(action.message, run)
+    instance.resume_run(run.run_id, workspace(), action.attempt)
 
 
 def log_action(logger: logging.Logger, run: DagsterRun, action: Action) -> None:
     """One line per action; with ``dagster-daemon run --log-format json`` its fields are keys
-    of the JSON object (run_id, job_name, action, reason, limit, observed)."""
-    kind, reason = action_labels(action)
+    of the JSON object (run_id, job_name, action, reason, cause, limit, observed)."""
+    kind, reason, cause = action_labels(action)
     limit, observed = getattr(action, "limit", None), getattr(action, "observed", None)
     fields = {
         "run_id": run.run_id,
         "job_name": run.job_name,
         "action": kind,
         "reason": reason,
+        "cause": cause or None,
         "limit": limit,
         "observed": round(observed, 3) if observed is not None else None,
     }
-    shown = "".join(f", {k} {fields[k]:g}" for k in ("limit", "observed") if fields[k] is not None)
+    shown = f", cause {cause}" if cause else ""
+    shown += "".join(f", {k} {fields[k]:g}" for k in ("limit", "observed") if fields[k] is not None)
     logger.info(
         "Run %s (%s): %s, reason %s%s", run.run_id, run.job_name, kind, reason, shown, extra=fields
     )
@@ -187,7 +208,10 @@ def fail(
     message = action.message
     if action.debug_info:
         message = _with_debug_info(instance, run, message, logger, action.container_logs)
-    instance.add_run_tags(run.run_id, {c.REASON_TAG: action.reason})
+    tags = {c.REASON_TAG: action.reason}
+    if action.cause:
+        tags[c.CRASH_CAUSE_TAG] = action.cause
+    instance.add_run_tags(run.run_id, tags)
     if action.terminate_first:
         _terminate(instance, run, logger)
     current = instance.get_run_by_id(run.run_id) or run

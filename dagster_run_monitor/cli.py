@@ -6,6 +6,7 @@ import click
 from dagster import DagsterInstance
 from dagster._time import get_current_timestamp
 
+from dagster_run_monitor.crashes import counted_resumes, policy_entry
 from dagster_run_monitor.facts import observe
 from dagster_run_monitor.limit_table import LIMITS, clock_start
 from dagster_run_monitor.model import RunFacts
@@ -59,6 +60,13 @@ def describe(run: RunFacts, settings: MonitorSettings, now: float) -> str:
     lines = [f"{run.run_id}  {run.job_name}  {run.status.value}"]
     if run.health is not None:
         lines.append(f"  worker: {run.health}")
+        if not run.health.healthy:
+            lines.append(f"  crash policy: {policy_entry(run, settings)}")
+            counted, uncounted = counted_resumes(run), run.resume_attempts - counted_resumes(run)
+            budget = f"  resumes: {counted} of {settings.resume_attempts} used"
+            if settings.uncounted_resumes:
+                budget += f", {uncounted} of {settings.uncounted_resumes} uncounted"
+            lines.append(budget)
     for kind in LIMITS:  # the limits a rule may set, and the one of the run's status
         limit = limits[kind.key]
         if not limit.seconds or not (kind.by_rule or kind.status == run.status):

@@ -14,13 +14,16 @@ MAX_STEP_RUNTIME_TAG = "run_monitor/max_step_runtime"
 TAG_PREFIX = "run_monitor/"
 REASON_TAG = f"{TAG_PREFIX}reason"  # why the monitor ended or resumed the run
 WARNED_TAG_PREFIX = f"{TAG_PREFIX}warned/"  # one warning per cause: warned/<cause> = value
+CRASH_CAUSE_TAG = f"{TAG_PREFIX}crash_cause"  # the latest crash's cause (crash_cause.CAUSES)
+UNCOUNTED_RESUMES_TAG = f"{TAG_PREFIX}uncounted_resumes"  # "2,3": attempts that did not count
 
 # Written by ProcessRunLauncher: where the run's current worker process is.
 WORKER_PID_TAG = f"{TAG_PREFIX}worker_pid"
 WORKER_HOST_TAG = f"{TAG_PREFIX}worker_host"
 WORKER_START_TAG = f"{TAG_PREFIX}worker_start_ticks"  # /proc start time, tells pid reuse apart
 WORKER_LOG_TAG = f"{TAG_PREFIX}worker_log"
-WORKER_EXIT_TAG = f"{TAG_PREFIX}worker_exit"  # "<pid>:<returncode>", written when it ends
+WORKER_EXIT_TAG = f"{TAG_PREFIX}worker_exit"  # "<pid>:<returncode>:<oom kills>", at its end
+WORKER_OOM_KILLS_TAG = f"{TAG_PREFIX}worker_oom_kills"  # "<pid>:<oom kills>", at its start
 
 # Values of REASON_TAG.
 REASON_START_TIMEOUT = "start_timeout"
@@ -77,6 +80,13 @@ def crash_failed_message(health: str, run_id: str, max_attempts: int, can_resume
 
 
 # Messages of our own.
+def crash_policy_failed_message(health: str, run_id: str, rule: str) -> str:
+    return (
+        f"Detected run worker status {health}. Marking run {run_id} as failed without resuming"
+        f" it, as {rule} says."
+    )
+
+
 def start_failed_message(health: str, run_id: str) -> str:
     return (
         f"Detected run worker status {health} before the run started. Marking run {run_id}"

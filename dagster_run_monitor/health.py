@@ -1,6 +1,7 @@
 """Worker health checks, run concurrently, each with a time limit."""
 
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -10,7 +11,11 @@ from dataclasses import replace
 from dagster._core.launcher import RunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
+from dagster_run_monitor.crash_cause import CrashCause, docker_cause
+from dagster_run_monitor.internals import docker_container
 from dagster_run_monitor.model import Health
+
+DOCKER_CONTAINER_ID_TAG = "docker/container_id"  # dagster_docker's DOCKER_CONTAINER_ID_TAG
 
 
 class HealthChecks:
@@ -90,8 +95,9 @@ class HealthChecks:
 
 
 def check_worker(launcher: RunLauncher, run: DagsterRun, explain: bool = True) -> Health:
-    """One health check, its errors as a result without an answer. ``explain``: for
-    Kubernetes, what the worker's pods say (``k8s_pods``), for STARTING and unhealthy runs."""
+    """One health check, its errors as a result without an answer. ``explain``: the cause of
+    an unhealthy worker's death (``with_cause``), and for Kubernetes a STARTING run whose pod
+    cannot start."""
     began = time.monotonic()
     try:
         result = launcher.check_run_worker_health(run)
@@ -100,8 +106,36 @@ def check_worker(launcher: RunLauncher, run: DagsterRun, explain: bool = True) -
         return Health(WorkerStatus.UNKNOWN.value, message, False, False, time.monotonic() - began)
     health = Health(result.status.value, result.msg or "", bool(result.transient), True)
     if explain:
-        from dagster_run_monitor import k8s_pods
-
-        if k8s_pods.is_k8s_launcher(launcher):
-            health = k8s_pods.with_pod_status(launcher, run, health)
+        health = with_cause(launcher, run, health)
     return replace(health, seconds=time.monotonic() - began)
+
+
+def with_cause(launcher: RunLauncher, run: DagsterRun, health: Health) -> Health:
+    """``health`` with why the worker died, from what its launcher can see: the pods of a
+    ``K8sRunLauncher``'s Job, a ``DockerRunLauncher``'s container, or the launcher's own
+    ``crash_cause(run)`` (``ProcessRunLauncher``, or yours). None otherwise, or if the read
+    fails: the cause is ``unknown`` and the message is Dagster's, word for word."""
+    from dagster_run_monitor import k8s_pods
+
+    if k8s_pods.is_k8s_launcher(launcher):
+        return k8s_pods.with_pod_status(launcher, run, health)
+    if health.healthy or not health.answered:
+        return health
+    try:
+        cause = _launcher_cause(launcher, run)
+    except Exception:
+        cause = None
+    return replace(health, cause=cause)
+
+
+def _launcher_cause(launcher: RunLauncher, run: DagsterRun) -> CrashCause | None:
+    reader = getattr(launcher, "crash_cause", None)
+    if callable(reader):
+        return reader(run)
+    docker = sys.modules.get("dagster_docker")
+    if docker is not None and isinstance(launcher, docker.DockerRunLauncher):
+        if DOCKER_CONTAINER_ID_TAG not in run.tags:
+            return None
+        container = docker_container(launcher, run)
+        return docker_cause(container.attrs.get("State") if container is not None else None)
+    return None

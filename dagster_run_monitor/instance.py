@@ -48,11 +48,21 @@ class RunMonitorInstanceMixin:
     def run_will_resume(self, run_id: str) -> bool:
         """Asked by a run worker that is being stopped: a run that is being terminated (by the
         user, or by the monitor, which may already have marked it failed) will not be
-        resumed, so its worker stops its steps instead of leaving them running."""
+        resumed, so its worker stops its steps instead of leaving them running. Resumes that
+        ``crash_policy`` did not count do not use up the attempts."""
         run = self.get_run_by_id(run_id)  # type: ignore[attr-defined]
         if run is None or run.is_finished or run.status == DagsterRunStatus.CANCELING:
             return False
-        return super().run_will_resume(run_id)  # type: ignore[misc]
+        if not self.run_monitoring_enabled:  # type: ignore[attr-defined]
+            return False
+        from dagster_run_monitor.crashes import uncounted_attempts
+
+        resumes = self.count_resume_run_attempts(run_id)
+        uncounted = uncounted_attempts(run.tags, resumes)
+        counted = resumes - uncounted
+        if counted < self.run_monitoring_max_resume_run_attempts:
+            return True
+        return uncounted < read_settings(self).uncounted_resumes  # preemptions, lost nodes
 
     def count_resume_run_attempts(self, run_id: str) -> int:
         """One query instead of Dagster's scan of every engine event of the run."""

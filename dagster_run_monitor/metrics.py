@@ -46,8 +46,8 @@ class Metrics(NoMetrics):
         )
         self.actions = PromCounter(
             f"{PREFIX}_actions",
-            "Actions taken, by kind and reason",
-            ["action", "reason"],
+            "Actions taken, by kind, reason and (crashes) cause",
+            ["action", "reason", "cause"],
             registry=r,
         )
         self.pass_seconds = Histogram(
@@ -107,7 +107,8 @@ KINDS = {
 }
 
 
-def action_labels(action: Action) -> tuple[str, str]:
-    """(kind, reason) of an action, as logs and metrics name them."""
+def action_labels(action: Action) -> tuple[str, str, str]:
+    """(kind, reason, cause) of an action, as logs and metrics name them (cause: a crash's,
+    "" for other actions)."""
     reason = action.tag if isinstance(action, Notice) else action.reason
-    return KINDS[type(action)], reason
+    return KINDS[type(action)], reason, getattr(action, "cause", None) or ""

@@ -11,6 +11,7 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.crash_cause import CrashCause
 from dagster_run_monitor.limits import Limits
 
 HEALTHY = frozenset({WorkerStatus.RUNNING.value, WorkerStatus.SUCCESS.value})
@@ -25,13 +26,14 @@ class Health:
     transient: bool = False
     answered: bool = True  # False: the check raised or timed out, which proves nothing
     seconds: float = field(default=0.0, compare=False)  # how long the check took
+    cause: CrashCause | None = None  # why an unhealthy worker died, where the launcher tells
 
     @property
     def healthy(self) -> bool:
         return self.status in HEALTHY
 
-    def __str__(self) -> str:  # the same text as Dagster's CheckRunHealthResult
-        return f"{self.status}: '{self.message}'"
+    def __str__(self) -> str:  # Dagster's CheckRunHealthResult text, then the cause
+        return f"{self.status}: '{self.message}'" + (f" ({self.cause})" if self.cause else "")
 
 
 MONITORED_STATUSES = (
@@ -85,6 +87,8 @@ class FailRun:
     terminate_first: bool = False
     debug_info: bool = False  # append the launcher's get_run_worker_debug_info
     container_logs: bool = True
+    cause: str | None = None  # a crash's cause (the run_monitor/crash_cause tag)
+    alert: "Alert | None" = field(default=None, compare=False)
     # The limit passed and the value seen, for logs and metrics (not part of the decision).
     limit: float | None = field(default=None, compare=False)
     observed: float | None = field(default=None, compare=False)
@@ -116,10 +120,14 @@ class TerminateAndFail:
 class ResumeRun:
     """Launch a new worker for the run through ``instance.resume_run``."""
 
-    attempt: int
+    attempt: int  # Dagster's attempt number: every resume so far, counted or not, plus one
     message: str
     kill_first: bool = False  # stop a hung worker first (stalled runs)
     reason: str = c.REASON_WORKER_CRASH
+    cause: str | None = None  # a crash's cause (the run_monitor/crash_cause tag)
+    tags: Mapping[str, str] = field(default_factory=dict)  # written before the resume
+    note: str | None = None  # an event before the resume's (what the resume changes)
+    alert: "Alert | None" = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -128,12 +136,13 @@ class Alert:
 
     run_id: str
     job_name: str
-    kind: str  # "warning" or "invalid_tag"
+    kind: str  # "warning", "invalid_tag" or "crash"
     message: str
     limit: str | None = None  # e.g. "max_runtime_seconds"
     limit_seconds: float | None = None
     elapsed_seconds: float | None = None
     fraction: float | None = None
+    cause: str | None = None  # crashes: oom_killed, preempted, ... (crash_cause.CAUSES)
 
 
 @dataclass(frozen=True)

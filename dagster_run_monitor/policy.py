@@ -1,16 +1,14 @@
 """Decide: facts + settings + now -> actions. Pure: no Dagster calls, no clock, no I/O."""
 
-import datetime
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from dagster._core.events import RunFailureReason
-from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.crashes import start_failure, worker_crash
 from dagster_run_monitor.durations import parse_duration
 from dagster_run_monitor.limit_table import (
     BY_KEY,
@@ -109,83 +107,6 @@ def start_timeout(
             observed=now - since,
         )
     ]
-
-
-def start_failure(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
-    """A STARTING run whose worker is already dead fails now, not at the start timeout; with
-    ``resume_on_start_failure`` it is relaunched within the resume budget first."""
-    if not is_crashed(run, settings, now, starting=True):
-        return []
-    if settings.resume_on_start_failure and run.resume_attempts < settings.resume_attempts:
-        return resume_or_wait(run, settings, now)
-    return [
-        FailRun(
-            c.start_failed_message(str(run.health), run.run_id),
-            c.REASON_START_FAILED,
-            RunFailureReason.UNEXPECTED_TERMINATION,
-            terminate_first=True,
-            debug_info=True,
-        )
-    ]
-
-
-def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
-    """Resume a STARTED run whose worker died, or fail it once the attempts are used up."""
-    if not is_crashed(run, settings, now, starting=False):
-        return []
-    if run.resume_attempts < settings.resume_attempts:
-        return resume_or_wait(run, settings, now)
-    message = c.crash_failed_message(
-        str(run.health), run.run_id, settings.max_resume_run_attempts, settings.can_resume
-    )
-    failed = run.health is not None and run.health.status == WorkerStatus.FAILED.value
-    attempts = settings.resume_attempts
-    return [
-        FailRun(
-            message,
-            c.REASON_WORKER_CRASH,
-            debug_info=failed,
-            limit=attempts,
-            observed=run.resume_attempts,
-        )
-    ]
-
-
-def resume_or_wait(
-    run: RunFacts, settings: MonitorSettings, now: float, kill_first: bool = False
-) -> list[Action]:
-    """The next resume, once the back-off for its attempt number has passed since the later
-    of the crash's first sighting and the previous resume (in a crash loop the new worker dies
-    before any pass sees it healthy, so the sighting alone would shrink the back-off); until
-    then one event saying when it will happen."""
-    attempt = run.resume_attempts + 1
-    message = c.resuming_message(str(run.health), run.run_id)
-    wait = settings.resume_backoff.wait_seconds(attempt, run.run_id)
-    since = max(
-        (t for t in (run.unhealthy_since, run.last_resume_at) if t is not None), default=now
-    )
-    if now - since >= wait:
-        return [ResumeRun(attempt, message, kill_first)]
-    if run.tags.get(c.RESUME_SCHEDULED_TAG) == str(attempt):
-        return []
-    at = datetime.datetime.fromtimestamp(since + wait, datetime.timezone.utc).isoformat()
-    scheduled = c.resume_scheduled_message(attempt, since + wait - now, at)
-    return [Notice(scheduled, c.RESUME_SCHEDULED_TAG, str(attempt), logging.INFO)]
-
-
-def is_crashed(run: RunFacts, settings: MonitorSettings, now: float, starting: bool) -> bool:
-    """A definite failure of a started worker counts at once. UNKNOWN, transient results, and
-    anything unhealthy while the run is still STARTING (a worker being created can look
-    missing or not running yet) count once they have lasted the grace period. A check that
-    raised or timed out never counts: it says nothing about the worker."""
-    health: Health | None = run.health
-    if health is None or health.healthy or not health.answered:
-        return False
-    uncertain = starting or health.transient or health.status == WorkerStatus.UNKNOWN.value
-    if not uncertain:
-        return True
-    since = now if run.unhealthy_since is None else run.unhealthy_since
-    return now - since >= settings.worker_unknown_grace_seconds
 
 
 def runtime_exceeded(run: RunFacts, limit: float, now: float) -> list[Action]:

@@ -59,6 +59,9 @@ def run_monitoring_config_field() -> Field:
                 },
                 is_required=False,
             ),
+            # Validated by settings.py, so every error names the entry (crash_policy[i]).
+            "crash_policy": Field(Any, is_required=False),
+            "oom_memory": Field(Any, is_required=False),
             "rules": Field(
                 [
                     {

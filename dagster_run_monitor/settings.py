@@ -4,7 +4,7 @@ import fnmatch
 import math
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 from typing import Any as AnyType
 
@@ -17,6 +17,7 @@ from dagster._config.errors import (
 from dagster._config.stack import EvaluationStackPathEntry, EvaluationStackRoot
 from dagster._core.errors import DagsterInvalidConfigError
 
+from dagster_run_monitor.crash_cause import CAUSES, CrashCause
 from dagster_run_monitor.limit_table import (
     CANCEL_TIMEOUT,
     LIMITS,
@@ -27,6 +28,7 @@ from dagster_run_monitor.limit_table import (
     START_TIMEOUT,
     STEP_RUNTIME,
 )
+from dagster_run_monitor.memory import OomMemory, parse_memory
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -65,9 +67,38 @@ OUR_KEYS: dict[str, tuple[int, str]] = {
         "PostgreSQL: connections the daemon keeps open per storage (run, event log) instead of"
         " a new connection for each query (0: Dagster's default, no pool).",
     ),
+    "max_uncounted_resumes": (
+        10,
+        "Resumes a run may have under crash_policy's resume_uncounted (preemptions, lost"
+        " nodes), besides max_resume_run_attempts; past it such crashes count.",
+    ),
     **{kind.key: (int(kind.default), kind.description) for kind in LIMITS if not kind.dagsters},
 }
 STALL_ACTIONS = ("fail", "resume")
+RESUME, FAIL, RESUME_UNCOUNTED = "resume", "fail", "resume_uncounted"
+CRASH_ACTIONS = (RESUME, FAIL, RESUME_UNCOUNTED)
+
+
+@dataclass(frozen=True)
+class CrashRule:
+    """One entry of ``crash_policy:``: what to do for the crashes it matches. First match
+    wins; no match: resume."""
+
+    index: int  # 1-based, as in rules
+    action: str  # one of CRASH_ACTIONS
+    causes: frozenset[str] | None = None  # None: any cause
+    exit_codes: frozenset[int] | None = None  # None: any (or no) exit code
+
+    def matches(self, cause: CrashCause) -> bool:
+        return (self.causes is None or cause.kind in self.causes) and (
+            self.exit_codes is None or cause.exit_code in self.exit_codes
+        )
+
+    def describe(self) -> str:
+        what = [f"causes {', '.join(sorted(self.causes))}"] if self.causes else []
+        if self.exit_codes:
+            what.append(f"exit codes {', '.join(map(str, sorted(self.exit_codes)))}")
+        return f"crash_policy[{self.index}] ({'; '.join(what) or 'any crash'}: {self.action})"
 
 
 @dataclass(frozen=True)
@@ -135,6 +166,7 @@ class MonitorSettings:
     health_check_timeout_seconds: float = OUR_KEYS["health_check_timeout_seconds"][0]
     health_check_threads: int = OUR_KEYS["health_check_threads"][0]
     action_threads: int = OUR_KEYS["action_threads"][0]
+    max_uncounted_resumes: int = OUR_KEYS["max_uncounted_resumes"][0]
     storage_pool_size: int = OUR_KEYS["storage_pool_size"][0]
     queue_timeout_seconds: float = QUEUE_TIMEOUT.default
     stall_timeout_seconds: float = STALL_TIMEOUT.default
@@ -148,6 +180,8 @@ class MonitorSettings:
     metrics_port: int | None = None  # Prometheus endpoint (extra "metrics")
     metrics_host: str = "127.0.0.1"
     rules: tuple[Rule, ...] = ()
+    crash_policy: tuple[CrashRule, ...] = ()
+    oom_memory: OomMemory | None = None  # off unless configured
     # What the run launcher can do (facts about the instance, not configuration).
     can_check_health: bool = False
     can_resume: bool = False
@@ -156,6 +190,17 @@ class MonitorSettings:
     def resume_attempts(self) -> int:
         """Resumes allowed per run: none where the launcher cannot resume."""
         return self.max_resume_run_attempts if self.can_resume else 0
+
+    @property
+    def uncounted_resumes(self) -> int:
+        """Resumes allowed per run under ``resume_uncounted`` entries."""
+        if not self.can_resume or all(r.action != RESUME_UNCOUNTED for r in self.crash_policy):
+            return 0
+        return self.max_uncounted_resumes
+
+    def crash_rule(self, cause: CrashCause) -> CrashRule | None:
+        """The ``crash_policy`` entry for ``cause`` (None: no entry matches; resume)."""
+        return next((rule for rule in self.crash_policy if rule.matches(cause)), None)
 
 
 _MINIMUM = {
@@ -203,6 +248,9 @@ def settings_from_config(
     values["alerts"] = _alerts(config.get("alerts") or {})
     values.update(_metrics(config.get("metrics")))
     values["rules"] = tuple(_rule(i, rule) for i, rule in enumerate(config.get("rules") or [], 1))
+    entries = config.get("crash_policy") or []
+    values["crash_policy"] = tuple(_crash_rule(i, entry) for i, entry in enumerate(entries, 1))
+    values["oom_memory"] = _oom_memory(config.get("oom_memory"))
     return MonitorSettings(**values, can_check_health=can_check_health, can_resume=can_resume)
 
 
@@ -291,6 +339,56 @@ def _rule(index: int, config: Mapping[str, AnyType]) -> Rule:
             _fraction(f"rules[{index}].warn_after_fraction", fraction) if fraction else None
         ),
     )
+
+
+def _crash_rule(index: int, config: AnyType) -> CrashRule:
+    key = f"crash_policy[{index}]"
+    if not isinstance(config, Mapping):
+        raise invalid_setting(key, config, "expected {causes: [...], action: ...}")
+    unknown = set(config) - {"causes", "exit_codes", "action"}
+    if unknown:
+        raise invalid_setting(key, dict(config), f"unknown key(s) {', '.join(sorted(unknown))}")
+    action = config.get("action")
+    if action not in CRASH_ACTIONS:
+        raise invalid_setting(
+            f"{key}.action", action, f"expected one of {', '.join(CRASH_ACTIONS)}"
+        )
+    causes = config.get("causes")
+    if causes is not None:
+        if not isinstance(causes, list) or not causes or any(c not in CAUSES for c in causes):
+            why = f"expected a list of causes among {', '.join(CAUSES)}"
+            raise invalid_setting(f"{key}.causes", causes, why)
+    codes = config.get("exit_codes")
+    if codes is not None:
+        valid = isinstance(codes, list) and codes
+        if not valid or any(isinstance(code, bool) or not isinstance(code, int) for code in codes):
+            raise invalid_setting(f"{key}.exit_codes", codes, "expected a list of integers")
+    return CrashRule(
+        index,
+        action,
+        frozenset(causes) if causes is not None else None,
+        frozenset(codes) if codes is not None else None,
+    )
+
+
+def _oom_memory(config: AnyType) -> OomMemory | None:
+    if config is None:
+        return None
+    if not isinstance(config, Mapping):
+        raise invalid_setting("oom_memory", config, "expected {multiplier: 1.5, max: 16Gi}")
+    unknown = set(config) - {"multiplier", "max"}
+    if unknown:
+        why = f"unknown key(s) {', '.join(sorted(unknown))}"
+        raise invalid_setting("oom_memory", dict(config), why)
+    oom = OomMemory(**{k: v for k, v in config.items() if v is not None})
+    number = isinstance(oom.multiplier, (int, float)) and not isinstance(oom.multiplier, bool)
+    if not number or not math.isfinite(oom.multiplier) or oom.multiplier <= 1:
+        raise invalid_setting("oom_memory.multiplier", oom.multiplier, "must be a number above 1")
+    try:
+        parse_memory(oom.max)
+    except ValueError as error:
+        raise invalid_setting("oom_memory.max", oom.max, str(error)) from None
+    return replace(oom, multiplier=float(oom.multiplier), max=str(oom.max))
 
 
 def invalid_setting(key: str, value: object, why: str) -> DagsterInvalidConfigError:

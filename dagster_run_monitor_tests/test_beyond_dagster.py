@@ -29,6 +29,7 @@ from dagster_run_monitor.model import (
 )
 from dagster_run_monitor.policy import decide
 from dagster_run_monitor.settings import Backoff, MonitorSettings, settings_from_config
+from dagster_run_monitor_tests.support.decisions import crash_resume
 from dagster_run_monitor_tests.support.home import monitor_instance
 from dagster_run_monitor_tests.support.launchers import AFTER_RESUME_TAG, HEALTH_TAG
 from dagster_run_monitor_tests.support.runs import (
@@ -192,7 +193,7 @@ def test_resume_waits_for_its_backoff_and_says_when_once():
     (resume,) = decide(
         facts(S.STARTED, unhealthy_since=NOW - 30, tags=announced, **crashed), config, NOW
     )
-    assert resume == ResumeRun(1, c.resuming_message("FAILED: 'gone'", "r1"))
+    assert resume == crash_resume(1, c.resuming_message("FAILED: 'gone'", "r1"))
 
 
 def test_in_a_crash_loop_each_backoff_runs_from_the_previous_resume():
@@ -210,7 +211,7 @@ def test_in_a_crash_loop_each_backoff_runs_from_the_previous_resume():
     assert isinstance(scheduled, Notice)
     assert scheduled.message.startswith("Resume attempt 2 scheduled in 2 seconds, at ")
     (resume,) = decide(facts(S.STARTED, **looping), config, NOW + 2)
-    assert resume == ResumeRun(2, c.resuming_message("FAILED: 'gone'", "r1"))
+    assert resume == crash_resume(2, c.resuming_message("FAILED: 'gone'", "r1"))
 
 
 def test_start_failures_can_be_relaunched_within_the_budget():

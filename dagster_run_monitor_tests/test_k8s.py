@@ -57,16 +57,17 @@ FAKE_K8S_LAUNCHER = {
     "config": LAUNCHER_CONFIG,
 }
 NO_ACTIVE_PODS = "Run has not completed but K8s job has no active pods"  # the launcher's words
-# ...and what the Job's pod says, which the monitor adds (k8s_pods.py)
+# ...and the cause, from what the Job's pod says, which the monitor adds (crash_cause.py)
 POD_ENDED = {
-    "failed": "container 'dagster' terminated: OOMKilled, exit code 137",
-    "succeeded": "container 'dagster' terminated: Completed, exit code 0",
+    "failed": ("oom_killed", "container 'dagster' terminated: OOMKilled, exit code 137"),
+    "succeeded": ("unknown", "container 'dagster' terminated: Completed, exit code 0"),
 }
 
 
 def crash_health(run: DagsterRun, ended: str = "failed", attempt: int = 0) -> str:
     pod = f"{job_name(run, attempt)}-{POD_SUFFIX}"
-    return f"{NO_ACTIVE_PODS} (pod {pod}: {POD_ENDED[ended]})"
+    cause, pod_says = POD_ENDED[ended]
+    return f"FAILED: '{NO_ACTIVE_PODS}' (cause: {cause}, pod {pod}: {pod_says})"
 
 
 @op
@@ -147,7 +148,7 @@ def test_a_job_that_ended_under_a_started_run_is_resumed_with_a_new_job(
         assert worker_command(cluster, job_name(run, 1)) == ["dagster", "api", "resume_run"]
         assert status_of(instance, run.run_id) == S.STARTED
         assert messages(instance, run.run_id)[-4:] == [
-            f"Detected run worker status FAILED: '{crash_health(run, ended)}'. Resuming run"
+            f"Detected run worker status {crash_health(run, ended)}. Resuming run"
             f" {run.run_id} with a new worker.",
             c.RESUME_RUN_LOG_MESSAGE,
             "[FakeClusterK8sRunLauncher] Creating Kubernetes run worker job",
@@ -224,10 +225,13 @@ def test_a_pod_that_cannot_start_fails_the_starting_run_after_the_grace_period(
         assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_START_FAILED
         pod = f"{job_name(run)}-{POD_SUFFIX}"
         failure = messages(instance, run.run_id)[-1]
+        cause = "config_error" if waiting == "CreateContainerConfigError" else "image_pull"
         assert failure.startswith(
-            f"Detected run worker status FAILED: 'pod {pod}: container 'dagster' waiting:"
-            f" {waiting}: {message}' before the run started. Marking run {run.run_id} as failed."
+            "Detected run worker status FAILED: 'The run worker's pod cannot start' (cause:"
+            f" {cause}, pod {pod}: container 'dagster' waiting: {waiting}: {message}) before the"
+            f" run started. Marking run {run.run_id} as failed."
         )
+        assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == cause
         assert cluster.state(job_name(run)) is None  # the Job was deleted: no Pending pod left
 
 
@@ -331,7 +335,7 @@ def test_a_job_that_keeps_failing_fails_the_run_with_the_launchers_debug_info(
         assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_WORKER_CRASH
         pod = f"{job_name(run, 1)}-{POD_SUFFIX}"
         assert messages(instance, run.run_id)[-1] == (
-            f"Detected run worker status FAILED: '{crash_health(run, attempt=1)}'. Marking run"
+            f"Detected run worker status {crash_health(run, attempt=1)}. Marking run"
             f" {run.run_id} as failed, because it has surpassed the configured maximum attempts"
             f" to resume the run: 1.\nDebug information for pod {pod}:\n\n"
             "Pod status: Failed\n"

@@ -44,10 +44,11 @@ def test_the_metrics_endpoint_counts_a_known_pass(make_instance, workspace_conte
         assert len(errors) == 1  # the health check that raised
         m = scrape(port)
     actions = "dagster_run_monitor_actions_total"
-    assert m[(actions, (("action", "resume"), ("reason", "worker_crash")))] == 1
-    assert m[(actions, (("action", "fail"), ("reason", "start_timeout")))] == 1
+    crash = (("action", "resume"), ("cause", "unknown"), ("reason", "worker_crash"))
+    assert m[(actions, crash)] == 1  # a launcher that does not say why: unknown
+    assert m[(actions, (("action", "fail"), ("cause", ""), ("reason", "start_timeout")))] == 1
     warned = "run_monitor/warned/max_runtime_seconds"
-    assert m[(actions, (("action", "notice"), ("reason", warned)))] == 1
+    assert m[(actions, (("action", "notice"), ("cause", ""), ("reason", warned)))] == 1
     assert sum(v for (name, _), v in m.items() if name == actions) == 3
     assert m[("dagster_run_monitor_runs", (("status", "STARTED"),))] == 3
     assert m[("dagster_run_monitor_runs", (("status", "STARTING"),))] == 1

@@ -18,6 +18,7 @@ from dagster_run_monitor.model import (
 )
 from dagster_run_monitor.policy import bad_tag_notices, decide, plan
 from dagster_run_monitor.settings import MonitorSettings
+from dagster_run_monitor_tests.support.decisions import crash_resume
 
 NOW = 10_000.0
 SETTINGS = MonitorSettings(enabled=True, can_check_health=True, can_resume=True)
@@ -145,7 +146,7 @@ def test_max_runtime_applies_to_suspended_runs_and_not_before_start():
 def test_crashed_worker_is_resumed_with_the_next_attempt_number():
     run = facts(S.STARTED, health=FAILED, resume_attempts=1, started_at=NOW - 5)
     assert decide(run, SETTINGS, NOW) == [
-        ResumeRun(
+        crash_resume(
             2,
             "Detected run worker status FAILED: 'exit code 137'. Resuming run r1 with a new"
             " worker.",
@@ -186,7 +187,7 @@ def test_zero_attempts_or_no_resume_support_never_resumes(settings):
 
 def test_not_found_while_started_is_a_crash_without_debug_info():
     (action,) = decide(facts(S.STARTED, health=Health("NOT_FOUND", "gone")), SETTINGS, NOW)
-    assert action == ResumeRun(1, c.resuming_message("NOT_FOUND: 'gone'", "r1"))
+    assert action == crash_resume(1, c.resuming_message("NOT_FOUND: 'gone'", "r1"))
     settings = MonitorSettings(enabled=True, max_resume_run_attempts=0, can_check_health=True)
     (failure,) = decide(facts(S.STARTED, health=Health("NOT_FOUND", "gone")), settings, NOW)
     assert not failure.debug_info
@@ -203,7 +204,7 @@ def test_uncertain_health_counts_only_after_the_grace_period(health):
     almost = facts(S.STARTED, health=health, unhealthy_since=NOW - grace + 1)
     assert decide(almost, SETTINGS, NOW) == []
     lasted = facts(S.STARTED, health=health, unhealthy_since=NOW - grace)
-    assert decide(lasted, SETTINGS, NOW) == [ResumeRun(1, c.resuming_message(str(health), "r1"))]
+    assert decide(lasted, SETTINGS, NOW) == [crash_resume(1, c.resuming_message(str(health), "r1"))]
 
 
 def test_dead_worker_of_a_starting_run_fails_before_the_start_timeout():
@@ -217,6 +218,7 @@ def test_dead_worker_of_a_starting_run_fails_before_the_start_timeout():
         RunFailureReason.UNEXPECTED_TERMINATION,
         terminate_first=True,
         debug_info=True,
+        cause="unknown",
     )
 
 

@@ -22,12 +22,14 @@ from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, serialize_value
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.crash_cause import CrashCause, process_cause
 from dagster_run_monitor.launchers.process_executor import recorded_step_processes
 from dagster_run_monitor.launchers.processes import (
     describe_exit,
     hostname,
     is_alive,
     kill_group,
+    oom_kills,
     start_ticks,
     stop_group,
 )
@@ -116,6 +118,8 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             f"{run.run_id}.resume{attempt}.log" if attempt else f"{run.run_id}.log"
         )
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        kills = oom_kills()
+        kills_at_start = "" if kills is None else str(kills)
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 [origin.executable_path, "-m", "dagster", "api", command, serialize_value(args)],
@@ -131,6 +135,7 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
                 c.WORKER_HOST_TAG: hostname(),
                 c.WORKER_START_TAG: str(start_ticks(process.pid) or ""),
                 c.WORKER_LOG_TAG: str(log_path),
+                c.WORKER_OOM_KILLS_TAG: f"{process.pid}:{kills_at_start}",
             },
         )
         self._instance.report_engine_event(
@@ -142,10 +147,13 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         threading.Thread(target=self._record_exit, args=(run.run_id, process), daemon=True).start()
 
     def _record_exit(self, run_id: str, process: subprocess.Popen) -> None:
-        """Reap the worker (no zombies) and keep its exit status for the health check."""
+        """Reap the worker (no zombies) and keep its exit status, and the kernel's OOM kill
+        count then, for the health check and the crash's cause."""
         returncode = process.wait()
+        kills = oom_kills()
+        exit_status = f"{process.pid}:{returncode}:{'' if kills is None else kills}"
         try:
-            self._instance.add_run_tags(run_id, {c.WORKER_EXIT_TAG: f"{process.pid}:{returncode}"})
+            self._instance.add_run_tags(run_id, {c.WORKER_EXIT_TAG: exit_status})
         except Exception:
             pass  # the health check then reports the worker gone without its status
 
@@ -179,6 +187,7 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
                 WorkerStatus.RUNNING, f"Run worker process {pid} is running."
             )
         recorded_pid, _, returncode = tags.get(c.WORKER_EXIT_TAG, "").partition(":")
+        returncode = returncode.partition(":")[0]
         if recorded_pid == str(pid) and returncode:
             if int(returncode) == 0:
                 return CheckRunHealthResult(
@@ -191,6 +200,20 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             WorkerStatus.FAILED,
             f"Run worker process {pid} is no longer running; its exit status was not recorded.",
         )
+
+    def crash_cause(self, run: DagsterRun) -> CrashCause:
+        """Why the run's current worker process ended: its signal or exit code, recorded when
+        it ended; ``oom_killed`` for a SIGKILL while the kernel's OOM kill count moved."""
+        pid = run.tags.get(c.WORKER_PID_TAG)
+        recorded_pid, _, status = run.tags.get(c.WORKER_EXIT_TAG, "").partition(":")
+        returncode, _, kills_at_exit = status.partition(":")
+        if recorded_pid != pid or not returncode:
+            return process_cause(None)
+        started_pid, _, kills_at_start = run.tags.get(c.WORKER_OOM_KILLS_TAG, "").partition(":")
+        kills = None
+        if started_pid == pid and kills_at_start.isdigit() and kills_at_exit.isdigit():
+            kills = (int(kills_at_start), int(kills_at_exit))
+        return process_cause(int(returncode), kills)
 
     def get_run_worker_debug_info(
         self, run: DagsterRun, include_container_logs: bool | None = True

@@ -31,6 +31,19 @@ def is_alive(pid: int, ticks: int | None = None) -> bool:
     return current is not None and (not ticks or not current or current == ticks)
 
 
+def oom_kills() -> int | None:
+    """The kernel's count of processes its OOM killer ended since boot (None: not Linux)."""
+    try:
+        with open("/proc/vmstat") as vmstat:
+            for line in vmstat:
+                name, _, value = line.partition(" ")
+                if name == "oom_kill":
+                    return int(value)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def describe_exit(returncode: int) -> str:
     if returncode < 0:
         try:
