@@ -106,7 +106,7 @@ def _pod_cause(pod: Any) -> CrashCause | None:
         for condition in (getattr(status, "conditions", None) or [])
         if condition.type == "DisruptionTarget" and condition.status == "True"
     }
-    if reasons & PREEMPTION_REASONS:
+    if reasons & PREEMPTION_REASONS or "node shutdown" in summary:  # spot / preemptible nodes
         return CrashCause(PREEMPTED, summary)
     if reasons & NODE_LOST_REASONS or getattr(status, "phase", None) == "Unknown":
         return CrashCause(NODE_LOST, summary)

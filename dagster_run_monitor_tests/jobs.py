@@ -40,4 +40,15 @@ def hangs():
     hang_silently()
 
 
-defs = Definitions(jobs=[crash_demo, always_dies, sleeps, hangs])
+@op
+def exit_three():
+    print("run worker about to exit with code 3", flush=True)
+    os._exit(3)  # in_process: the worker process itself exits
+
+
+@job(executor_def=in_process_executor)
+def exits_three():
+    exit_three()
+
+
+defs = Definitions(jobs=[crash_demo, always_dies, sleeps, hangs, exits_three])

@@ -164,6 +164,68 @@ def test_a_job_that_ended_under_a_started_run_is_resumed_with_a_new_job(
         assert cluster.count(run.run_id)["create_namespaced_job"] == 2
 
 
+# --- disruptions one node cannot produce: preemption, a lost node, eviction -------------------
+
+PREEMPTED = ("", "PreemptionByScheduler", "Preempted by a higher priority pod")
+NODE_LOST = ("", "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")
+EVICTED = ("Evicted", None, "The node was low on resource: memory.")
+
+
+def test_preemptions_and_lost_nodes_resume_without_using_an_attempt(
+    k8s_instance, cluster, workspace_context
+):
+    """crash_policy resume_uncounted for preempted and node_lost: two such crashes leave the
+    one attempt of max_resume_run_attempts for the OOM kill that follows; the next fails."""
+    policy = [{"causes": ["preempted", "node_lost"], "action": "resume_uncounted"}]
+    with (
+        k8s_instance(max_resume_run_attempts=1, crash_policy=policy) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = start(instance)
+        for attempt, (disruption, cause) in enumerate(
+            [(PREEMPTED, "preempted"), (NODE_LOST, "node_lost")]
+        ):
+            cluster.disrupt(job_name(run, attempt), *disruption)
+            assert monitor_pass(instance, ctx, now=T0 + 120 * (attempt + 1)) == []
+            assert resumes(instance, run) == attempt + 1
+            tags = tags_of(instance, run.run_id)
+            assert tags[c.CRASH_CAUSE_TAG] == cause
+            assert tags[c.UNCOUNTED_RESUMES_TAG] == ",".join(str(n) for n in range(1, attempt + 2))
+            resumed = messages(instance, run.run_id)[-4]
+            assert f"(cause: {cause}, pod {job_name(run, attempt)}-{POD_SUFFIX}: " in resumed
+            assert resumed.endswith(f", not counted against max_resume_run_attempts ({cause}).")
+        cluster.set_state(job_name(run, 2), "failed")  # OOMKilled: counts
+        assert monitor_pass(instance, ctx, now=T0 + 360) == []
+        assert resumes(instance, run) == 3
+        assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "oom_killed"
+        assert tags_of(instance, run.run_id)[c.UNCOUNTED_RESUMES_TAG] == "1,2"
+        cluster.set_state(job_name(run, 3), "failed")
+        assert monitor_pass(instance, ctx, now=T0 + 480) == []
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert resumes(instance, run) == 3
+        assert "surpassed the configured maximum attempts to resume the run: 1" in "".join(
+            messages(instance, run.run_id)[-3:]
+        )
+
+
+def test_an_evicted_worker_is_resumed_and_counted(k8s_instance, cluster, workspace_context):
+    with (
+        k8s_instance(max_resume_run_attempts=1) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = start(instance)
+        cluster.disrupt(job_name(run), *EVICTED)
+        assert monitor_pass(instance, ctx, now=T0 + 120) == []
+        assert resumes(instance, run) == 1
+        assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "evicted"
+        assert c.UNCOUNTED_RESUMES_TAG not in tags_of(instance, run.run_id)
+        assert messages(instance, run.run_id)[-4] == (
+            f"Detected run worker status FAILED: '{NO_ACTIVE_PODS}' (cause: evicted, pod"
+            f" {job_name(run)}-{POD_SUFFIX}: Evicted: The node was low on resource: memory.)."
+            f" Resuming run {run.run_id} with a new worker."
+        )
+
+
 # --- a STARTING run whose pod cannot start ------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from dagster_run_monitor.launchers.processes import is_alive
 from dagster_run_monitor.policy import decide
 from dagster_run_monitor.settings import read_settings
 from dagster_run_monitor_tests.support.home import monitor_instance
-from dagster_run_monitor_tests.support.runs import messages, status_of
+from dagster_run_monitor_tests.support.runs import messages, status_of, tags_of
 from dagster_run_monitor_tests.support.subprocesses import wait_until
 
 # Real processes on a 2-core machine: two of these failed once each in CI, not reproduced
@@ -132,10 +132,11 @@ def test_killed_worker_group_is_resumed_and_finished_steps_do_not_run_again(
         }
         log = messages(instance, run.run_id)
         assert log.count(c.RESUME_RUN_LOG_MESSAGE) == 1
-        assert any(
-            m.startswith(f"Detected run worker status FAILED: 'Run worker process {pid}")
-            for m in log
-        )
+        assert (
+            f"Detected run worker status FAILED: 'Run worker process {pid} was killed by signal"
+            f" SIGKILL.' (cause: signal, SIGKILL). Resuming run {run.run_id} with a new worker."
+        ) in log
+        assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "signal"
         assert not is_alive(pid)
 
 
@@ -205,9 +206,34 @@ def test_a_worker_that_never_starts_fails_the_run_long_before_the_start_timeout(
         assert time.monotonic() - started < 60
         failure = messages(instance, run.run_id)[-1]
         assert "Run worker process" in failure and "exited with code 3" in failure
+        assert "(cause: exit_code, exit code 3) before the run started" in failure
         assert "this deploy is broken" in failure
         tags = instance.get_run_by_id(run.run_id).tags
         assert tags[c.REASON_TAG] == c.REASON_START_FAILED
+        assert tags[c.CRASH_CAUSE_TAG] == "exit_code"
+
+
+def test_crash_policy_fails_a_worker_that_exits_3_without_resuming_it(
+    process_instance, workspace_context
+):
+    """Exit code 3 is this team's "bad input, do not retry": crash_policy fails it at once."""
+    policy = [{"causes": ["exit_code"], "exit_codes": [3], "action": "fail"}]
+    with (
+        process_instance(max_resume_run_attempts=2, crash_policy=policy) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = launch(instance, "exits_three")
+        watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE)
+        log = messages(instance, run.run_id)
+        assert c.RESUME_RUN_LOG_MESSAGE not in log
+        pid = worker_pid(instance, run.run_id)
+        assert log[-1].startswith(
+            f"Detected run worker status FAILED: 'Run worker process {pid} exited with code 3.'"
+            f" (cause: exit_code, exit code 3). Marking run {run.run_id} as failed without"
+            " resuming it, as crash_policy[1] (causes exit_code; exit codes 3: fail) says."
+        )
+        assert "run worker about to exit with code 3" in log[-1]  # the worker's output
+        assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "exit_code"
 
 
 def test_max_runtime_stops_the_worker_and_its_steps(process_instance, workspace_context):

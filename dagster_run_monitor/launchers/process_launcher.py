@@ -54,6 +54,11 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         self.terminate_grace_seconds = terminate_grace_seconds
         self.health_check_interval_seconds = health_check_interval_seconds
         self._log_dir = log_dir
+        self._workers: dict[
+            int, subprocess.Popen
+        ] = {}  # started here, until their exit is recorded
+        self._exits: dict[int, tuple[int, int | None]] = {}  # pid -> returncode, OOM kills then
+        self._exits_lock = threading.Lock()
         super().__init__()
 
     @property
@@ -144,18 +149,60 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             EngineEventData(metadata={"pid": str(process.pid), "log": str(log_path)}),
             cls=self.__class__,
         )
+        self._workers[process.pid] = process
         threading.Thread(target=self._record_exit, args=(run.run_id, process), daemon=True).start()
 
     def _record_exit(self, run_id: str, process: subprocess.Popen) -> None:
         """Reap the worker (no zombies) and keep its exit status, and the kernel's OOM kill
-        count then, for the health check and the crash's cause."""
-        returncode = process.wait()
-        kills = oom_kills()
+        count then, in a tag for the health check and the crash's cause."""
+        if hasattr(os, "waitid"):  # see the exit without reaping it: ``_exited`` may look too
+            try:
+                os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:
+                pass
+        returncode, kills = self._exited(process) or (process.wait(), oom_kills())
+        process.wait()
         exit_status = f"{process.pid}:{returncode}:{'' if kills is None else kills}"
         try:
             self._instance.add_run_tags(run_id, {c.WORKER_EXIT_TAG: exit_status})
         except Exception:
             pass  # the health check then reports the worker gone without its status
+        self._workers.pop(process.pid, None)
+        with self._exits_lock:
+            self._exits.pop(process.pid, None)
+
+    def _exited(self, process: subprocess.Popen) -> tuple[int, int | None] | None:
+        """The exit of a worker started here, read once without reaping it (a health check
+        may see it dead before the reaper has written its tag); None while it runs."""
+        with self._exits_lock:
+            if process.pid not in self._exits:
+                returncode = process.returncode
+                if returncode is None and hasattr(os, "waitid"):
+                    try:
+                        info = os.waitid(
+                            os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT
+                        )
+                    except ChildProcessError:
+                        info = None
+                    if info is not None:
+                        killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
+                        returncode = -info.si_status if killed else info.si_status
+                if returncode is None:
+                    return None
+                self._exits[process.pid] = (returncode, oom_kills())
+            return self._exits[process.pid]
+
+    def _exit_status(self, run: DagsterRun) -> tuple[int, int | None] | None:
+        """(returncode, OOM kill count at the exit) of the run's current worker, if ended."""
+        pid = run.tags.get(c.WORKER_PID_TAG)
+        process = self._workers.get(int(pid)) if pid and pid.isdigit() else None
+        if process is not None and (exited := self._exited(process)) is not None:
+            return exited
+        recorded_pid, _, status = run.tags.get(c.WORKER_EXIT_TAG, "").partition(":")
+        returncode, _, kills = status.partition(":")
+        if recorded_pid != pid or not returncode:
+            return None
+        return int(returncode), int(kills) if kills.isdigit() else None
 
     @property
     def log_dir(self) -> Path:
@@ -186,15 +233,14 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             return CheckRunHealthResult(
                 WorkerStatus.RUNNING, f"Run worker process {pid} is running."
             )
-        recorded_pid, _, returncode = tags.get(c.WORKER_EXIT_TAG, "").partition(":")
-        returncode = returncode.partition(":")[0]
-        if recorded_pid == str(pid) and returncode:
-            if int(returncode) == 0:
+        exited = self._exit_status(run)
+        if exited is not None:
+            if exited[0] == 0:
                 return CheckRunHealthResult(
                     WorkerStatus.SUCCESS, f"Run worker process {pid} exited with code 0."
                 )
             return CheckRunHealthResult(
-                WorkerStatus.FAILED, f"Run worker process {pid} {describe_exit(int(returncode))}."
+                WorkerStatus.FAILED, f"Run worker process {pid} {describe_exit(exited[0])}."
             )
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
@@ -204,16 +250,16 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
     def crash_cause(self, run: DagsterRun) -> CrashCause:
         """Why the run's current worker process ended: its signal or exit code, recorded when
         it ended; ``oom_killed`` for a SIGKILL while the kernel's OOM kill count moved."""
-        pid = run.tags.get(c.WORKER_PID_TAG)
-        recorded_pid, _, status = run.tags.get(c.WORKER_EXIT_TAG, "").partition(":")
-        returncode, _, kills_at_exit = status.partition(":")
-        if recorded_pid != pid or not returncode:
+        exited = self._exit_status(run)
+        if exited is None:
             return process_cause(None)
+        pid = run.tags.get(c.WORKER_PID_TAG)
         started_pid, _, kills_at_start = run.tags.get(c.WORKER_OOM_KILLS_TAG, "").partition(":")
+        returncode, kills_at_exit = exited
         kills = None
-        if started_pid == pid and kills_at_start.isdigit() and kills_at_exit.isdigit():
-            kills = (int(kills_at_start), int(kills_at_exit))
-        return process_cause(int(returncode), kills)
+        if started_pid == pid and kills_at_start.isdigit() and kills_at_exit is not None:
+            kills = (int(kills_at_start), kills_at_exit)
+        return process_cause(returncode, kills)
 
     def get_run_worker_debug_info(
         self, run: DagsterRun, include_container_logs: bool | None = True

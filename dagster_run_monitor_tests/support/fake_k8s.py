@@ -80,6 +80,30 @@ class FakeCluster:
             pod = self.pods[f"{job_name}-{POD_SUFFIX}"]
             pod.status = _pod_status(state, pod.spec)
 
+    def disrupt(self, job_name: str, reason: str, condition: str | None, message: str) -> None:
+        """What a multi-node cluster does to the Job's pod, which one node cannot: preemption,
+        eviction, a lost node. The pod fails with the pod ``reason`` and a ``DisruptionTarget``
+        ``condition`` (Kubernetes 1.26+), as Kubernetes' documentation describes; the Job
+        (backoffLimit 0) fails."""
+        with self._lock:
+            job = self.jobs[job_name]
+            job.status = _job_status("failed", job.status.start_time)
+            pod = self.pods[f"{job_name}-{POD_SUFFIX}"]
+            conditions = []
+            if condition:
+                conditions.append(
+                    k8s.V1PodCondition(
+                        type="DisruptionTarget", status="True", reason=condition, message=message
+                    )
+                )
+            pod.metadata.deletion_timestamp = _now() if condition else None
+            pod.status = k8s.V1PodStatus(
+                phase="Failed",
+                reason=reason or None,
+                message=None if condition else message,
+                conditions=conditions,
+            )
+
     def remove(self, job_name: str) -> None:
         """The Job is gone (TTL, ``kubectl delete``, a lost namespace): reads answer 404."""
         with self._lock:
