@@ -2,8 +2,9 @@
 
 import os
 import time
+from pathlib import Path
 
-from dagster import Definitions, in_process_executor, job, op
+from dagster import Definitions, OpExecutionContext, in_process_executor, job, op
 from dagster_docker import docker_executor
 
 from dagster_run_monitor.demo_job import extract, load, report, transform
@@ -35,4 +36,23 @@ def docker_sleeps():
     sleep_long()
 
 
-defs = Definitions(jobs=[docker_steps, docker_dies, docker_sleeps])
+@op(config_schema={"marker": str})
+def allocate_once(context: OpExecutionContext) -> None:
+    """Allocates 1 GiB the first time (the container's mem_limit OOM-kills the worker),
+    nothing on a resume."""
+    marker = Path(context.op_config["marker"])
+    if marker.exists():
+        context.log.info("second attempt: not allocating")
+        return
+    marker.write_text(context.run_id)
+    hog = bytearray(1 << 30)
+    for i in range(0, len(hog), 4096):  # touch every page
+        hog[i] = 1
+
+
+@job(executor_def=in_process_executor)
+def docker_oom():
+    allocate_once()
+
+
+defs = Definitions(jobs=[docker_steps, docker_dies, docker_sleeps, docker_oom])

@@ -3,7 +3,6 @@ in-cluster config, as in a Helm deployment), and run workers that die in chosen 
 
 import os
 import time
-from pathlib import Path
 
 from dagster import Definitions, OpExecutionContext, in_process_executor, job, op
 from dagster_k8s import k8s_job_executor
@@ -53,22 +52,18 @@ def k8s_dies():
     exit_the_worker()
 
 
-@op(config_schema={"marker": str})
-def allocate_once(context: OpExecutionContext) -> None:
-    """Allocates 1 GiB the first time (the OOM killer ends the worker), nothing on a resume."""
-    marker = Path(context.op_config["marker"])
-    if marker.exists():
-        context.log.info("second attempt: not allocating")
-        return
-    marker.write_text(context.run_id)
-    hog = bytearray(1 << 30)
+@op
+def allocate_500mi(context: OpExecutionContext) -> None:
+    """Needs 500 MiB on every attempt: OOMKilled under a 400Mi limit, fine under 1000Mi."""
+    hog = bytearray(500 << 20)
     for i in range(0, len(hog), 4096):  # touch every page
         hog[i] = 1
+    context.log.info(f"allocated {len(hog) >> 20} MiB")
 
 
 @job(executor_def=in_process_executor)
 def k8s_oom():
-    allocate_once()
+    allocate_500mi()
 
 
 defs = Definitions(jobs=[k8s_steps, k8s_sleeps, k8s_dies, k8s_oom])

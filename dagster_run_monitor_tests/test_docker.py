@@ -57,7 +57,7 @@ def mounts(home: Path) -> dict:
 
 @pytest.fixture
 def docker_home(tmp_path, docker_client, postgres_database):
-    def factory(**run_monitoring):
+    def factory(container_kwargs=None, **run_monitoring):
         home = tmp_path / "home"
         launcher = {
             "module": "dagster_docker",
@@ -70,7 +70,7 @@ def docker_home(tmp_path, docker_client, postgres_database):
                     f"PATH={Path(sys.executable).parent}:/usr/bin:/bin",
                     "HOME=/tmp",
                 ],
-                "container_kwargs": {"volumes": mounts(home)},
+                "container_kwargs": {"volumes": mounts(home), **(container_kwargs or {})},
             },
         }
         settings = {
@@ -157,7 +157,27 @@ def test_a_container_that_keeps_dying_is_resumed_max_times_then_failed(docker_ho
     failure = messages[-1]
     assert "surpassed the configured maximum attempts to resume the run: 2" in failure
     assert '"ExitCode": 3' in failure and "exit code 3" in failure
+    assert "(cause: exit_code, container exited, exit code 3)" in failure
+    assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "exit_code"
     assert "run worker about to exit with code 3" in failure  # the container's log tail
+
+
+def test_a_container_over_its_mem_limit_is_oom_killed_and_resumed(docker_home):
+    """mem_limit in the launcher's container_kwargs: the kernel kills the worker at 400 MiB.
+    Docker runs keep their memory on a resume (the container's settings come from the
+    launcher and the code location, not from the run), so the step allocates only once."""
+    limit = {"mem_limit": "400m", "memswap_limit": "400m"}
+    home, instance = docker_home(container_kwargs=limit, max_resume_run_attempts=1)
+    run_config = {"ops": {"allocate_once": {"config": {"marker": str(home / "allocated")}}}}
+    with daemon(home):
+        run = launch(instance, "docker_oom", run_config=run_config)
+        wait_until(lambda: instance.get_run_by_id(run.run_id).is_finished, 240, "the run to end")
+    messages = log(instance, run.run_id)
+    assert status(instance, run.run_id) == S.SUCCESS, messages[-5:]
+    assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    resumed = next(m for m in messages if m.startswith("Detected run worker status"))
+    assert "(cause: oom_killed, container exited, OOMKilled, exit code 137)" in resumed
+    assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "oom_killed"
 
 
 def test_a_missing_image_fails_the_run_and_leaves_no_container(docker_home, docker_client):

@@ -359,6 +359,8 @@ def test_a_deleted_run_worker_job_is_resumed_and_every_step_runs_once(k8s_home, 
     cluster.jobs_end(run.run_id)
     detected = next(m for m in messages if m.startswith("Detected run worker status"))
     assert detected.startswith(f"Detected run worker status UNKNOWN: 'Job {job(run)} could not")
+    assert "(cause: deleted, " in detected
+    assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "deleted"
     assert step_starts(instance, run.run_id) == ALL_STEPS  # the step Job outlived the worker
     jobs = cluster.jobs(run.run_id)
     assert jobs[job(run, 1)] == "succeeded" and job(run) not in jobs
@@ -381,6 +383,7 @@ def test_a_killed_run_worker_container_is_resumed(k8s_home, cluster):
     messages = log(instance, run.run_id)
     assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 1
     detected = next(m for m in messages if m.startswith("Detected run worker status"))
+    assert "(cause: signal, SIGKILL, pod dagster-run-" in detected
     assert "container 'dagster' terminated: Error, exit code 137" in detected
     assert step_starts(instance, run.run_id) == ALL_STEPS
     cluster.jobs_end(run.run_id)
@@ -401,7 +404,8 @@ def test_a_pod_that_cannot_start_fails_the_run_long_before_the_start_timeout(k8s
         assert_ends(instance, run.run_id, S.FAILURE, timeout=120)
     run = instance.get_run_by_id(run.run_id)
     failure = log(instance, run.run_id)[-1]
-    assert failure.startswith("Detected run worker status FAILED: 'pod dagster-run-")
+    assert failure.startswith("Detected run worker status FAILED: 'The run worker's pod cannot")
+    assert "(cause: config_error, pod dagster-run-" in failure
     assert "CreateContainerConfigError" in failure and "no-such-config-map" in failure
     assert "before the run started" in failure
     assert run.tags[c.REASON_TAG] == c.REASON_START_FAILED
@@ -428,6 +432,7 @@ def test_a_worker_that_keeps_exiting_is_resumed_max_times_then_failed(k8s_home, 
     }
     failure = messages[-1]
     assert "surpassed the configured maximum attempts to resume the run: 2" in failure
+    assert "(cause: exit_code, pod dagster-run-" in failure
     assert "container 'dagster' terminated: Error, exit code 3" in failure
     assert f"Debug information for pod {job(run, 2)}-" in failure  # the launcher's pod info
     assert "run worker about to exit with code 3" in failure  # the pod's log tail
@@ -482,24 +487,63 @@ def test_terminate_stops_the_step_jobs_and_the_run_is_never_resumed(k8s_home, cl
     assert status(instance, run.run_id) == S.CANCELED
 
 
-# --- 8. the OOM killer ------------------------------------------------------------------------
+# --- 8. the OOM killer, and more memory on the resume -------------------------------------
 
 
-def test_an_oom_killed_worker_is_resumed_and_the_crash_message_says_oomkilled(k8s_home, cluster):
-    home, instance = k8s_home(max_resume_run_attempts=2)
+def test_an_oom_killed_worker_is_resumed_with_more_memory_and_succeeds(k8s_home, cluster):
+    """The step needs 500 MiB on every attempt: killed under 400Mi, it succeeds once
+    oom_memory has raised the worker's limit (x2.5: 1000Mi) in the run's dagster-k8s/config."""
+    home, instance = k8s_home(
+        max_resume_run_attempts=1, oom_memory={"multiplier": 2.5, "max": "2Gi"}
+    )
     small = {"resources": {"limits": {"memory": "400Mi"}, "requests": {"memory": "400Mi"}}}
-    run_config = {"ops": {"allocate_once": {"config": {"marker": str(home / "allocated")}}}}
     with daemon(home):
-        run = launch(
-            instance, "k8s_oom", tags=k8s_config(container_config=small), run_config=run_config
-        )
+        run = launch(instance, "k8s_oom", tags=k8s_config(container_config=small))
         assert_ends(instance, run.run_id, S.SUCCESS)
     messages = log(instance, run.run_id)
     assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 1
     detected = next(m for m in messages if m.startswith("Detected run worker status"))
+    assert "(cause: oom_killed, pod dagster-run-" in detected
     assert "container 'dagster' terminated: OOMKilled, exit code 137" in detected
+    assert "Resuming with memory limit 1000Mi (was 400Mi) after the worker was OOMKilled." in (
+        messages
+    )
+    assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "oom_killed"
+    resumed = cluster.batch.read_namespaced_job(job(run, 1), NAMESPACE)
+    resources = resumed.spec.template.spec.containers[0].resources
+    assert resources.limits["memory"] == "1000Mi" and resources.requests["memory"] == "1000Mi"
     cluster.jobs_end(run.run_id)
     assert cluster.jobs(run.run_id) == {job(run): "failed", job(run, 1): "succeeded"}
+
+
+# --- 9. an image that cannot be pulled, and crash_policy fail ---------------------------------
+
+MISSING_IMAGE = "127.0.0.1:9/dagster-run-monitor-missing:none"  # loopback; never pulled
+
+
+def test_an_image_that_cannot_be_pulled_fails_without_a_resume(k8s_home, cluster):
+    """resume_on_start_failure would relaunch a worker that died while starting; crash_policy
+    says an image that cannot be pulled is not worth it."""
+    home, instance = k8s_home(
+        resume_on_start_failure=True,
+        max_resume_run_attempts=2,
+        crash_policy=[{"causes": ["image_pull"], "action": "fail"}],
+    )
+    with daemon(home):
+        run = launch(
+            instance, "k8s_sleeps", tags=k8s_config(container_config={"image": MISSING_IMAGE})
+        )
+        assert_ends(instance, run.run_id, S.FAILURE, timeout=120)
+    messages = log(instance, run.run_id)
+    assert c.RESUME_RUN_LOG_MESSAGE not in messages
+    failure = messages[-1]
+    assert failure.startswith("Detected run worker status FAILED: 'The run worker's pod cannot")
+    assert "(cause: image_pull, pod dagster-run-" in failure and "ErrImageNeverPull" in failure
+    assert "as crash_policy[1] (causes image_pull: fail) says." in failure
+    tags = instance.get_run_by_id(run.run_id).tags
+    assert tags[c.CRASH_CAUSE_TAG] == "image_pull"
+    assert tags[c.REASON_TAG] == c.REASON_START_FAILED
+    cluster.nothing_left(run.run_id)
 
 
 # --- cost on the real cluster -------------------------------------------------------------------
