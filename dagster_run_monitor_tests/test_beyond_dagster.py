@@ -418,6 +418,26 @@ def test_one_warning_and_one_alert_per_threshold_also_across_restarts(
     assert [a.run_id for a in CALLED] == [run.run_id]
 
 
+def test_a_crashed_worker_is_one_crash_alert_with_its_cause(
+    make_instance, workspace_context, webhook
+):
+    config = {
+        "max_resume_run_attempts": 0,
+        "alerts": {"webhook": {"url": webhook, "timeout_seconds": 2, "retries": 1}},
+    }
+    with make_instance(run_monitoring=config) as instance:
+        run = make_run(instance, S.STARTED, started=T0 - 50, tags={HEALTH_TAG: "FAILED"})
+        with workspace_context(instance) as ctx:
+            for i in range(2):
+                monitor_pass(instance, ctx, now=T0 + i)
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "unknown"
+    (posted,) = Receiver.received  # once, though two passes ran
+    assert posted["kind"] == "crash" and posted["cause"] == "unknown"
+    assert posted["run_id"] == run.run_id
+    assert posted["message"].startswith("Detected run worker status FAILED: ")
+
+
 def test_rules_by_job_name_and_tags_on_the_run_beat_them(make_instance, workspace_context):
     rules = [{"match": {"job": "etl_*"}, "max_runtime_seconds": 50}]
     with make_instance(run_monitoring={"rules": rules}) as instance:

@@ -269,3 +269,34 @@ def test_a_stalled_run_is_resumed_by_killing_its_hung_worker(process_instance, w
         assert log[-1].startswith("Run stalled:") or "Run stalled:" in "".join(log[-3:])
         assert instance.get_run_by_id(run.run_id).tags[c.REASON_TAG] == c.REASON_STALLED
         assert not is_alive(first) and not is_alive(worker_pid(instance, run.run_id))
+
+
+def test_explain_shows_the_cause_and_the_crash_policy_entry_that_applies(process_instance):
+    from click.testing import CliRunner
+
+    from dagster_run_monitor.cli import main as cli
+
+    policy = [{"causes": ["exit_code"], "exit_codes": [3], "action": "fail"}]
+    with process_instance(max_resume_run_attempts=2, crash_policy=policy) as instance:
+        run = launch(instance, "exits_three")
+        wait_until(
+            lambda: c.WORKER_EXIT_TAG in instance.get_run_by_id(run.run_id).tags,
+            60,
+            "the worker to exit",
+        )
+        explained = CliRunner().invoke(cli, ["explain", run.run_id])  # no pass has run
+        assert explained.exit_code == 0, explained.output
+        pid = worker_pid(instance, run.run_id)
+        lines = explained.output.splitlines()
+        assert (
+            f"  worker: FAILED: 'Run worker process {pid} exited with code 3.' (cause: exit_code,"
+            " exit code 3)"
+        ) in lines
+        assert "  crash policy: crash_policy[1] (causes exit_code; exit codes 3: fail)" in lines
+        assert "  resumes: 0 of 2 used" in lines
+        assert any(
+            line.startswith("Next pass: FailRun: Detected run worker status FAILED:")
+            and "without resuming it, as crash_policy[1]" in line
+            for line in lines
+        )
+        assert status_of(instance, run.run_id) == S.STARTED  # explain changes nothing
