@@ -66,7 +66,13 @@ FORCE_FAILED_MESSAGE = (
 )
 
 
-def resuming_message(health: str, run_id: str) -> str:
+def resuming_message(health: str, run_id: str, uncounted: str | None = None) -> str:
+    """``uncounted``: the cause of a resume that does not use an attempt (``crash_policy``)."""
+    if uncounted:
+        return (
+            f"Detected run worker status {health}. Resuming run {run_id} with a new worker,"
+            f" not counted against max_resume_run_attempts ({uncounted})."
+        )
     return f"Detected run worker status {health}. Resuming run {run_id} with a new worker."
 
 
@@ -87,10 +93,10 @@ def crash_policy_failed_message(health: str, run_id: str, rule: str) -> str:
     )
 
 
-def start_failed_message(health: str, run_id: str) -> str:
-    return (
-        f"Detected run worker status {health} before the run started. Marking run {run_id}"
-        " as failed."
+def start_failed_message(health: str, run_id: str, rule: str | None = None) -> str:
+    """``rule``: the ``crash_policy`` entry that says fail."""
+    return f"Detected run worker status {health} before the run started. Marking run {run_id}" + (
+        f" as failed, as {rule} says." if rule else " as failed."
     )
 
 

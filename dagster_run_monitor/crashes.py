@@ -4,6 +4,7 @@ more memory after an OOM kill) or fail it, as ``crash_policy`` says. Pure."""
 import datetime
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from dagster._core.events import RunFailureReason
 from dagster._core.launcher import WorkerStatus
@@ -39,15 +40,14 @@ def start_failure(run: RunFacts, settings: MonitorSettings, now: float) -> list[
         )
         if resumed is not None:
             return resumed
-    message = c.start_failed_message(str(run.health), run.run_id)
-    if rule is not None and rule.action == FAIL:
-        message = f"{message[:-1]}, as {rule.describe()} says."
+    says_fail = rule.describe() if rule is not None and rule.action == FAIL else None
+    message = c.start_failed_message(str(run.health), run.run_id, says_fail)
     return [
         crash_failure(
             run,
             message,
             c.REASON_START_FAILED,
-            RunFailureReason.UNEXPECTED_TERMINATION,
+            failure_reason=RunFailureReason.UNEXPECTED_TERMINATION,
             terminate_first=True,
             debug_info=True,
         )
@@ -83,10 +83,11 @@ def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[A
     ]
 
 
-def crash_failure(run: RunFacts, message: str, reason: str, *args, **kwargs) -> FailRun:
+def crash_failure(run: RunFacts, message: str, reason: str, **fields: Any) -> FailRun:
+    """The failure of a crashed run: its cause in the tag and in a ``crash`` alert."""
     cause = cause_of(run).kind
     alert = Alert(run.run_id, run.job_name, "crash", message, cause=cause)
-    return FailRun(message, reason, *args, cause=cause, alert=alert, **kwargs)
+    return FailRun(message, reason, cause=cause, alert=alert, **fields)
 
 
 def uncounted_attempts(tags: Mapping[str, str], resumes: int) -> int:
@@ -145,9 +146,7 @@ def crash_resume(
     """The resume of a crashed worker: its cause in a tag, uncounted attempts in another, and
     after an OOM kill on Kubernetes (``oom_memory``) the raised memory."""
     cause = cause_of(run)
-    message = c.resuming_message(str(run.health), run.run_id)
-    if uncounted:
-        message = f"{message[:-1]}, not counted against max_resume_run_attempts ({cause.kind})."
+    message = c.resuming_message(str(run.health), run.run_id, cause.kind if uncounted else None)
     tags: dict[str, str] = {c.CRASH_CAUSE_TAG: cause.kind}
     if uncounted:
         numbers = {*run.tags.get(c.UNCOUNTED_RESUMES_TAG, "").split(","), str(attempt)}
