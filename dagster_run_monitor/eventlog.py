@@ -1,6 +1,8 @@
 """Batched event-log reads: a few queries per pass, however many runs are in progress."""
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 
 import sqlalchemy as db
 from dagster._core.events import DagsterEventType
@@ -12,7 +14,8 @@ from dagster._time import utc_datetime_from_naive
 from dagster_run_monitor.constants import RESUME_RUN_LOG_MESSAGE
 from dagster_run_monitor.internals import EVENT_LOGS, SqlEventLogStorage, SqliteEventLogStorage
 
-CHUNK = 500  # run ids per IN (...) clause
+CHUNK = 500  # run ids per IN (...) clause (SQLite caps bound parameters)
+POSTGRES_CHUNK = 10_000  # psycopg2 inlines the list: one statement for a whole pass
 
 
 def _single_database(storage: EventLogStorage) -> bool:
@@ -40,7 +43,7 @@ def latest_event_times(
     table = EVENT_LOGS
     times = {}
     with storage.index_connection() as conn:  # type: ignore[attr-defined]
-        for chunk in _chunks(run_ids):
+        for chunk in _chunks(run_ids, storage):
             query = (
                 db.select(table.c.run_id, db.func.max(table.c.timestamp))
                 .where(table.c.run_id.in_(chunk))
@@ -85,7 +88,7 @@ def running_steps(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str,
     else:
         table = EVENT_LOGS
         with storage.index_connection() as conn:  # type: ignore[attr-defined]
-            for chunk in _chunks(run_ids):
+            for chunk in _chunks(run_ids, storage):
                 query = (
                     db.select(
                         table.c.run_id,
@@ -106,6 +109,28 @@ def running_steps(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str,
         if started > ends.get((run_id, step_key), -1.0):
             running.setdefault(run_id, {})[step_key] = started
     return running
+
+
+_PASS = threading.local()  # the resume counts a health-check thread answers from
+
+
+@contextlib.contextmanager
+def answering_resume_counts(counts: Mapping[str, int]) -> Iterator[None]:
+    """In this thread, ``RunMonitorInstance.count_resume_run_attempts`` answers from ``counts``
+    (read in one query at the start of the pass) for the runs in it. Only health checks run
+    so: a launcher that names a worker by its attempt (``K8sRunLauncher``) would otherwise
+    cost a query per run per pass; actions, a resume or a terminate, always count afresh."""
+    previous = getattr(_PASS, "counts", None)
+    _PASS.counts = counts
+    try:
+        yield
+    finally:
+        _PASS.counts = previous
+
+
+def counted_this_pass(run_id: str) -> int | None:
+    counts = getattr(_PASS, "counts", None)
+    return counts.get(run_id) if counts is not None else None
 
 
 def count_resume_attempts(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str, int]:
@@ -136,7 +161,7 @@ def resume_history(
         return history
     table = EVENT_LOGS
     with storage.index_connection() as conn:  # type: ignore[attr-defined]
-        for chunk in _chunks(run_ids):
+        for chunk in _chunks(run_ids, storage):
             query = (
                 db.select(table.c.run_id, table.c.event)
                 .where(table.c.run_id.in_(chunk))
@@ -148,5 +173,8 @@ def resume_history(
     return history
 
 
-def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
-    return [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+def _chunks(items: Sequence[str], storage: EventLogStorage | None = None) -> list[Sequence[str]]:
+    size = CHUNK
+    if storage is not None and type(storage).__module__.startswith("dagster_postgres"):
+        size = POSTGRES_CHUNK
+    return [items[i : i + size] for i in range(0, len(items), size)]

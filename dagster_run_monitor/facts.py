@@ -30,17 +30,20 @@ def observe(
     claims). ``crashes_only`` leaves out what only the timeout policies need (stalls, steps); a
     daemon's ``reader`` re-reads only the runs that changed since its last pass."""
     records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
-    checks = None
+    storage = instance.event_log_storage
+    checks, resumes = None, {}
     if settings.can_check_health:  # the checks run while the event log is read
+        checked = [r.dagster_run for r in records if r.dagster_run.status in HEALTH_CHECKED]
+        resumes = resume_history(storage, [run.run_id for run in checked])
         checks = HealthChecks(
             instance.run_launcher,
             settings.health_check_threads,
             settings.health_check_timeout_seconds,
+            {run_id: count for run_id, (count, _) in resumes.items()},
         )
-        checks.submit([r.dagster_run for r in records if r.dagster_run.status in HEALTH_CHECKED])
+        checks.submit(checked)
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
-    storage = instance.event_log_storage
     launched = latest_event_times(
         storage, ids_in(DagsterRunStatus.STARTING), DagsterEventType.PIPELINE_STARTING
     )
@@ -63,7 +66,8 @@ def observe(
     )
     health: dict[str, Health] = checks.results() if checks is not None else {}
     unhealthy = {i for i, h in health.items() if h.answered and not h.healthy}
-    resumes = resume_history(storage, sorted({*unhealthy, *stall_watched}))
+    unread = sorted({*unhealthy, *stall_watched} - resumes.keys())
+    resumes = {**resumes, **resume_history(storage, unread)}
     facts = []
     for record in records:
         run_id = record.dagster_run.run_id

@@ -5,13 +5,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from dagster._core.launcher import RunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dagster_run_monitor.crash_cause import CrashCause, docker_cause
+from dagster_run_monitor.eventlog import answering_resume_counts
 from dagster_run_monitor.internals import docker_container
 from dagster_run_monitor.model import Health
 
@@ -24,12 +25,21 @@ class HealthChecks:
 
     A check that raises or outlives ``timeout_seconds`` has no answer (``answered`` False):
     an API error or a hung call is no evidence that a worker died, so the run is checked
-    again next pass. The threads are daemon threads: a check that hangs holds only its own
-    thread, never this pass, the next one, or the process's exit; checks still queued when
-    the batch's time is up (every thread hung) have no answer either."""
+    again next pass. ``resume_counts``: each run's resume count, read for the pass, which the
+    launcher's ``count_resume_run_attempts`` calls answer from. The threads are daemon
+    threads: a check that hangs holds only its own thread, never this pass, the next one, or
+    the process's exit; checks still queued when the batch's time is up (every thread hung)
+    have no answer either."""
 
-    def __init__(self, launcher: RunLauncher, threads: int, timeout_seconds: float):
+    def __init__(
+        self,
+        launcher: RunLauncher,
+        threads: int,
+        timeout_seconds: float,
+        resume_counts: Mapping[str, int] | None = None,
+    ):
         self._launcher = launcher
+        self._resume_counts = resume_counts or {}
         self._threads = max(1, threads)
         self._timeout = timeout_seconds
         self._queue: deque[DagsterRun] = deque()
@@ -52,6 +62,10 @@ class HealthChecks:
             threading.Thread(target=self._work, daemon=True, name="run_monitor_health").start()
 
     def _work(self) -> None:
+        with answering_resume_counts(self._resume_counts):
+            self._check_queued()
+
+    def _check_queued(self) -> None:
         while True:
             with self._changed:
                 if not self._queue:

@@ -65,9 +65,13 @@ class RunMonitorInstanceMixin:
         return uncounted < read_settings(self).uncounted_resumes  # preemptions, lost nodes
 
     def count_resume_run_attempts(self, run_id: str) -> int:
-        """One query instead of Dagster's scan of every engine event of the run."""
-        from dagster_run_monitor.eventlog import count_resume_attempts
+        """One query instead of Dagster's scan of every engine event of the run; none during a
+        pass's health checks (``eventlog.answering_resume_counts``)."""
+        from dagster_run_monitor.eventlog import count_resume_attempts, counted_this_pass
 
+        counted = counted_this_pass(run_id)
+        if counted is not None:
+            return counted
         return count_resume_attempts(self.event_log_storage, [run_id])[run_id]  # type: ignore[attr-defined]
 
     def get_required_daemon_types(self) -> Sequence[str]:
