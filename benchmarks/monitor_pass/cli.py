@@ -29,7 +29,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="built-in passes at N >= --large-n (default 1: ~N x 0.8 x latency each)",
     )
     p.add_argument("--large-n", type=int, default=5000)
-    p.add_argument("--latency", type=float, default=0.02, help="health check seconds (0.02)")
+    p.add_argument("--latency", type=float, default=0.02, help="API call seconds (0.02)")
+    p.add_argument(
+        "--launcher",
+        choices=("harness", "k8s"),
+        default="harness",
+        help="harness: the test launcher; k8s: Dagster's K8sRunLauncher, its API faked",
+    )
     p.add_argument("--events-per-run", type=int, default=200)
     p.add_argument("--jobs", type=int, default=10, help="distinct jobs (execution plans)")
     p.add_argument("--health-check-threads", type=int, default=0, help="0: our default")

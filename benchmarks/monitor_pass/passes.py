@@ -15,7 +15,7 @@ from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_ite
 from dagster._utils.error import SerializableErrorInfo
 
 from benchmarks.monitor_pass.measure import MB, RssSampler, SqlCounter, release_memory
-from benchmarks.monitor_pass.storage import cached_schema_checks
+from benchmarks.monitor_pass.storage import K8S_NAMESPACE, cached_schema_checks
 from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
 
@@ -31,6 +31,7 @@ class PassResult:
     connections: int
     statements: dict[str, int]
     health_checks: int
+    api_calls: int  # the launcher's remote calls (harness: one per health check)
     rss_start: int
     rss_peak: int
     errors: list[str] = field(default_factory=list)
@@ -49,7 +50,7 @@ def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -
     """One pass of ``kind``. Ours is one daemon object for all passes on an instance, as under
     ``dagster-daemon run``: its first pass reads every run, later ones only changed runs."""
     launcher = instance.run_launcher
-    checks_before = launcher.health_checks
+    checks_before, calls_before = launcher.health_checks, api_calls(launcher)
     daemon = None
     if kind == "ours":
         daemon = DAEMONS.setdefault(id(instance), RunMonitorDaemon.from_instance(instance))
@@ -76,10 +77,19 @@ def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -
         counter.connections,
         dict(counter.statements),
         launcher.health_checks - checks_before,
+        api_calls(launcher) - calls_before,
         rss_start,
         rss_peak,
         errors,
     )
+
+
+def api_calls(launcher) -> int:
+    return getattr(launcher, "api_calls", launcher.health_checks)
+
+
+def is_k8s(instance: DagsterInstance) -> bool:
+    return hasattr(instance.run_launcher, "api_calls")
 
 
 def fingerprint(instance: DagsterInstance) -> tuple:
@@ -108,6 +118,16 @@ def fingerprint(instance: DagsterInstance) -> tuple:
 
 
 def mark_crashed(instance: DagsterInstance, run_ids: Sequence[str]) -> None:
+    """The workers of ``run_ids`` (none resumed before) die: the harness reads a tag; on the
+    fake Kubernetes API their Jobs fail, their pods OOMKilled."""
+    if is_k8s(instance):
+        from dagster_k8s.job import get_job_name_from_run_id
+
+        from dagster_run_monitor_tests.support.fake_k8s import CLUSTER
+
+        for run_id in run_ids:
+            CLUSTER.put_job(get_job_name_from_run_id(run_id), K8S_NAMESPACE, "failed")
+        return
     with cached_schema_checks(instance):
         for run_id in run_ids:
             instance.add_run_tags(run_id, {HEALTH_TAG: "FAILED"})
@@ -115,8 +135,12 @@ def mark_crashed(instance: DagsterInstance, run_ids: Sequence[str]) -> None:
 
 def count_resumed(instance: DagsterInstance, run_ids: Sequence[str], before: dict[str, int]):
     """Runs that got one more "Launching a new run worker to resume run" event, are still
-    STARTED, and whose (new) worker is healthy again."""
+    STARTED, and whose (new) worker is healthy again (harness: its tag; Kubernetes: the Job
+    of the resume was created, active)."""
+    from dagster_k8s.job import get_job_name_from_run_id
+
     from dagster_run_monitor.eventlog import count_resume_attempts
+    from dagster_run_monitor_tests.support.fake_k8s import CLUSTER
 
     after = count_resume_attempts(instance.event_log_storage, list(run_ids))
     resumed = 0
@@ -124,13 +148,18 @@ def count_resumed(instance: DagsterInstance, run_ids: Sequence[str], before: dic
         r.dagster_run.run_id: r.dagster_run
         for r in instance.get_run_records(filters=RunsFilter(run_ids=list(run_ids)))
     }
+    k8s = is_k8s(instance)
     for run_id in run_ids:
         run = records.get(run_id)
+        if k8s:
+            healthy = CLUSTER.state(get_job_name_from_run_id(run_id, after[run_id])) == "active"
+        else:
+            healthy = run is not None and run.tags.get(HEALTH_TAG) == "RUNNING"
         if (
             after[run_id] == before[run_id] + 1
             and run is not None
             and run.status == DagsterRunStatus.STARTED
-            and run.tags.get(HEALTH_TAG) == "RUNNING"
+            and healthy
         ):
             resumed += 1
     return resumed, after

@@ -3,19 +3,22 @@
 import argparse
 import math
 import random
+import sys
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 
 from dagster import DagsterInstance
+from dagster._core.code_pointer import FileCodePointer
 from dagster._core.events import DagsterEventType
 from dagster._core.events.log import EventLogEntry
+from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
 from dagster_shared.record import copy as copy_record
 
-from benchmarks.monitor_pass.constants import MIX
+from benchmarks.monitor_pass.constants import MIX, REPO_ROOT
 from benchmarks.monitor_pass.events import (
     EventWriter,
     FillerTemplate,
@@ -45,6 +48,13 @@ def status_counts(n: int) -> dict[DagsterRunStatus, int]:
     counts = {status: int(round(share * n)) for status, share in MIX}
     counts[DagsterRunStatus.STARTED] += n - sum(counts.values())
     return counts
+
+
+def code_origin(job_name: str) -> JobPythonOrigin:
+    """Where a run worker would load the job from: what a launcher's resume needs (the
+    benchmark never starts one)."""
+    pointer = FileCodePointer(python_file=__file__, fn_name="defs", working_directory=REPO_ROOT)
+    return JobPythonOrigin(job_name, RepositoryPythonOrigin(sys.executable, pointer))
 
 
 def build_population(
@@ -83,6 +93,7 @@ def build_population(
                 canceling=times.get("canceling"),
                 job_def=job_def,
                 location=f"location_{j % 3}",
+                code_origin=code_origin(job_def.name),
             )
             by_status[status].append(run.run_id)
             reference[status].append(run.run_id)

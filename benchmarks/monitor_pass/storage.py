@@ -34,15 +34,34 @@ def check_database_name(name: str) -> None:
         )
 
 
+K8S_NAMESPACE = "dagster"
+LAUNCHERS = {
+    "harness": lambda latency: {
+        "module": "benchmarks.launcher",
+        "class": "LatencyRunLauncher",
+        "config": {"latency_seconds": latency},
+    },
+    "k8s": lambda latency: {  # as Dagster's Helm chart configures it
+        "module": "benchmarks.launcher",
+        "class": "LatencyK8sRunLauncher",
+        "config": {
+            "latency_seconds": latency,
+            "service_account_name": "dagster",
+            "instance_config_map": "dagster-instance",
+            "dagster_home": "/opt/dagster/dagster_home",
+            "job_image": "example.com/etl:1.0",
+            "job_namespace": K8S_NAMESPACE,
+            "load_incluster_config": False,
+        },
+    },
+}
+
+
 def write_home(home: str, storage: str, args: argparse.Namespace) -> None:
     monitoring = dict(RUN_MONITORING)
     if args.health_check_threads:
         monitoring["health_check_threads"] = args.health_check_threads
-    launcher = {
-        "module": "benchmarks.launcher",
-        "class": "LatencyRunLauncher",
-        "config": {"latency_seconds": args.latency},
-    }
+    launcher = LAUNCHERS[args.launcher](args.latency)
     url = pg_url(args.database) if storage == "postgres" else None
     write_dagster_yaml(Path(home), instance_config(monitoring, launcher, url))
 

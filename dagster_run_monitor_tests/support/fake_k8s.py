@@ -17,6 +17,7 @@ import copy
 import datetime
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from functools import cache
@@ -69,6 +70,10 @@ class FakeCluster:
             self.calls: list[tuple[str, str]] = []  # (API method, object name or selector value)
             self.unexpected: list[str] = []  # API methods called that the fake does not know
             self.slept: list[float] = []  # retry back-offs of dagster-k8s (see ``sleep``)
+            self.latency_seconds = 0.0  # what each API call takes (the benchmark: 20 ms)
+            # The state of a Job the fake has no record of (the benchmark: "active", so 10,000
+            # workers need no objects); None: such a Job does not exist (404).
+            self.default_job_state: JobState | None = None
 
     # --- what tests do to the cluster --------------------------------------------------------
 
@@ -102,6 +107,24 @@ class FakeCluster:
                 reason=reason or None,
                 message=None if condition else message,
                 conditions=conditions,
+            )
+
+    def put_job(self, job_name: str, namespace: str, state: JobState) -> None:
+        """A run worker's Job and its pod, as the launcher would have created them."""
+        with self._lock:
+            start = _now()
+            self.jobs[job_name] = k8s.V1Job(
+                metadata=k8s.V1ObjectMeta(name=job_name, namespace=namespace, uid=job_name),
+                status=_job_status(state, start),
+            )
+            spec = k8s.V1PodSpec(containers=[k8s.V1Container(name="dagster", image="etl:1")])
+            pod_name = f"{job_name}-{POD_SUFFIX}"
+            self.pods[pod_name] = k8s.V1Pod(
+                metadata=k8s.V1ObjectMeta(
+                    name=pod_name, namespace=namespace, labels={"job-name": job_name}
+                ),
+                spec=spec,
+                status=_pod_status(state, spec),
             )
 
     def remove(self, job_name: str) -> None:
@@ -141,10 +164,13 @@ class FakeCluster:
     # --- the API ----------------------------------------------------------------------------
 
     def _call(self, method: str, subject: str, read: bool = True) -> None:
-        """Record the call; raise the fault injected for it, outside the lock."""
+        """Record the call, take ``latency_seconds``; raise the fault injected for it, outside
+        the lock."""
         with self._lock:
             self.calls.append((method, subject))
             fault = (self.read_faults.get(subject) or self.read_faults.get(None)) if read else None
+        if self.latency_seconds:
+            time.sleep(self.latency_seconds)
         if fault is not None:
             raise fault()
 
@@ -152,6 +178,11 @@ class FakeCluster:
         self._call(method, name)
         with self._lock:
             job = self.jobs.get(name)
+            if job is None and self.default_job_state is not None:
+                return k8s.V1Job(
+                    metadata=k8s.V1ObjectMeta(name=name, namespace=namespace),
+                    status=_job_status(self.default_job_state, _now()),
+                )
             if job is None or job.metadata.namespace != namespace:
                 raise api_error(404)
             return job

@@ -136,15 +136,21 @@ def make_run(
     job_name: str = "monitored_job",
     job_def: JobDefinition | None = None,
     location: str | None = None,
+    code_origin: Any = None,
 ) -> DagsterRun:
     """A run brought to ``status`` through the events Dagster writes, at the given times.
-    ``job_def`` stores its execution plan (op tags); ``location`` names its code location."""
+    ``job_def`` stores its execution plan (op tags); ``location`` names its code location;
+    ``code_origin`` (a ``JobPythonOrigin``, with ``job_def``) is what launchers resume."""
     first = DagsterRunStatus.QUEUED if status == DagsterRunStatus.QUEUED else None
     origin = remote_origin(job_def.name if job_def else job_name, location or "test_location")
     with at(created):
         if job_def is not None:
             run = instance.create_run_for_job(
-                job_def, tags=tags or {}, status=first, remote_job_origin=origin
+                job_def,
+                tags=tags or {},
+                status=first,
+                remote_job_origin=origin,
+                job_code_origin=code_origin,
             )
         else:
             run = create_run_for_test(
