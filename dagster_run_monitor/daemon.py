@@ -14,6 +14,8 @@ from dagster_run_monitor.actions import apply_due
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.facts import observe
 from dagster_run_monitor.internals import concurrency_slots_iteration
+from dagster_run_monitor.k8s_launcher import remember_container_contexts
+from dagster_run_monitor.k8s_pods import is_k8s_launcher
 from dagster_run_monitor.metrics import Metrics, NoMetrics
 from dagster_run_monitor.model import (
     HEALTH_CHECKED_STATUSES,
@@ -39,7 +41,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self._last_full_pass: float | None = None
         self._unhealthy_since: dict[str, float] = {}
         self._runs = RunReader()
-        self._pooled = False
+        self._prepared = False
         self.metrics: NoMetrics = NoMetrics()
         if settings.metrics_port:
             self.metrics = Metrics()
@@ -91,11 +93,14 @@ class RunMonitorDaemon(IntervalDaemon):
         self.metrics.passed("crashes" if crashes_only else "full", time.monotonic() - began)
 
     def _settings(self, instance: DagsterInstance) -> MonitorSettings:
-        """The block, validated; on the first pass the daemon's Postgres connections pooled."""
+        """The block, validated; on the first pass the daemon's Postgres connections pooled,
+        and a ``K8sRunLauncher``'s container contexts remembered (``k8s_launcher``)."""
         settings = read_settings(instance)
-        if not self._pooled:
-            self._pooled = True
+        if not self._prepared:
+            self._prepared = True
             pool_postgres_connections(instance, settings.storage_pool_size)
+            if is_k8s_launcher(instance.run_launcher):
+                remember_container_contexts(instance.run_launcher)
         return settings
 
     def _apply(

@@ -505,3 +505,34 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
         # health check under the claim before resuming it (never answered from the pass).
         assert len(launcher_reads) == 1
         assert selects == {"postgres": [3, 1], "sqlite": [4, 2]}[storage]
+
+
+def test_the_daemon_remembers_each_runs_container_context_until_its_tags_change(
+    k8s_instance, cluster, workspace_context, monkeypatch
+):
+    """K8sRunLauncher rebuilds a run's container context on every call; the daemon's launcher
+    builds it once per run and tags, and the context stays what the launcher would build."""
+    from dagster_k8s.container_context import K8sContainerContext
+
+    built: list[str] = []
+    create_for_run = K8sContainerContext.create_for_run
+
+    def counted(run, launcher, include_run_tags):
+        built.append(run.run_id)
+        return create_for_run(run, launcher, include_run_tags)
+
+    monkeypatch.setattr(K8sContainerContext, "create_for_run", staticmethod(counted))
+    with k8s_instance() as instance, workspace_context(instance) as ctx:
+        run = start(instance)
+        built.clear()
+        for now in (T0, T0 + 120, T0 + 240):
+            assert monitor_pass(instance, ctx, now=now) == []
+        assert built == [run.run_id]  # three passes, one build
+        instance.add_run_tags(run.run_id, {"dagster-k8s/config": '{"pod_spec_config": {}}'})
+        assert monitor_pass(instance, ctx, now=T0 + 360) == []
+        assert built == [run.run_id, run.run_id]  # new tags: built again
+        fresh = create_for_run(instance.get_run_by_id(run.run_id), instance.run_launcher, True)
+        remembered = instance.run_launcher.get_container_context_for_run(
+            instance.get_run_by_id(run.run_id)
+        )
+        assert remembered == fresh
