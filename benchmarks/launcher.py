@@ -61,6 +61,7 @@ class LatencyK8sRunLauncher(FakeClusterK8sRunLauncher):
     def __init__(self, latency_seconds: float = DEFAULT_LATENCY_SECONDS, **kwargs):
         CLUSTER.latency_seconds = latency_seconds
         CLUSTER.default_job_state = "active"
+        CLUSTER.light = True
         super().__init__(**kwargs)
         self._lock = threading.Lock()
         self.health_checks = 0
@@ -81,4 +82,4 @@ class LatencyK8sRunLauncher(FakeClusterK8sRunLauncher):
 
     @property
     def api_calls(self) -> int:
-        return len(CLUSTER.calls)
+        return CLUSTER.call_count

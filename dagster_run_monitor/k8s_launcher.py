@@ -14,28 +14,30 @@ from typing import Any
 from dagster._core.launcher import RunLauncher
 from dagster._core.storage.dagster_run import DagsterRun
 
-REMEMBERED = 50_000  # contexts kept (runs in progress, and their latest tags); then forgotten
+REMEMBERED = 20_000  # runs whose context is kept (then all are forgotten, and rebuilt)
 _MARK = "_run_monitor_remembers_contexts"
 
 
 def remember_container_contexts(launcher: RunLauncher) -> None:
-    """Make the launcher's ``get_container_context_for_run`` remember its answers, once."""
+    """Make the launcher's ``get_container_context_for_run`` remember its answer for each run
+    (one per run: its latest tags'), once."""
     if getattr(launcher, _MARK, False):
         return
     build: Callable[[DagsterRun], Any] = launcher.get_container_context_for_run  # type: ignore[attr-defined]
-    contexts: dict[tuple, Any] = {}
+    contexts: dict[str, tuple[tuple, Any]] = {}  # run id -> (its tags, its context)
     lock = threading.Lock()
 
     def get_container_context_for_run(run: DagsterRun) -> Any:
-        key = (run.run_id, tuple(sorted(run.tags.items())))
+        tags = tuple(sorted(run.tags.items()))
         with lock:
-            if key in contexts:
-                return contexts[key]
+            remembered = contexts.get(run.run_id)
+        if remembered is not None and remembered[0] == tags:
+            return remembered[1]
         context = build(run)
         with lock:
             if len(contexts) >= REMEMBERED:
                 contexts.clear()
-            contexts[key] = context
+            contexts[run.run_id] = (tags, context)
         return context
 
     launcher.get_container_context_for_run = get_container_context_for_run  # type: ignore[attr-defined]

@@ -68,6 +68,10 @@ class FakeCluster:
             self.new_job_state: JobState = "active"  # the state a created Job starts in
             self.read_faults: dict[str | None, Callable[[], Exception]] = {}  # None: every read
             self.calls: list[tuple[str, str]] = []  # (API method, object name or selector value)
+            self.call_count = 0  # every call, also those not kept (``light``)
+            # The benchmark's cluster: calls counted, not kept; created Jobs kept without
+            # their spec (10,000s of them would be the benchmark's memory, not the monitor's).
+            self.light = False
             self.unexpected: list[str] = []  # API methods called that the fake does not know
             self.slept: list[float] = []  # retry back-offs of dagster-k8s (see ``sleep``)
             self.latency_seconds = 0.0  # what each API call takes (the benchmark: 20 ms)
@@ -167,7 +171,9 @@ class FakeCluster:
         """Record the call, take ``latency_seconds``; raise the fault injected for it, outside
         the lock."""
         with self._lock:
-            self.calls.append((method, subject))
+            self.call_count += 1
+            if not self.light:
+                self.calls.append((method, subject))
             fault = (self.read_faults.get(subject) or self.read_faults.get(None)) if read else None
         if self.latency_seconds:
             time.sleep(self.latency_seconds)
@@ -194,6 +200,10 @@ class FakeCluster:
             if name in self.jobs:
                 raise api_error(409)
             now = _now()
+            if self.light:  # no spec, no pod
+                meta = k8s.V1ObjectMeta(name=name, namespace=namespace, uid=f"uid-{name}")
+                self.jobs[name] = k8s.V1Job(metadata=meta, status=_job_status("active", now))
+                return self.jobs[name]
             body = copy.deepcopy(body)  # the API server stores its own copy
             body.metadata.namespace = namespace
             body.metadata.uid = f"uid-{name}"
