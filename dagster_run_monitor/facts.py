@@ -7,8 +7,14 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
-from dagster_run_monitor.eventlog import latest_event_times, resume_history, running_steps
+from dagster_run_monitor.eventlog import (
+    count_resume_attempts,
+    latest_event_times,
+    resume_history,
+    running_steps,
+)
 from dagster_run_monitor.health import HealthChecks
+from dagster_run_monitor.k8s_pods import is_k8s_launcher
 from dagster_run_monitor.limit_table import STALL_TIMEOUT, STEP_RUNTIME
 from dagster_run_monitor.limits import Limits, resolve_limits
 from dagster_run_monitor.model import HEALTH_CHECKED, MONITORED_STATUSES, Health, RunFacts
@@ -31,17 +37,24 @@ def observe(
     daemon's ``reader`` re-reads only the runs that changed since its last pass."""
     records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
     storage = instance.event_log_storage
-    checks, resumes = None, {}
+    checks = None
     if settings.can_check_health:  # the checks run while the event log is read
-        checked = [r.dagster_run for r in records if r.dagster_run.status in HEALTH_CHECKED]
-        resumes = resume_history(storage, [run.run_id for run in checked])
+        checked = [r for r in records if r.dagster_run.status in HEALTH_CHECKED]
+        counts = {}
+        if is_k8s_launcher(instance.run_launcher):  # it counts resumes on every check
+            ids = [r.dagster_run.run_id for r in checked]
+            counts = (
+                reader.resume_counts(storage, checked)
+                if reader
+                else (count_resume_attempts(storage, ids))
+            )
         checks = HealthChecks(
             instance.run_launcher,
             settings.health_check_threads,
             settings.health_check_timeout_seconds,
-            {run_id: count for run_id, (count, _) in resumes.items()},
+            counts,
         )
-        checks.submit(checked)
+        checks.submit([r.dagster_run for r in checked])
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
     launched = latest_event_times(
@@ -66,8 +79,7 @@ def observe(
     )
     health: dict[str, Health] = checks.results() if checks is not None else {}
     unhealthy = {i for i, h in health.items() if h.answered and not h.healthy}
-    unread = sorted({*unhealthy, *stall_watched} - resumes.keys())
-    resumes = {**resumes, **resume_history(storage, unread)}
+    resumes = resume_history(storage, sorted({*unhealthy, *stall_watched}))
     facts = []
     for record in records:
         run_id = record.dagster_run.run_id

@@ -5,8 +5,10 @@ from collections.abc import Sequence
 
 from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunRecord, RunsFilter
+from dagster._core.storage.event_log.base import EventLogStorage
 from dagster._time import utc_datetime_from_naive
 
+from dagster_run_monitor.eventlog import count_resume_attempts
 from dagster_run_monitor.internals import RUNS, SqlRunStorage
 
 PAGE_SIZE = 1000
@@ -19,6 +21,23 @@ class RunReader:
 
     def __init__(self) -> None:
         self._known: dict[tuple[DagsterRunStatus, ...], dict[str, RunRecord]] = {}
+        self._counted: dict[str, tuple[object, int]] = {}  # run id -> (row's update time, count)
+
+    def resume_counts(
+        self, storage: EventLogStorage, records: Sequence[RunRecord]
+    ) -> dict[str, int]:
+        """Each run's resume count, read again only for runs whose row changed since (a
+        resume through ``K8sRunLauncher`` writes a tag, so its row changes; a count read just
+        before a resume is read again next pass). For health checks only: actions count
+        afresh."""
+        ids = {r.dagster_run.run_id: r.update_timestamp for r in records}
+        stale = [i for i, updated in ids.items() if self._counted.get(i, (None,))[0] != updated]
+        fresh = count_resume_attempts(storage, stale)
+        self._counted = {
+            i: (updated, fresh[i] if i in fresh else self._counted[i][1])
+            for i, updated in ids.items()
+        }
+        return {i: count for i, (_, count) in self._counted.items()}
 
     def read(
         self, instance: DagsterInstance, statuses: Sequence[DagsterRunStatus]

@@ -499,12 +499,14 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
             },
         ]
         # check_run_worker_health counts the run's resumes (to name the Job) on every call; in
-        # a pass it is answered from the pass's one batched count (on Postgres one statement
-        # for every run: SQLite has an event-log file per run, one read each). Then, for the
-        # crashed run only: the re-count under its claim, and the launcher's count in the
-        # health check under the claim before resuming it (never answered from the pass).
+        # a pass it is answered from the daemon's counts, read again only for runs whose row
+        # changed (pass 1: both, new to the daemon; pass 2: the resumed one), in one statement
+        # on Postgres (SQLite has an event-log file per run: one read each). Then, for the
+        # crashed run only: its resume history for the decision, the re-count under its
+        # claim, and the launcher's count in the health check under the claim before resuming
+        # it (never answered from the pass).
         assert len(launcher_reads) == 1
-        assert selects == {"postgres": [3, 1], "sqlite": [4, 2]}[storage]
+        assert selects == {"postgres": [4, 1], "sqlite": [5, 2]}[storage]
 
 
 def test_the_daemon_remembers_each_runs_container_context_until_its_tags_change(

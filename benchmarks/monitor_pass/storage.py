@@ -42,7 +42,7 @@ LAUNCHERS = {
         "config": {"latency_seconds": latency},
     },
     "k8s": lambda latency: {  # as Dagster's Helm chart configures it
-        "module": "benchmarks.launcher",
+        "module": "benchmarks.k8s_launcher",
         "class": "LatencyK8sRunLauncher",
         "config": {
             "latency_seconds": latency,
