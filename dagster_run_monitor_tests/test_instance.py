@@ -11,6 +11,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.test_utils import instance_for_test
 
 from dagster_run_monitor import RunMonitorInstance, RunMonitorInstanceMixin, registration
+from dagster_run_monitor import constants as c
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor.dagster_yaml import INSTANCE_CLASS
@@ -162,3 +163,18 @@ def test_a_run_worker_being_stopped_is_told_whether_its_run_will_resume(
         instance.report_run_failed(started, "Exceeded maximum runtime of 20 seconds.")
     assert status_of(instance, started.run_id) == status
     assert instance.run_will_resume(started.run_id) is will_resume
+
+
+def test_resumes_crash_policy_did_not_count_leave_the_attempts_to_a_stopping_worker():
+    """A worker stopped by a preemption asks whether its run will resume: with one attempt
+    allowed and the two resumes so far uncounted (run_monitor/uncounted_resumes "1,2"), yes;
+    once the uncounted bound is used up and the attempt too, no."""
+    policy = [{"causes": ["preempted"], "action": "resume_uncounted"}]
+    config = {"max_resume_run_attempts": 1, "crash_policy": policy, "max_uncounted_resumes": 2}
+    with monitor_instance(run_monitoring=config) as instance:
+        run = make_run(instance, S.STARTED, tags={c.UNCOUNTED_RESUMES_TAG: "1,2"})
+        for _ in range(2):
+            instance.report_engine_event(c.RESUME_RUN_LOG_MESSAGE, run)
+        assert instance.run_will_resume(run.run_id)  # 0 of 1 counted attempts used
+        instance.report_engine_event(c.RESUME_RUN_LOG_MESSAGE, run)  # a counted one
+        assert not instance.run_will_resume(run.run_id)  # 1 of 1; uncounted 2 of 2
