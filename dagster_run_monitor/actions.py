@@ -132,12 +132,8 @@ def _apply(
         log_action(logger, run, action)
         if isinstance(action, Notice):
             notice(instance, run, action)
-            if action.alert is not None:
-                send_alert(alerts or AlertSettings(), action.alert, logger)
         elif isinstance(action, FailRun):
             fail(instance, run, action, logger)
-            if action.alert is not None:
-                send_alert(alerts or AlertSettings(), action.alert, logger)
         elif isinstance(action, CancelRun):
             message = action.message
             if action.debug_info:
@@ -148,8 +144,9 @@ def _apply(
             terminate_and_fail(instance, run, action)
         elif isinstance(action, ResumeRun):
             resume(instance, run, action, workspace)
-            if action.alert is not None:
-                send_alert(alerts or AlertSettings(), action.alert, logger)
+        alert = getattr(action, "alert", None)  # notices, crashes: once the action is applied
+        if alert is not None:
+            send_alert(alerts or AlertSettings(), alert, logger)
 
 
 def resume(

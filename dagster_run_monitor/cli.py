@@ -62,7 +62,8 @@ def describe(run: RunFacts, settings: MonitorSettings, now: float) -> str:
         lines.append(f"  worker: {run.health}")
         if not run.health.healthy:
             lines.append(f"  crash policy: {policy_entry(run, settings)}")
-            counted, uncounted = counted_resumes(run), run.resume_attempts - counted_resumes(run)
+            counted = counted_resumes(run)
+            uncounted = run.resume_attempts - counted
             budget = f"  resumes: {counted} of {settings.resume_attempts} used"
             if settings.uncounted_resumes:
                 budget += f", {uncounted} of {settings.uncounted_resumes} uncounted"

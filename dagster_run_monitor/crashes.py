@@ -13,7 +13,7 @@ from dagster_run_monitor import constants as c
 from dagster_run_monitor.crash_cause import OOM_KILLED, UNKNOWN, CrashCause
 from dagster_run_monitor.memory import raised_memory
 from dagster_run_monitor.model import Action, Alert, FailRun, Health, Notice, ResumeRun, RunFacts
-from dagster_run_monitor.settings import FAIL, RESUME_UNCOUNTED, MonitorSettings
+from dagster_run_monitor.settings import FAIL, RESUME, RESUME_UNCOUNTED, MonitorSettings
 
 
 def cause_of(run: RunFacts) -> CrashCause:
@@ -34,13 +34,12 @@ def start_failure(run: RunFacts, settings: MonitorSettings, now: float) -> list[
     if not is_crashed(run, settings, now, starting=True):
         return []
     rule = settings.crash_rule(cause_of(run))
-    if settings.resume_on_start_failure and (rule is None or rule.action != FAIL):
-        resumed = next_resume(
-            run, settings, now, rule is not None and rule.action == RESUME_UNCOUNTED
-        )
+    action = rule.action if rule is not None else RESUME
+    if settings.resume_on_start_failure and action != FAIL:
+        resumed = next_resume(run, settings, now, action == RESUME_UNCOUNTED)
         if resumed is not None:
             return resumed
-    says_fail = rule.describe() if rule is not None and rule.action == FAIL else None
+    says_fail = rule.describe() if rule is not None and action == FAIL else None
     message = c.start_failed_message(str(run.health), run.run_id, says_fail)
     return [
         crash_failure(
@@ -61,10 +60,11 @@ def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[A
         return []
     failed = run.health is not None and run.health.status == WorkerStatus.FAILED.value
     rule = settings.crash_rule(cause_of(run))
-    if rule is not None and rule.action == FAIL:
+    action = rule.action if rule is not None else RESUME
+    if rule is not None and action == FAIL:
         message = c.crash_policy_failed_message(str(run.health), run.run_id, rule.describe())
         return [crash_failure(run, message, c.REASON_WORKER_CRASH, debug_info=failed)]
-    resumed = next_resume(run, settings, now, rule is not None and rule.action == RESUME_UNCOUNTED)
+    resumed = next_resume(run, settings, now, action == RESUME_UNCOUNTED)
     if resumed is not None:
         return resumed
     message = c.crash_failed_message(
@@ -94,8 +94,13 @@ def uncounted_attempts(tags: Mapping[str, str], resumes: int) -> int:
     """How many of the run's ``resumes`` were uncounted: the attempt numbers in its
     ``run_monitor/uncounted_resumes`` tag that happened (the tag is written before the resume,
     so a number past ``resumes`` is one that a stopped daemon never launched)."""
-    numbers = {part.strip() for part in tags.get(c.UNCOUNTED_RESUMES_TAG, "").split(",")}
-    return sum(1 for n in numbers if n.isdigit() and 0 < int(n) <= resumes)
+    return sum(1 for n in uncounted_numbers(tags) if 0 < n <= resumes)
+
+
+def uncounted_numbers(tags: Mapping[str, str]) -> set[int]:
+    """The attempt numbers in the run's ``run_monitor/uncounted_resumes`` tag."""
+    parts = (part.strip() for part in tags.get(c.UNCOUNTED_RESUMES_TAG, "").split(","))
+    return {int(part) for part in parts if part.isdigit()}
 
 
 def counted_resumes(run: RunFacts) -> int:
@@ -149,9 +154,8 @@ def crash_resume(
     message = c.resuming_message(str(run.health), run.run_id, cause.kind if uncounted else None)
     tags: dict[str, str] = {c.CRASH_CAUSE_TAG: cause.kind}
     if uncounted:
-        numbers = {*run.tags.get(c.UNCOUNTED_RESUMES_TAG, "").split(","), str(attempt)}
-        ordered = sorted((n for n in numbers if n.isdigit()), key=int)
-        tags[c.UNCOUNTED_RESUMES_TAG] = ",".join(ordered)
+        numbers = uncounted_numbers(run.tags) | {attempt}
+        tags[c.UNCOUNTED_RESUMES_TAG] = ",".join(map(str, sorted(numbers)))
     note = None
     if cause.kind == OOM_KILLED and settings.oom_memory is not None:
         raised = raised_memory(run.tags, cause.memory, settings.oom_memory)

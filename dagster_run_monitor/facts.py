@@ -42,12 +42,10 @@ def observe(
         checked = [r for r in records if r.dagster_run.status in HEALTH_CHECKED]
         counts = {}
         if is_k8s_launcher(instance.run_launcher):  # it counts resumes on every check
-            ids = [r.dagster_run.run_id for r in checked]
-            counts = (
-                reader.resume_counts(storage, checked)
-                if reader
-                else (count_resume_attempts(storage, ids))
-            )
+            if reader:
+                counts = reader.resume_counts(storage, checked)
+            else:
+                counts = count_resume_attempts(storage, [r.dagster_run.run_id for r in checked])
         checks = HealthChecks(
             instance.run_launcher,
             settings.health_check_threads,

@@ -54,10 +54,9 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         self.terminate_grace_seconds = terminate_grace_seconds
         self.health_check_interval_seconds = health_check_interval_seconds
         self._log_dir = log_dir
-        self._workers: dict[
-            int, subprocess.Popen
-        ] = {}  # started here, until their exit is recorded
-        self._exits: dict[int, tuple[int, int | None]] = {}  # pid -> returncode, OOM kills then
+        # Workers started here, until their exit is recorded; their exits, read once.
+        self._workers: dict[int, subprocess.Popen] = {}
+        self._exits: dict[int, tuple[int, int | None]] = {}  # pid -> (returncode, OOM kills)
         self._exits_lock = threading.Lock()
         super().__init__()
 
