@@ -249,6 +249,8 @@ def settings_from_config(
     values.update(_metrics(config.get("metrics")))
     values["rules"] = tuple(_rule(i, rule) for i, rule in enumerate(config.get("rules") or [], 1))
     entries = config.get("crash_policy") or []
+    if not isinstance(entries, list):
+        raise invalid_setting("crash_policy", entries, "expected a list of entries")
     values["crash_policy"] = tuple(_crash_rule(i, entry) for i, entry in enumerate(entries, 1))
     values["oom_memory"] = _oom_memory(config.get("oom_memory"))
     return MonitorSettings(**values, can_check_health=can_check_health, can_resume=can_resume)

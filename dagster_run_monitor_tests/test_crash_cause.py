@@ -299,6 +299,7 @@ def test_invalid_entries_fail_naming_the_entry():
         ],
         "crash_policy[1].exit_codes": [{"exit_codes": ["3"], "action": "fail"}],
         "crash_policy[1]": [{"cause": ["oom_killed"], "action": "fail"}],
+        "crash_policy": 1,  # found by test_fuzz: a TypeError before
     }
     for key, policy in cases.items():
         with pytest.raises(DagsterInvalidConfigError, match=re.escape(f"run_monitoring.{key}")):
