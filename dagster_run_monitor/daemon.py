@@ -26,6 +26,7 @@ from dagster_run_monitor.model import (
 from dagster_run_monitor.policy import plan
 from dagster_run_monitor.pooling import pool_postgres_connections
 from dagster_run_monitor.runs import RunReader
+from dagster_run_monitor.schema_checks import remember_schema_checks
 from dagster_run_monitor.settings import MonitorSettings, read_settings
 
 
@@ -94,11 +95,13 @@ class RunMonitorDaemon(IntervalDaemon):
 
     def _settings(self, instance: DagsterInstance) -> MonitorSettings:
         """The block, validated; on the first pass the daemon's Postgres connections pooled,
-        and a ``K8sRunLauncher``'s container contexts remembered (``k8s_launcher``)."""
+        Dagster's schema checks kept once True (``schema_checks``) and a ``K8sRunLauncher``'s
+        container contexts remembered (``k8s_launcher``)."""
         settings = read_settings(instance)
         if not self._prepared:
             self._prepared = True
             pool_postgres_connections(instance, settings.storage_pool_size)
+            remember_schema_checks(instance)
             if is_k8s_launcher(instance.run_launcher):
                 remember_container_contexts(instance.run_launcher)
         return settings

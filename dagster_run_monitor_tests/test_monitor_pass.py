@@ -16,6 +16,7 @@ from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor.facts import observe
 from dagster_run_monitor.model import MONITORED_STATUSES, Health, ResumeRun
 from dagster_run_monitor.runs import RunReader
+from dagster_run_monitor.schema_checks import remember_schema_checks
 from dagster_run_monitor.settings import read_settings
 from dagster_run_monitor_tests.support.home import monitor_instance
 from dagster_run_monitor_tests.support.launchers import (
@@ -519,3 +520,30 @@ def test_the_daemon_reuses_postgres_connections(postgres_database, workspace_con
     unpooled, pooled = connections_for_twelve_resumes(0), connections_for_twelve_resumes(4)
     assert unpooled > 12 * 4  # several new connections per resume
     assert pooled < unpooled / 3
+
+
+def test_the_daemon_asks_dagsters_schema_checks_once(instance, workspace_context):
+    """Dagster reflects the schema on every run read; the daemon keeps a True answer (a column,
+    once there, stays) and asks a False one again (a migration under a running daemon)."""
+    daemon = RunMonitorDaemon.from_instance(instance)
+    with workspace_context(instance) as ctx:
+        monitor_pass(instance, ctx, daemon=daemon)  # the first pass prepares the storages
+        crashed = [make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"}) for _ in range(3)]
+        reflections: list[str] = []
+
+        def record(conn, cursor, statement: str, *args) -> None:
+            if "pg_attribute" in statement or "table_info" in statement.lower():
+                reflections.append(statement)
+
+        sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+        try:
+            assert monitor_pass(instance, ctx, daemon=daemon) == []
+        finally:
+            sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+    for run in crashed:
+        assert len(resume_events(instance, run.run_id)) == 1
+    assert reflections == []
+    answers = iter([False, True, False])
+    storage = type("Storage", (), {"has_backfill_id_column": lambda self: next(answers)})()
+    remember_schema_checks(type("Instance", (), {"run_storage": storage})())
+    assert [storage.has_backfill_id_column() for _ in range(3)] == [False, True, True]

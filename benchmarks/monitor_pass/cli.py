@@ -39,6 +39,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events-per-run", type=int, default=200)
     p.add_argument("--jobs", type=int, default=10, help="distinct jobs (execution plans)")
     p.add_argument("--health-check-threads", type=int, default=0, help="0: our default")
+    p.add_argument(
+        "--monitor",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="run_monitoring settings of ours, e.g. action_threads=4 (values read as YAML)",
+    )
     p.add_argument("--crashed", type=int, default=1000, help="workers crashing at once")
     p.add_argument(
         "--crash-at", type=int, nargs="*", default=None, help="N values (default: the largest)"

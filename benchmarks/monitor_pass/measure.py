@@ -127,3 +127,24 @@ def release_memory() -> None:
 
 
 MB = 1024 * 1024
+
+
+def cpu_seconds() -> tuple[float, float | None]:
+    """CPU seconds used so far by this process (all threads) and by the PostgreSQL server's
+    processes (None where /proc does not show them), for the pass's CPU split."""
+    own = sum(os.times()[:2])
+    tick = os.sysconf("SC_CLK_TCK")
+    server, seen = 0.0, False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        if name.startswith("postgres"):
+            seen = True
+            server += (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
+    return own, server if seen else None

@@ -14,7 +14,7 @@ from dagster._daemon.daemon import get_default_daemon_logger
 from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_iteration
 from dagster._utils.error import SerializableErrorInfo
 
-from benchmarks.monitor_pass.measure import MB, RssSampler, SqlCounter, release_memory
+from benchmarks.monitor_pass.measure import MB, RssSampler, SqlCounter, cpu_seconds, release_memory
 from benchmarks.monitor_pass.storage import K8S_NAMESPACE, cached_schema_checks
 from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
@@ -37,6 +37,8 @@ class PassResult:
     errors: list[str] = field(default_factory=list)
     resumed: int | None = None
     side_effects: str | None = None
+    cpu: float = 0.0  # CPU seconds of the benchmark process (the daemon) in the pass
+    server_cpu: float | None = None  # ... and of the PostgreSQL server (None: not visible)
 
     @property
     def growth_mb(self) -> float:
@@ -57,6 +59,7 @@ def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -
     logger = get_default_daemon_logger("MonitoringDaemon")  # the built-in daemon's logger
     release_memory()
     sampler = RssSampler()
+    cpu_before, server_before = cpu_seconds()
     with counter.counting():
         started = time.perf_counter()
         if daemon is not None:
@@ -64,6 +67,7 @@ def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -
         else:
             results = list(execute_run_monitoring_iteration(context, logger))
         seconds = time.perf_counter() - started
+    cpu_after, server_after = cpu_seconds()
     rss_start, rss_peak = sampler.stop()
     counter.name_engines(instance)  # our daemon's first pass gives its storages pooled engines
     errors = [r.message.strip() for r in results if isinstance(r, SerializableErrorInfo)]
@@ -81,6 +85,8 @@ def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -
         rss_start,
         rss_peak,
         errors,
+        cpu=cpu_after - cpu_before,
+        server_cpu=None if server_after is None else server_after - (server_before or 0.0),
     )
 
 

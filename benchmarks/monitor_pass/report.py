@@ -174,6 +174,8 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float, version: str)
                 f" SQL {p.sql} {p.sql_by_storage}, {p.connections} new connections"
                 + (f" (from other threads: {threads})" if threads else "")
                 + f", health checks {p.health_checks}, API calls {p.api_calls}"
+                + f", CPU s daemon {p.cpu:.1f}"
+                + ("" if p.server_cpu is None else f" / PostgreSQL {p.server_cpu:.1f}")
                 + f", RSS {p.rss_start / MB:.0f}"
                 f" -> peak {p.rss_peak / MB:.0f} MB, errors {len(p.errors)}{extra}"
                 + (f", SIDE EFFECTS {p.side_effects}" if p.side_effects else "")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from dagster import DagsterInstance
 from dagster._core.test_utils import create_test_daemon_workspace_context
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
@@ -61,6 +62,9 @@ def write_home(home: str, storage: str, args: argparse.Namespace) -> None:
     monitoring = dict(RUN_MONITORING)
     if args.health_check_threads:
         monitoring["health_check_threads"] = args.health_check_threads
+    for setting in args.monitor or []:
+        key, _, value = setting.partition("=")
+        monitoring[key] = yaml.safe_load(value)
     launcher = LAUNCHERS[args.launcher](args.latency)
     url = pg_url(args.database) if storage == "postgres" else None
     write_dagster_yaml(Path(home), instance_config(monitoring, launcher, url))
@@ -113,8 +117,8 @@ def cached_schema_checks(instance: DagsterInstance) -> Iterator[None]:
                         value = method()
                     except Exception:
                         continue  # takes arguments
+                    patched.append((storage, name, vars(storage).get(name)))
                     setattr(storage, name, lambda value=value: value)
-                    patched.append((storage, name))
     known_snapshots: set[str] = set()
     has_job_snapshot = instance.run_storage.has_job_snapshot
 
@@ -123,10 +127,13 @@ def cached_schema_checks(instance: DagsterInstance) -> Iterator[None]:
             known_snapshots.add(snapshot_id)
         return snapshot_id in known_snapshots
 
+    patched.append((instance.run_storage, "has_job_snapshot", None))
     instance.run_storage.has_job_snapshot = cached_has_job_snapshot
-    patched.append((instance.run_storage, "has_job_snapshot"))
     try:
         yield
     finally:
-        for storage, name in patched:
-            delattr(storage, name)
+        for storage, name, previous in reversed(patched):  # the daemon's own, if it had one
+            if previous is None:
+                delattr(storage, name)
+            else:
+                setattr(storage, name, previous)
