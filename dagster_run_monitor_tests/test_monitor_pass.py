@@ -532,7 +532,7 @@ def test_the_daemon_asks_dagsters_schema_checks_once(instance, workspace_context
         reflections: list[str] = []
 
         def record(conn, cursor, statement: str, *args) -> None:
-            if "pg_attribute" in statement or "table_info" in statement.lower():
+            if "pg_attribute" in statement or "table_xinfo" in statement.lower():  # PG, SQLite
                 reflections.append(statement)
 
         sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
