@@ -3,20 +3,20 @@
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData, JobFailureData
-from dagster._core.storage.dagster_run import DagsterRun, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRun, RunRecord, RunsFilter
 from dagster._core.workspace.context import BaseWorkspaceRequestContext
 from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor import resumes
 from dagster_run_monitor.alerts import send_alert
 from dagster_run_monitor.claims import claims
 from dagster_run_monitor.debug_info import worker_debug_info
 from dagster_run_monitor.eventlog import resume_history
-from dagster_run_monitor.health import check_worker
 from dagster_run_monitor.metrics import action_labels
 from dagster_run_monitor.model import (
     Action,
@@ -27,9 +27,10 @@ from dagster_run_monitor.model import (
     TerminateAndFail,
 )
 from dagster_run_monitor.policy import Observed, resume_of, still_due
-from dagster_run_monitor.settings import AlertSettings
+from dagster_run_monitor.settings import AlertSettings, MonitorSettings
 
 CLAIM_BATCH = 500  # runs claimed and re-checked together (bounds open lock files)
+Applied = tuple[str, Sequence[Action], BaseException | None]  # run id, actions, what stopped them
 
 
 def apply_due(
@@ -37,15 +38,16 @@ def apply_due(
     due: Sequence[tuple[Observed, Sequence[Action]]],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
-    alerts: AlertSettings | None = None,
-    threads: int = 1,
+    settings: MonitorSettings | None = None,
     observed_at: float | None = None,
-) -> Iterator[tuple[str, Sequence[Action], BaseException | None]]:
-    """Apply each run's actions, ``threads`` runs at a time, to the run as re-read under its
-    claim, unless another daemon holds the claim or the run changed since it was observed
-    (``policy.still_due``). ``observed_at``: the pass's start. Claims and re-checks take a few
-    queries per batch of runs, not per run. Yields, per run acted on, its id, the actions
-    applied and the error that stopped them (None if none did)."""
+) -> Iterator[Applied]:
+    """Apply each run's actions, ``settings.action_threads`` runs at a time, to the run as
+    re-read under its claim, unless another daemon holds the claim or the run changed since it
+    was observed (``policy.still_due``). ``observed_at``: the pass's start. Per batch of runs,
+    claims, re-reads and re-checks take a few queries, and the tags and events written before
+    the resumes a few statements (``bulk_writes``). Yields, per run acted on, its id, the
+    actions applied and the error that stopped them (None if none did)."""
+    settings = settings or MonitorSettings()
     storage = instance.event_log_storage
     for start in range(0, len(due), CLAIM_BATCH):
         batch = due[start : start + CLAIM_BATCH]
@@ -58,52 +60,77 @@ def apply_due(
             mine = [(seen, actions) for seen, actions in batch if seen.run_id in held]
             ids = [seen.run_id for seen, _ in mine]
             current = (
-                {r.run_id: r for r in instance.get_runs(RunsFilter(run_ids=ids))} if ids else {}
+                {r.dagster_run.run_id: r for r in instance.get_run_records(RunsFilter(run_ids=ids))}
+                if ids
+                else {}
             )
-            resumes = resume_history(
+            history = resume_history(
                 storage, [s.run_id for s, actions in mine if resume_of(actions)]
             )
-            todo = []
+            todo: list[tuple[RunRecord, Sequence[Action]]] = []
             for seen, actions in mine:
-                done, last_resume_at = resumes.get(seen.run_id, (0, None))
-                run = current.get(seen.run_id)
+                done, last_resume_at = history.get(seen.run_id, (0, None))
+                record = current.get(seen.run_id)
+                run = record.dagster_run if record is not None else None
                 now_due = still_due(seen.status, actions, run, done, last_resume_at, observed_at)
-                if run is None or now_due is None:
+                if record is None or now_due is None:
                     logger.info("Run %s changed during the pass; leaving it for now.", seen.run_id)
                 else:
-                    todo.append((run, now_due))
-            with ThreadPoolExecutor(max(1, threads), "run_monitor_action") as pool:
-                futures = {
-                    pool.submit(_act, instance, run, actions, workspace, logger, alerts): run
-                    for run, actions in todo
-                }
-                for future in as_completed(futures):
-                    error = future.exception()
-                    applied = future.result() if error is None else []
-                    yield futures[future].run_id, applied, error
+                    todo.append((record, now_due))
+            counts = {run_id: done for run_id, (done, _) in history.items()}
+            crashed = [r.dagster_run for r, actions in todo if resumes.batched(actions)]
+            healthy = resumes.healthy_again(instance, crashed, settings, counts, logger)
+            for run_id in healthy:
+                yield run_id, [], None
+            todo = [(r, actions) for r, actions in todo if r.dagster_run.run_id not in healthy]
+            yield from _act(instance, todo, workspace, logger, settings)
 
 
 def _act(
     instance: DagsterInstance,
-    run: DagsterRun,
-    actions: Sequence[Action],
+    todo: Sequence[tuple[RunRecord, Sequence[Action]]],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
-    alerts: AlertSettings | None,
-) -> Sequence[Action]:
-    """Apply one run's actions; a crashed worker is checked once more under the claim before
-    a resume: another daemon may have resumed the run between this pass's health check and
-    its claim (its resume event written before its new worker started)."""
-    resume = resume_of(actions)
-    if resume and not resume.kill_first:
-        health = check_worker(instance.run_launcher, run, explain=False)
-        if health.answered and health.healthy:
-            logger.info(
-                "Run %s: its worker is healthy again (%s); not resuming.", run.run_id, health
-            )
-            return []
-    _apply(instance, run, actions, workspace, logger, alerts)
-    return actions
+    settings: MonitorSettings,
+) -> Iterator[Applied]:
+    """The runs' actions on ``settings.action_threads`` threads; the resumes' tags written
+    for all of them, then their events and launches a chunk of that many runs at a time
+    (``resumes``)."""
+    threads = max(1, settings.action_threads)
+    resuming = [(r, resume) for r, actions in todo if (resume := resumes.batched(actions))]
+    others = [(r, actions) for r, actions in todo if not resumes.batched(actions)]
+    with ThreadPoolExecutor(threads, "run_monitor_action") as pool:
+
+        def submit(record: RunRecord, actions: Sequence[Action], prepared=None) -> Future:
+            args = (instance, record, actions, workspace, logger, settings, prepared)
+            return pool.submit(_apply, *args)
+
+        futures = {submit(r, actions): r.dagster_run.run_id for r, actions in others}
+        try:
+            tagged = resumes.tag(instance, resuming)
+        except Exception as error:  # nothing launched: the next pass tries again
+            yield from ((r.dagster_run.run_id, [], error) for r, _ in resuming)
+            resuming, tagged = [], {}
+        actions_of = {r.dagster_run.run_id: actions for r, actions in todo}
+        for start in range(0, len(resuming), threads):
+            chunk = [
+                (r, tagged[r.dagster_run.run_id], resume)
+                for r, resume in resuming[start : start + threads]
+            ]
+            try:
+                resumes.announce(instance, [(run, resume) for _, run, resume in chunk])
+            except Exception as error:
+                yield from ((r.dagster_run.run_id, [], error) for r, _, _ in chunk)
+                continue
+            launched = {submit(r, actions_of[run.run_id], run): run.run_id for r, run, _ in chunk}
+            yield from _results(launched)  # at most a chunk between its events and launches
+        yield from _results(futures)
+
+
+def _results(futures: dict[Future, str]) -> Iterator[Applied]:
+    for future in as_completed(futures):
+        error = future.exception()
+        yield futures[future], (future.result() if error is None else []), error
 
 
 def apply_actions(
@@ -112,22 +139,26 @@ def apply_actions(
     actions: Sequence[Action],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
-    alerts: AlertSettings | None = None,
+    settings: MonitorSettings | None = None,
 ) -> None:
     """``apply_due`` for one run; raises what stopped its actions."""
-    for _, _, error in apply_due(instance, [(run, actions)], workspace, logger, alerts):
+    for _, _, error in apply_due(instance, [(run, actions)], workspace, logger, settings):
         if error is not None:
             raise error
 
 
 def _apply(
     instance: DagsterInstance,
-    run: DagsterRun,
+    record: RunRecord,
     actions: Sequence[Action],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
-    alerts: AlertSettings | None,
-) -> None:
+    settings: MonitorSettings,
+    prepared: DagsterRun | None = None,
+) -> Sequence[Action]:
+    """One run's actions, in order. ``prepared``: the run as its resume's tags left it, if
+    they and its events are written (``resumes.tag``, ``resumes.announce``)."""
+    run = record.dagster_run
     for action in actions:
         log_action(logger, run, action)
         if isinstance(action, Notice):
@@ -143,28 +174,16 @@ def _apply(
         elif isinstance(action, TerminateAndFail):
             terminate_and_fail(instance, run, action)
         elif isinstance(action, ResumeRun):
-            resume(instance, run, action, workspace)
+            if prepared is None:  # a stalled run: its worker stopped first
+                if action.kill_first:
+                    instance.run_launcher.kill_worker(run)  # type: ignore[attr-defined]
+                prepared = resumes.tag(instance, [(record, action)])[run.run_id]
+                resumes.announce(instance, [(prepared, action)])
+            resumes.launch(instance, prepared, workspace(), action.attempt)
         alert = getattr(action, "alert", None)  # notices, crashes: once the action is applied
         if alert is not None:
-            send_alert(alerts or AlertSettings(), alert, logger)
-
-
-def resume(
-    instance: DagsterInstance,
-    run: DagsterRun,
-    action: ResumeRun,
-    workspace: Callable[[], BaseWorkspaceRequestContext],
-) -> None:
-    """Tags first (the cause, an uncounted attempt, raised memory: a daemon stopped before the
-    resume writes the same values again), then the events, then the new worker."""
-    if action.kill_first:
-        instance.run_launcher.kill_worker(run)  # type: ignore[attr-defined]
-    if action.tags:
-        instance.add_run_tags(run.run_id, dict(action.tags))
-    if action.note:
-        instance.report_engine_event(action.note, run)
-    instance.report_engine_event(action.message, run)
-    instance.resume_run(run.run_id, workspace(), action.attempt)
+            send_alert(settings.alerts or AlertSettings(), alert, logger)
+    return actions
 
 
 def log_action(logger: logging.Logger, run: DagsterRun, action: Action) -> None:

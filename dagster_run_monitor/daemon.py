@@ -10,11 +10,12 @@ from dagster._daemon.utils import DaemonErrorCapture
 from dagster._time import get_current_timestamp
 from dagster._utils.error import SerializableErrorInfo
 
+from dagster_run_monitor import k8s_launcher
 from dagster_run_monitor.actions import apply_due
 from dagster_run_monitor.constants import DAEMON_TYPE
+from dagster_run_monitor.docker_launcher import is_docker_launcher, remember_docker_clients
 from dagster_run_monitor.facts import observe
 from dagster_run_monitor.internals import concurrency_slots_iteration
-from dagster_run_monitor.k8s_launcher import remember_container_contexts
 from dagster_run_monitor.k8s_pods import is_k8s_launcher
 from dagster_run_monitor.metrics import Metrics, NoMetrics
 from dagster_run_monitor.model import (
@@ -95,15 +96,30 @@ class RunMonitorDaemon(IntervalDaemon):
 
     def _settings(self, instance: DagsterInstance) -> MonitorSettings:
         """The block, validated; on the first pass the daemon's Postgres connections pooled,
-        Dagster's schema checks kept once True (``schema_checks``) and a ``K8sRunLauncher``'s
-        container contexts remembered (``k8s_launcher``)."""
+        Dagster's schema checks kept once True (``schema_checks``), a ``K8sRunLauncher``'s
+        container contexts and Job reads (``k8s_launcher``) and a ``DockerRunLauncher``'s
+        docker clients (``docker_launcher``) remembered: each a saving, none needed, so one
+        that fails is logged and the pass goes on."""
         settings = read_settings(instance)
         if not self._prepared:
             self._prepared = True
-            pool_postgres_connections(instance, settings.storage_pool_size)
-            remember_schema_checks(instance)
-            if is_k8s_launcher(instance.run_launcher):
-                remember_container_contexts(instance.run_launcher)
+            steps = [
+                lambda: pool_postgres_connections(
+                    instance, settings.storage_pool_size, settings.action_threads
+                ),
+                lambda: remember_schema_checks(instance),
+            ]
+            launcher = instance.run_launcher
+            if is_k8s_launcher(launcher):
+                steps.append(lambda: k8s_launcher.prepare(launcher))
+            if is_docker_launcher(launcher):
+                threads = settings.health_check_threads
+                steps.append(lambda: remember_docker_clients(launcher, threads))
+            for step in steps:
+                try:
+                    step()
+                except Exception:
+                    self._logger.warning("Run monitor start-up step failed", exc_info=True)
         return settings
 
     def _apply(
@@ -119,15 +135,7 @@ class RunMonitorDaemon(IntervalDaemon):
                     self._logger.info("DRY RUN: run %s would get %s", run.run_id, action)
             return
         workspace = cache(context.create_request_context)
-        applied = apply_due(
-            context.instance,
-            due,
-            workspace,
-            self._logger,
-            settings.alerts,
-            settings.action_threads,
-            now,
-        )
+        applied = apply_due(context.instance, due, workspace, self._logger, settings, now)
         for run_id, actions, error in applied:  # runs are independent: an error stops its own
             self.metrics.applied(actions)
             yield None if error is None else self._error(run_id, error)

@@ -1,8 +1,6 @@
 """Batched event-log reads: a few queries per pass, however many runs are in progress."""
 
-import contextlib
-import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 
 import sqlalchemy as db
 from dagster._core.events import DagsterEventType
@@ -18,7 +16,7 @@ CHUNK = 500  # run ids per IN (...) clause (SQLite caps bound parameters)
 POSTGRES_CHUNK = 10_000  # psycopg2 inlines the list: one statement for a whole pass
 
 
-def _single_database(storage: EventLogStorage) -> bool:
+def single_database(storage: EventLogStorage) -> bool:
     """True where all runs' events share one table (Postgres, MySQL, consolidated SQLite)."""
     return isinstance(storage, SqlEventLogStorage) and not isinstance(
         storage, SqliteEventLogStorage
@@ -31,7 +29,7 @@ def latest_event_times(
     """Timestamp of each run's most recent event of ``event_type`` (None: of any type)."""
     if not run_ids:
         return {}
-    if not _single_database(storage):
+    if not single_database(storage):
         times = {}
         for run_id in run_ids:
             records = storage.get_records_for_run(
@@ -77,7 +75,7 @@ def running_steps(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str,
             into = starts if event_type in start_types else ends
             into[(run_id, step_key)] = max(timestamp, into.get((run_id, step_key), 0.0))
 
-    if not _single_database(storage):
+    if not single_database(storage):
         for run_id in run_ids:
             of_type = {DagsterEventType(t) for t in types}
             for r in storage.get_records_for_run(run_id, of_type=of_type).records:
@@ -111,28 +109,6 @@ def running_steps(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str,
     return running
 
 
-_PASS = threading.local()  # the resume counts a health-check thread answers from
-
-
-@contextlib.contextmanager
-def answering_resume_counts(counts: Mapping[str, int]) -> Iterator[None]:
-    """In this thread, ``RunMonitorInstance.count_resume_run_attempts`` answers from ``counts``
-    (read in one query at the start of the pass) for the runs in it. Only health checks run
-    so: a launcher that names a worker by its attempt (``K8sRunLauncher``) would otherwise
-    cost a query per run per pass; actions, a resume or a terminate, always count afresh."""
-    previous = getattr(_PASS, "counts", None)
-    _PASS.counts = counts
-    try:
-        yield
-    finally:
-        _PASS.counts = previous
-
-
-def counted_this_pass(run_id: str) -> int | None:
-    counts = getattr(_PASS, "counts", None)
-    return counts.get(run_id) if counts is not None else None
-
-
 def count_resume_attempts(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str, int]:
     """Resume attempts per run: the engine events ``instance.resume_run`` writes."""
     return {run_id: count for run_id, (count, _) in resume_history(storage, run_ids).items()}
@@ -151,7 +127,7 @@ def resume_history(
 
     if not run_ids:
         return history
-    if not _single_database(storage):
+    if not single_database(storage):
         for run_id in run_ids:
             records = storage.get_records_for_run(
                 run_id, of_type=DagsterEventType.ENGINE_EVENT

@@ -6,6 +6,8 @@ from dagster import DagsterInstance
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
+from dagster_run_monitor import k8s_launcher
+from dagster_run_monitor.answers import PassAnswers
 from dagster_run_monitor.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.eventlog import (
     count_resume_attempts,
@@ -16,7 +18,7 @@ from dagster_run_monitor.eventlog import (
 from dagster_run_monitor.health import HealthChecks
 from dagster_run_monitor.k8s_pods import is_k8s_launcher
 from dagster_run_monitor.limit_table import STALL_TIMEOUT, STEP_RUNTIME
-from dagster_run_monitor.limits import Limits, resolve_limits
+from dagster_run_monitor.limits import location_of, run_limits
 from dagster_run_monitor.model import HEALTH_CHECKED, MONITORED_STATUSES, Health, RunFacts
 from dagster_run_monitor.policy import unhealthy_clock
 from dagster_run_monitor.runs import RunReader, read_all
@@ -40,17 +42,22 @@ def observe(
     checks = None
     if settings.can_check_health:  # the checks run while the event log is read
         checked = [r for r in records if r.dagster_run.status in HEALTH_CHECKED]
-        counts = {}
-        if is_k8s_launcher(instance.run_launcher):  # it counts resumes on every check
-            if reader:
-                counts = reader.resume_counts(storage, checked)
-            else:
-                counts = count_resume_attempts(storage, [r.dagster_run.run_id for r in checked])
+        launcher = instance.run_launcher
+        answers = None
+        if is_k8s_launcher(launcher):  # it counts resumes and reads a Job on every check
+            ids = [r.dagster_run.run_id for r in checked]
+            counts = (
+                reader.resume_counts(storage, checked)
+                if reader
+                else count_resume_attempts(storage, ids)
+            )
+            jobs = k8s_launcher.job_statuses(launcher, [r.dagster_run for r in checked])
+            answers = PassAnswers(counts, jobs)
         checks = HealthChecks(
-            instance.run_launcher,
+            launcher,
             settings.health_check_threads,
             settings.health_check_timeout_seconds,
-            counts,
+            answers,
         )
         checks.submit([r.dagster_run for r in checked])
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
@@ -67,7 +74,12 @@ def observe(
     started = [] if crashes_only else ids_in(DagsterRunStatus.STARTED)
     # Each run's limits, resolved once for the pass (the crash checks between full passes
     # leave them to decide, for the few runs they act on).
-    limits = {} if crashes_only else {i: _limits(run, settings) for i, run in runs.items()}
+    if crashes_only:
+        limits = {}
+    elif reader:
+        limits = reader.limits(runs, settings)
+    else:
+        limits = {i: run_limits(run, settings) for i, run in runs.items()}
     stall_watched = [i for i in started if limits[i][STALL_TIMEOUT.key].seconds]
     last_event = latest_event_times(storage, stall_watched, None)
     step_limits = {i: _step_limits(instance, runs[i]) for i in started}
@@ -93,7 +105,7 @@ def observe(
                 started_at=record.start_time,
                 launched_at=launched.get(run_id),
                 canceling_at=canceling.get(run_id),
-                location=_location(record.dagster_run),
+                location=location_of(record.dagster_run),
                 enqueued_at=enqueued.get(run_id),
                 last_event_at=last_event.get(run_id),
                 running_steps=steps.get(run_id, {}),
@@ -112,16 +124,7 @@ def observe(
     return facts
 
 
-def _location(run: DagsterRun) -> str | None:
-    origin = run.remote_job_origin
-    return origin.location_name if origin is not None else None
-
-
 _STEP_TAGS_CACHE: dict[str, dict[str, str]] = {}  # execution plan snapshots never change
-
-
-def _limits(run: DagsterRun, settings: MonitorSettings) -> Limits:
-    return resolve_limits(run.job_name, _location(run), run.tags, settings)
 
 
 def _step_limits(instance: DagsterInstance, run: DagsterRun) -> dict[str, str]:

@@ -1,18 +1,18 @@
 """Worker health checks, run concurrently, each with a time limit."""
 
 import math
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 
 from dagster._core.launcher import RunLauncher, WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 
+from dagster_run_monitor.answers import PassAnswers, answering
 from dagster_run_monitor.crash_cause import CrashCause, docker_cause
-from dagster_run_monitor.eventlog import answering_resume_counts
+from dagster_run_monitor.docker_launcher import is_docker_launcher
 from dagster_run_monitor.internals import docker_container
 from dagster_run_monitor.model import Health
 
@@ -25,21 +25,23 @@ class HealthChecks:
 
     A check that raises or outlives ``timeout_seconds`` has no answer (``answered`` False):
     an API error or a hung call is no evidence that a worker died, so the run is checked
-    again next pass. ``resume_counts``: each run's resume count, read for the pass, which the
-    launcher's ``count_resume_run_attempts`` calls answer from. The threads are daemon
+    again next pass. ``answers``: what the pass read for all runs, which the launcher's calls
+    answer from (``answers``: resume counts, a list of Kubernetes Jobs). The threads are daemon
     threads: a check that hangs holds only its own thread, never this pass, the next one, or
     the process's exit; checks still queued when the batch's time is up (every thread hung)
-    have no answer either."""
+    have no answer either. ``explain``: read why unhealthy workers died (``check_worker``)."""
 
     def __init__(
         self,
         launcher: RunLauncher,
         threads: int,
         timeout_seconds: float,
-        resume_counts: Mapping[str, int] | None = None,
+        answers: PassAnswers | None = None,
+        explain: bool = True,
     ):
         self._launcher = launcher
-        self._resume_counts = resume_counts or {}
+        self._explain = explain
+        self._answers = answers
         self._threads = max(1, threads)
         self._timeout = timeout_seconds
         self._queue: deque[DagsterRun] = deque()
@@ -62,7 +64,7 @@ class HealthChecks:
             threading.Thread(target=self._work, daemon=True, name="run_monitor_health").start()
 
     def _work(self) -> None:
-        with answering_resume_counts(self._resume_counts):
+        with answering(self._answers):
             self._check_queued()
 
     def _check_queued(self) -> None:
@@ -73,7 +75,7 @@ class HealthChecks:
                     return
                 run = self._queue.popleft()
                 self._started[run.run_id] = time.monotonic()
-            health = check_worker(self._launcher, run)
+            health = check_worker(self._launcher, run, self._explain)
             with self._changed:
                 if run.run_id in self._pending:  # a late answer is ignored
                     self._pending.discard(run.run_id)
@@ -146,8 +148,7 @@ def _launcher_cause(launcher: RunLauncher, run: DagsterRun) -> CrashCause | None
     reader = getattr(launcher, "crash_cause", None)
     if callable(reader):
         return reader(run)
-    docker = sys.modules.get("dagster_docker")
-    if docker is not None and isinstance(launcher, docker.DockerRunLauncher):
+    if is_docker_launcher(launcher):
         if DOCKER_CONTAINER_ID_TAG not in run.tags:
             return None
         container = docker_container(launcher, run)

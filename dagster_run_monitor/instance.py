@@ -1,7 +1,7 @@
 """The instance class named in dagster.yaml, and a mixin for users who have their own."""
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
@@ -66,13 +66,24 @@ class RunMonitorInstanceMixin:
 
     def count_resume_run_attempts(self, run_id: str) -> int:
         """One query instead of Dagster's scan of every engine event of the run; none during a
-        pass's health checks (``eventlog.answering_resume_counts``)."""
-        from dagster_run_monitor.eventlog import count_resume_attempts, counted_this_pass
+        pass's health checks (``answers``)."""
+        from dagster_run_monitor.answers import resume_count
+        from dagster_run_monitor.eventlog import count_resume_attempts
 
-        counted = counted_this_pass(run_id)
+        counted = resume_count(run_id)
         if counted is not None:
             return counted
         return count_resume_attempts(self.event_log_storage, [run_id])[run_id]  # type: ignore[attr-defined]
+
+    def add_run_tags(self, run_id: str, new_tags: Mapping[str, str]) -> None:
+        """Dagster's, but for a launcher resuming a run for the daemon that writes tags the run
+        has already (``answers.resuming``): nothing to write."""
+        from dagster_run_monitor import answers
+
+        if answers.already_tagged(run_id, new_tags):
+            return
+        super().add_run_tags(run_id, new_tags)  # type: ignore[misc]
+        answers.tagged(run_id, new_tags)
 
     def get_required_daemon_types(self) -> Sequence[str]:
         from dagster_run_monitor.registration import install

@@ -11,16 +11,25 @@ from dagster._core.launcher import RunLauncher
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.event_log import SqlEventLogStorage, SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.runs.schema import RunsTable
+from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
 from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
-# The SQL tables of Dagster's storages, for reads batched across runs (the public API reads
-# one run at a time): event_logs (run_id, dagster_event_type, timestamp, event) and runs
-# (run_id, status, update_timestamp). Connections: SqlEventLogStorage.index_connection(),
-# SqlRunStorage.connect() and .fetchall().
+# The SQL tables of Dagster's storages, for reads and writes batched across runs (the public
+# API reads and writes one run at a time): event_logs (run_id, dagster_event_type, timestamp,
+# event), runs (run_id, status, run_body, update_timestamp) and run_tags (run_id, key, value).
+# Connections: SqlEventLogStorage.index_connection(), SqlRunStorage.connect() and .fetchall();
+# rows of events: SqlEventLogStorage.prepare_insert_event_batch (bulk_writes.py).
 EVENT_LOGS = SqlEventLogStorageTable
 RUNS = RunsTable
-__all__ = ["EVENT_LOGS", "RUNS", "SqlEventLogStorage", "SqlRunStorage", "SqliteEventLogStorage"]
+RUN_TAGS = RunTagsTable
+__all__ = [
+    "EVENT_LOGS",
+    "RUNS",
+    "RUN_TAGS",
+    "SqlEventLogStorage",
+    "SqlRunStorage",
+    "SqliteEventLogStorage",
+]
 
 # The factory `dagster-daemon run` and `dagster dev` build daemons with: there is no plugin
 # API for a daemon type, so ours is added by wrapping this function (registration.py).
@@ -56,9 +65,30 @@ def docker_container(launcher: RunLauncher, run: DagsterRun) -> Any:
     return launcher._get_container(run)  # type: ignore[attr-defined]
 
 
+def replace_docker_client_factory(launcher: RunLauncher, factory: Any) -> None:
+    """A ``DockerRunLauncher`` builds a docker client for every call with its ``_get_client``
+    (``container_context -> DockerClient``); the daemon's keeps one (docker_launcher.py)."""
+    launcher._get_client = factory  # type: ignore[attr-defined]
+
+
+def k8s_client(launcher: RunLauncher) -> Any:
+    """The ``DagsterKubernetesClient`` a ``K8sRunLauncher`` calls: its ``get_job_status(job_name,
+    namespace)`` is what a health check reads, its ``batch_api`` and ``core_api`` are the
+    Kubernetes API objects (so Jobs and pods are read with the launcher's config)."""
+    return launcher._api_client  # type: ignore[attr-defined]
+
+
+def k8s_context_tags() -> tuple[str, ...]:
+    """The run tags a ``K8sRunLauncher``'s container context reads (``create_for_run`` reads
+    tags only through ``get_user_defined_k8s_config``): ``dagster-k8s/config`` and the older
+    ``dagster-k8s/resource_requirements``."""
+    from dagster_k8s.job import K8S_RESOURCE_REQUIREMENTS_KEY, USER_DEFINED_K8S_CONFIG_KEY
+
+    return (USER_DEFINED_K8S_CONFIG_KEY, K8S_RESOURCE_REQUIREMENTS_KEY)
+
+
 def k8s_core_api(launcher: RunLauncher) -> Any:
-    """The ``CoreV1Api`` a ``K8sRunLauncher`` calls (so the pods are read with its config)."""
-    return launcher._api_client.core_api  # type: ignore[attr-defined]
+    return k8s_client(launcher).core_api
 
 
 def launcher_instance(launcher: RunLauncher) -> Any:

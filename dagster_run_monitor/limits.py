@@ -4,6 +4,8 @@ matching rule, which beats the instance default."""
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dagster._core.storage.dagster_run import DagsterRun
+
 from dagster_run_monitor.durations import parse_duration
 from dagster_run_monitor.limit_table import LIMITS
 from dagster_run_monitor.settings import MonitorSettings
@@ -61,3 +63,14 @@ def resolve_limits(
     if rule is not None and rule.warn_after_fraction is not None:
         fraction = rule.warn_after_fraction
     return Limits(by_key, fraction, tuple(bad))
+
+
+def run_limits(run: DagsterRun, settings: MonitorSettings) -> Limits:
+    """``resolve_limits`` for a run: its job, its code location, its tags."""
+    return resolve_limits(run.job_name, location_of(run), run.tags, settings)
+
+
+def location_of(run: DagsterRun) -> str | None:
+    """The name of the run's code location, if it has one."""
+    origin = run.remote_job_origin
+    return origin.location_name if origin is not None else None

@@ -13,15 +13,15 @@ from dagster_run_monitor.internals import replace_storage_engine, storage_engine
 POOL_RECYCLE_SECONDS = 3600
 
 
-def pool_postgres_connections(instance: DagsterInstance, size: int) -> list[str]:
-    """Give the instance's Postgres run and event-log storages a pool of ``size`` connections.
-    After a server restart the first query on a stale connection fails (the pass reports it)
-    and SQLAlchemy discards the pool's older connections. Returns the storages pooled; other
-    storages are left as they are."""
+def pool_postgres_connections(instance: DagsterInstance, size: int, threads: int = 0) -> list[str]:
+    """Give the instance's Postgres run and event-log storages a pool of ``size`` connections,
+    and at least one per action thread and one for the pass (``threads`` + 1): a connection
+    beyond the pool is closed when it is returned, so a busy pass would open new ones all the
+    time. After a server restart the first query on a stale connection fails (the pass reports
+    it) and SQLAlchemy discards the pool's older connections. Returns the storages pooled;
+    other storages are left as they are."""
     if size <= 0:
         return []
-    from dagster_postgres.utils import create_pg_engine
-
     pooled = []
     for storage in (instance.run_storage, instance.event_log_storage):
         engine = storage_engine(storage)
@@ -30,11 +30,13 @@ def pool_postgres_connections(instance: DagsterInstance, size: int) -> list[str]
             continue
         if engine.pool.__class__.__name__ != "NullPool":
             continue  # already pooled (the webserver, or a second call)
+        from dagster_postgres.utils import create_pg_engine
+
         pooled_engine = create_pg_engine(
             url,
             getattr(storage, "_token_provider", None),
             isolation_level="AUTOCOMMIT",
-            pool_size=size,
+            pool_size=max(size, threads + 1),
             max_overflow=size,
             pool_recycle=POOL_RECYCLE_SECONDS,
             pool_reset_on_return=None,  # autocommit: no transaction to roll back

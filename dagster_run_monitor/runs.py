@@ -1,15 +1,17 @@
 """Read in-progress runs: a page of run bodies costs more than the rest of a pass, so a daemon
 keeps the runs it has read and re-reads only those whose row changed since."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from dagster import DagsterInstance
-from dagster._core.storage.dagster_run import DagsterRunStatus, RunRecord, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 from dagster._core.storage.event_log.base import EventLogStorage
 from dagster._time import utc_datetime_from_naive
 
 from dagster_run_monitor.eventlog import count_resume_attempts
 from dagster_run_monitor.internals import RUNS, SqlRunStorage
+from dagster_run_monitor.limits import Limits, run_limits
+from dagster_run_monitor.settings import MonitorSettings
 
 PAGE_SIZE = 1000
 
@@ -22,6 +24,22 @@ class RunReader:
     def __init__(self) -> None:
         self._known: dict[tuple[DagsterRunStatus, ...], dict[str, RunRecord]] = {}
         self._counted: dict[str, tuple[object, int]] = {}  # run id -> (row's update time, count)
+        self._limits: dict[str, tuple[DagsterRun, Limits]] = {}  # run id -> (run read, limits)
+        self._limits_for: MonitorSettings | None = None
+
+    def limits(
+        self, runs: Mapping[str, DagsterRun], settings: MonitorSettings
+    ) -> dict[str, Limits]:
+        """Each run's limits (``limits.run_limits``), resolved again only for the runs read
+        again since, or for all when the settings changed."""
+        if settings != self._limits_for:
+            self._limits, self._limits_for = {}, settings
+        known = self._limits
+        self._limits = {
+            i: known[i] if i in known and known[i][0] is run else (run, run_limits(run, settings))
+            for i, run in runs.items()
+        }
+        return {i: limits for i, (_, limits) in self._limits.items()}
 
     def resume_counts(
         self, storage: EventLogStorage, records: Sequence[RunRecord]

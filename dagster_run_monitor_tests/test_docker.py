@@ -3,6 +3,7 @@ scripts/docker-engine, Postgres storage, our daemon running as `dagster-daemon r
 
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -212,3 +213,42 @@ def test_max_runtime_stops_the_container(docker_home, docker_client):
     assert run_containers(docker_client, run.run_id, running_only=True) == []
     (container,) = run_containers(docker_client, run.run_id)
     assert container.status == "exited"
+
+
+def test_the_daemon_asks_the_engine_its_version_once_not_per_health_check(
+    docker_home, docker_client, workspace_context, monkeypatch
+):
+    """DockerRunLauncher builds a docker client (and docker-py asks the engine's API version,
+    GET /version) for every health check; the daemon's launcher keeps one client. Three
+    running workers, two passes: one version request, six container reads, nothing else."""
+    from docker.api.client import APIClient
+
+    from dagster_run_monitor.daemon import RunMonitorDaemon
+    from dagster_run_monitor_tests.support.runs import monitor_pass
+
+    _, instance = docker_home()
+    runs = [launch(instance, "docker_sleeps") for _ in range(3)]
+    requests: list[str] = []
+    send = APIClient.send
+
+    def counted(self, request, **kwargs):
+        requests.append(f"{request.method} {request.path_url.split('?')[0].rsplit('/', 1)[-1]}")
+        return send(self, request, **kwargs)
+
+    try:
+        launcher = instance.run_launcher
+        monkeypatch.setattr(APIClient, "send", counted)
+        launcher.check_run_worker_health(instance.get_run_by_id(runs[0].run_id))
+        assert requests == ["GET version", "GET json"]  # Dagster's launcher alone
+        requests.clear()
+        daemon = RunMonitorDaemon.from_instance(instance)
+        with workspace_context(instance) as ctx:
+            for _ in range(2):
+                assert monitor_pass(instance, ctx, now=time.time(), daemon=daemon) == []
+        assert Counter(requests) == {"GET version": 1, "GET json": 6}
+        for run in runs:
+            assert status(instance, run.run_id) in (S.STARTING, S.STARTED)
+    finally:
+        for run in runs:
+            for container in run_containers(docker_client, run.run_id):
+                container.remove(force=True)

@@ -4,6 +4,7 @@ somewhere in a pass."""
 
 import importlib
 import inspect
+import re
 
 import dagster
 import pytest
@@ -44,6 +45,16 @@ def test_the_concurrency_slots_iteration_of_the_builtin_monitor():
             "batched event-log reads (launch, cancel, resume and step times)",
         ),
         (internals.RUNS, {"run_id", "status", "update_timestamp"}, "re-reading changed runs"),
+        (
+            internals.RUNS,
+            {"run_id", "run_body", "update_timestamp"},
+            "writing the tags of a batch of runs (bulk_writes)",
+        ),
+        (
+            internals.RUN_TAGS,
+            {"run_id", "key", "value"},
+            "writing the tags of a batch of runs (bulk_writes)",
+        ),
     ],
 )
 def test_the_sql_tables_read_in_batches(table, columns, use):
@@ -57,6 +68,11 @@ def test_the_sql_tables_read_in_batches(table, columns, use):
         (internals.SqlEventLogStorage, "index_connection", "batched event-log reads"),
         (internals.SqlRunStorage, "connect", "claims (advisory locks)"),
         (internals.SqlRunStorage, "fetchall", "re-reading changed runs"),
+        (
+            internals.SqlEventLogStorage,
+            "prepare_insert_event_batch",
+            "writing the events of a batch of runs (bulk_writes)",
+        ),
     ],
 )
 def test_the_storage_connections(cls, method, use):
@@ -83,6 +99,13 @@ def test_the_launchers_clients():
         f"DockerRunLauncher._get_container is gone; {WHY} the container's state and log tail"
         " in failure messages"
     )
+    get_client = getattr(DockerRunLauncher, "_get_client", None)
+    assert (
+        callable(get_client) and "container_context" in inspect.signature(get_client).parameters
+    ), (
+        f"DockerRunLauncher._get_client(container_context) is gone; {WHY} keeping one docker"
+        " client instead of a new one (and a GET /version) per call"
+    )
     init = inspect.getsource(K8sRunLauncher.__init__)
     assert "self._api_client" in init, (
         f"K8sRunLauncher no longer keeps _api_client; {WHY} reading the run worker's pods"
@@ -91,4 +114,23 @@ def test_the_launchers_clients():
 
     assert isinstance(inspect.getattr_static(RunLauncher, "_instance", None), property), (
         f"RunLauncher._instance is gone; {WHY} counting a run's resumes to name its K8s Job"
+    )
+
+
+def test_the_tags_a_k8s_container_context_reads():
+    import dagster_k8s.job
+    from dagster_k8s.container_context import K8sContainerContext
+
+    create = inspect.getsource(K8sContainerContext.create_for_run)
+    reads = [line.strip() for line in create.splitlines() if ".tags" in line]
+    assert reads == ["user_defined_k8s_config = get_user_defined_k8s_config(dagster_run.tags)"], (
+        f"K8sContainerContext.create_for_run reads run tags otherwise now ({reads}); {WHY}"
+        " remembering each run's container context until the tags it reads change"
+    )
+    source = inspect.getsource(dagster_k8s.job.get_user_defined_k8s_config)
+    keys = {
+        getattr(dagster_k8s.job, name) for name in set(re.findall(r"\b[A-Z0-9_]+_KEY\b", source))
+    }
+    assert keys == set(internals.k8s_context_tags()), (
+        f"get_user_defined_k8s_config reads the tags {sorted(keys)}; {WHY} the same"
     )

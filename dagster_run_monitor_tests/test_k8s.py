@@ -51,6 +51,7 @@ LAUNCHER_CONFIG: dict[str, Any] = {
     "job_namespace": "dagster",
     "load_incluster_config": False,
 }
+NAMESPACE = LAUNCHER_CONFIG["job_namespace"]
 FAKE_K8S_LAUNCHER = {
     "module": "dagster_run_monitor_tests.support.fake_k8s",
     "class": "FakeClusterK8sRunLauncher",
@@ -168,19 +169,19 @@ def test_a_run_resumed_by_another_daemon_during_the_pass_is_not_resumed_again(
     k8s_instance, cluster, workspace_context, monkeypatch
 ):
     """The pass's health checks name each Job from the resume count read at the pass's start;
-    another daemon resumes the run after that read, before this pass's check of the old Job.
+    another daemon resumes the run after that read, before this pass lists the Jobs it checks.
     The claim's fresh count sees it: no second resume, no second Job."""
     with k8s_instance() as instance, workspace_context(instance) as ctx:
         run = start(instance)
         cluster.set_state(job_name(run), "failed")
-        read_job = cluster.read_job
+        list_jobs = cluster.list_run_worker_jobs
 
-        def another_daemon_resumes_first(method: str, name: str, namespace: str):
-            if name == job_name(run) and resumes(instance, run) == 0:
+        def another_daemon_resumes_first(namespace: str, limit: int, token: str | None):
+            if resumes(instance, run) == 0:
                 instance.resume_run(run.run_id, ctx.create_request_context(), 1)
-            return read_job(method, name, namespace)
+            return list_jobs(namespace, limit, token)
 
-        monkeypatch.setattr(cluster, "read_job", another_daemon_resumes_first)
+        monkeypatch.setattr(cluster, "list_run_worker_jobs", another_daemon_resumes_first)
         assert monitor_pass(instance, ctx, now=T0 + 120) == []
         assert resumes(instance, run) == 1
         assert cluster.count(run.run_id)["create_namespaced_job"] == 2  # the launch, the resume
@@ -411,8 +412,8 @@ def test_a_job_that_keeps_failing_fails_the_run_with_the_launchers_debug_info(
         cluster.calls.clear()
         assert monitor_pass(instance, ctx, now=T0 + 120) == []
 
-        assert cluster.count(run.run_id) == {  # the health check, then the debug info
-            "read_namespaced_job_status": 1,
+        assert cluster.count(f"of {NAMESPACE}") == {"list_namespaced_job": 1}  # the checks'
+        assert cluster.count(run.run_id) == {  # then the debug info
             "list_namespaced_pod": 3,  # the Job's pods (health, debug info), each pod by name
             "read_namespaced_pod_log": 1,
             "list_namespaced_event": 1,
@@ -455,6 +456,33 @@ def event_log_selects() -> Iterator[list[str]]:
         sqlalchemy.event.remove(Engine, "before_cursor_execute", record)
 
 
+def test_a_resume_rewrites_no_tag_the_run_already_has(k8s_instance, cluster, workspace_context):
+    """K8sRunLauncher writes the run's image tag on every resume, the same value each time:
+    the daemon writes the resume's tags (the crash's cause) once, and the launcher's unchanged
+    image tag not at all; a run worker of Dagster's own still sees every tag."""
+    with k8s_instance() as instance, workspace_context(instance) as ctx:
+        run = start(instance)
+        image = tags_of(instance, run.run_id)["dagster/image"]
+        cluster.set_state(job_name(run), "failed")
+        writes: list[str] = []
+
+        def record(conn, cursor, statement: str, *args: Any) -> None:
+            if statement.lstrip().upper().startswith("UPDATE RUNS"):
+                writes.append(statement)
+
+        sqlalchemy.event.listen(Engine, "before_cursor_execute", record)
+        try:
+            assert monitor_pass(instance, ctx, now=T0) == []
+            assert resumes(instance, run) == 1
+            assert len(writes) == 1  # the cause tag, with the run's other tags in its body
+            instance.add_run_tags(run.run_id, {"dagster/image": image})  # not the daemon's
+            assert len(writes) == 2  # Dagster writes it, as always
+        finally:
+            sqlalchemy.event.remove(Engine, "before_cursor_execute", record)
+        assert tags_of(instance, run.run_id)["dagster/image"] == image
+        assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "oom_killed"
+
+
 def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
     k8s_instance, cluster, workspace_context, storage
 ):
@@ -473,6 +501,7 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
             with event_log_selects() as pass_reads:
                 assert monitor_pass(instance, ctx, now=now) == []
             calls.append({name: dict(cluster.count(r.run_id)) for name, r in runs.items()})
+            calls[-1]["namespace"] = dict(cluster.count(f"of {NAMESPACE}"))
             selects.append(len(pass_reads))
         print(f"\nK8s API calls per run, pass 1 (resumes 'crashed'): {calls[0]}")
         print(f"K8s API calls per run, pass 2 (both healthy): {calls[1]}")
@@ -481,39 +510,39 @@ def test_kubernetes_api_calls_and_event_log_reads_per_run_per_pass(
             f" pass 1 {selects[0]}, pass 2 {selects[1]}"
         )
 
+        # The health checks answer from one list of the namespace's run worker Jobs a pass;
+        # the crashed run's Job is read again under its claim, just before its resume (another
+        # daemon may have resumed it since); what its pod says is read once, for the crash
+        # message.
         assert calls == [
             {
-                "healthy": {"read_namespaced_job_status": 1},
-                # read again under the claim, just before the resume (another daemon may
-                # have resumed it since the pass's check)
-                # what its pod says (once, for the crash message)
+                "healthy": {},
                 "crashed": {
-                    "read_namespaced_job_status": 2,
+                    "read_namespaced_job_status": 1,
                     "list_namespaced_pod": 1,
                     "create_namespaced_job": 1,
                 },
+                "namespace": {"list_namespaced_job": 1},
             },
-            {
-                "healthy": {"read_namespaced_job_status": 1},
-                "crashed": {"read_namespaced_job_status": 1},
-            },
+            {"healthy": {}, "crashed": {}, "namespace": {"list_namespaced_job": 1}},
         ]
         # check_run_worker_health counts the run's resumes (to name the Job) on every call; in
         # a pass it is answered from the daemon's counts, read again only for runs whose row
         # changed (pass 1: both, new to the daemon; pass 2: the resumed one), in one statement
         # on Postgres (SQLite has an event-log file per run: one read each). Then, for the
-        # crashed run only: its resume history for the decision, the re-count under its
-        # claim, and the launcher's count in the health check under the claim before resuming
-        # it (never answered from the pass).
+        # crashed run only: its resume history for the decision and the re-count under its
+        # claim, which also answers the launcher's count in the health check under the claim
+        # before resuming it (never the pass's count).
         assert len(launcher_reads) == 1
-        assert selects == {"postgres": [4, 1], "sqlite": [5, 2]}[storage]
+        assert selects == {"postgres": [3, 1], "sqlite": [4, 2]}[storage]
 
 
 def test_the_daemon_remembers_each_runs_container_context_until_its_tags_change(
     k8s_instance, cluster, workspace_context, monkeypatch
 ):
     """K8sRunLauncher rebuilds a run's container context on every call; the daemon's launcher
-    builds it once per run and tags, and the context stays what the launcher would build."""
+    builds it once per run and Kubernetes config tags, and the context stays what the launcher
+    would build."""
     from dagster_k8s.container_context import K8sContainerContext
 
     built: list[str] = []
@@ -530,6 +559,9 @@ def test_the_daemon_remembers_each_runs_container_context_until_its_tags_change(
         for now in (T0, T0 + 120, T0 + 240):
             assert monitor_pass(instance, ctx, now=now) == []
         assert built == [run.run_id]  # three passes, one build
+        instance.add_run_tags(run.run_id, {"team": "data"})  # a tag the context does not read
+        assert monitor_pass(instance, ctx, now=T0 + 300) == []
+        assert built == [run.run_id]
         instance.add_run_tags(run.run_id, {"dagster-k8s/config": '{"pod_spec_config": {}}'})
         assert monitor_pass(instance, ctx, now=T0 + 360) == []
         assert built == [run.run_id, run.run_id]  # new tags: built again

@@ -597,7 +597,7 @@ def test_kubernetes_api_calls_per_run_per_pass(k8s_home, cluster, workspace_cont
     assert sum(healthy.values()) == 1
     assert status(instance, run.run_id) == S.STARTED
     assert log(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE) == 1
-    assert sum(crashed.values()) == 4  # job status (pass), pods (why), job status (claim), create
+    assert sum(crashed.values()) == 4  # Job list (pass), pods (why), job status (claim), create
 
 
 # --- the network rule -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ and every API call is recorded, so tests can count what a monitoring pass costs.
 
 import copy
 import datetime
+import json
 import tempfile
 import threading
 import time
@@ -78,6 +79,9 @@ class FakeCluster:
             # The state of a Job the fake has no record of (the benchmark: "active", so 10,000
             # workers need no objects); None: such a Job does not exist (404).
             self.default_job_state: JobState | None = None
+            # Jobs in that state that lists show (the benchmark's healthy workers, by name)
+            self.listed_defaults: dict[str, str] = {}  # Job name -> namespace
+            self._listing: tuple[list[str], dict[str, dict]] = ([], {})  # a list's snapshot
 
     # --- what tests do to the cluster --------------------------------------------------------
 
@@ -184,6 +188,8 @@ class FakeCluster:
         self._call(method, name)
         with self._lock:
             job = self.jobs.get(name)
+            if job is None and self.default_job_state == "active":
+                return _recorded_active_job(name, namespace)
             if job is None and self.default_job_state is not None:
                 return k8s.V1Job(
                     metadata=k8s.V1ObjectMeta(name=name, namespace=namespace),
@@ -228,6 +234,38 @@ class FakeCluster:
             items = [job] if job is not None and job.metadata.namespace == namespace else []
             return k8s.V1JobList(items=items)
 
+    def list_run_worker_jobs(self, namespace: str, limit: int, token: str | None) -> HTTPResponse:
+        """A page of the namespace's Jobs (every Job here is a run worker's) as the API server
+        sends it: JSON, each Job the recorded one with its own name and status, and a
+        ``continue`` token while more are left. A read fault injected for any Job (the API in
+        trouble) fails the list too."""
+        self._call("list_namespaced_job", f"page {token or 0} of {namespace}", read=False)
+        with self._lock:
+            fault = next(iter(self.read_faults.values()), None)
+        if fault is not None:
+            raise fault()
+        if token is None:  # a list's pages are one snapshot, taken at its first page
+            with self._lock:
+                statuses = {
+                    name: {k: v for k in COUNTS if (v := getattr(job.status, k)) is not None}
+                    for name, job in self.jobs.items()
+                    if job.metadata.namespace == namespace
+                }
+                for name, in_namespace in self.listed_defaults.items():
+                    if in_namespace == namespace and name not in statuses:
+                        statuses[name] = {"active": 1}
+            self._listing = (sorted(statuses), statuses)
+        names, statuses = self._listing
+        start = int(token or 0)
+        page = names[start : start + limit]
+        more = str(start + limit) if start + limit < len(names) else None
+        items = ",".join(_job_json(name, namespace, statuses[name]) for name in page)
+        metadata = json.dumps({"resourceVersion": "1", **({"continue": more} if more else {})})
+        body = (
+            f'{{"kind":"JobList","apiVersion":"batch/v1","metadata":{metadata},"items":[{items}]}}'
+        )
+        return HTTPResponse(body=body.encode(), preload_content=True)
+
     def delete_job(self, name: str, namespace: str) -> k8s.V1Status:
         self._call("delete_namespaced_job", name, read=False)
         with self._lock:
@@ -245,14 +283,12 @@ class FakeCluster:
         else:
             subject = _selected(field_selector or "", "metadata.name")
         self._call("list_namespaced_pod", subject)
-        with self._lock:
-            pods = [
-                pod
-                for pod in self.pods.values()
-                if pod.metadata.namespace == namespace
-                and (pod.metadata.labels["job-name"] if by_job else pod.metadata.name) == subject
-            ]
-            return k8s.V1PodList(items=pods)
+        with self._lock:  # a Job's one pod is named after it: a look-up, not a scan
+            pod = self.pods.get(f"{subject}-{POD_SUFFIX}" if by_job else subject)
+            found = pod is not None and pod.metadata.namespace == namespace
+            if found and by_job:
+                found = pod.metadata.labels["job-name"] == subject
+            return k8s.V1PodList(items=[pod] if found else [])
 
     def delete_pod(self, name: str, namespace: str) -> k8s.V1Pod:
         self._call("delete_namespaced_pod", name, read=False)
@@ -301,7 +337,20 @@ class FakeBatchV1Api(_FakeApi):
     def read_namespaced_job(self, name: str, namespace: str, **_: Any) -> k8s.V1Job:
         return self._cluster.read_job("read_namespaced_job", name, namespace)
 
-    def list_namespaced_job(self, namespace: str, field_selector: str = "", **_: Any):
+    def list_namespaced_job(
+        self,
+        namespace: str,
+        field_selector: str = "",
+        label_selector: str = "",
+        limit: int = 0,
+        _continue: str | None = None,
+        _preload_content: bool = True,
+        **_: Any,
+    ):
+        if label_selector:
+            assert label_selector == "app.kubernetes.io/component=run_worker", label_selector
+            assert not _preload_content, "the fake answers Job lists as JSON only"
+            return self._cluster.list_run_worker_jobs(namespace, limit or 10**9, _continue)
         return self._cluster.list_jobs(namespace, field_selector)
 
     def delete_namespaced_job(self, name: str, namespace: str, **_: Any) -> k8s.V1Status:
@@ -366,6 +415,53 @@ def fake_kubeconfig() -> str:
         "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
     )
     return str(path)
+
+
+COUNTS = ("active", "succeeded", "failed")  # of a Job's status, what health checks read
+RECORDED_JOB = Path(__file__).parent.parent / "recorded" / "k8s_job_active.json"
+
+
+class _Response:
+    """What ``ApiClient.deserialize`` reads of an HTTP response: its body."""
+
+    def __init__(self, data: str) -> None:
+        self.data = data
+
+
+@cache
+def _recorded_job() -> tuple[str, Any]:
+    from dagster_k8s.client import PatchedApiClient
+
+    return RECORDED_JOB.read_text(), PatchedApiClient()
+
+
+def _recorded_active_job(name: str, namespace: str) -> k8s.V1Job:
+    """An active run worker Job as the API server sends it (recorded from the test cluster:
+    K8sRunLauncher's Job, 7 KB of JSON), deserialized by dagster-k8s's API client as a real
+    answer is: the client's work on the answer, without the HTTP and TLS around it."""
+    body, client = _recorded_job()
+    job = client.deserialize(_Response(body), "V1Job")
+    job.metadata.name, job.metadata.namespace = name, namespace
+    return job
+
+
+@cache
+def _job_json_parts() -> tuple[str, str, str, str]:
+    """The recorded Job as compact JSON, split where its name, namespace and status go."""
+    job = json.loads(RECORDED_JOB.read_text())
+    job["metadata"]["name"], job["metadata"]["namespace"] = "@@NAME@@", "@@NAMESPACE@@"
+    job["status"] = "@@STATUS@@"
+    text = json.dumps(job, separators=(",", ":"))
+    head, rest = text.split('"@@NAME@@"')
+    middle, rest = rest.split('"@@NAMESPACE@@"')
+    before_status, tail = rest.split('"@@STATUS@@"')
+    return head, middle, before_status, tail
+
+
+def _job_json(name: str, namespace: str, status: dict) -> str:
+    head, middle, before_status, tail = _job_json_parts()
+    values = (json.dumps(name), json.dumps(namespace), json.dumps(status))
+    return f"{head}{values[0]}{middle}{values[1]}{before_status}{values[2]}{tail}"
 
 
 def _now() -> datetime.datetime:
