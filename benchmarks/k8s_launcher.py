@@ -3,9 +3,10 @@
 
 import threading
 
-from dagster import Field, Float
+from dagster import DagsterInstance, Field, Float, RunsFilter
 from dagster._core.launcher import CheckRunHealthResult
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster._core.storage.tags import DOCKER_IMAGE_TAG
 from dagster_k8s import K8sRunLauncher
 
 from benchmarks.launcher import DEFAULT_LATENCY_SECONDS
@@ -43,3 +44,24 @@ class LatencyK8sRunLauncher(FakeClusterK8sRunLauncher):
     @property
     def api_calls(self) -> int:
         return CLUSTER.call_count
+
+
+def worker_tags() -> dict[str, str]:
+    """The tag K8sRunLauncher writes on a run when it launches its worker."""
+    from benchmarks.monitor_pass.storage import K8S_IMAGE
+
+    return {DOCKER_IMAGE_TAG: K8S_IMAGE}
+
+
+def register_workers(instance: DagsterInstance) -> None:
+    """The fake API lists a Job for every STARTED or STARTING run (a worker that runs), as a
+    cluster would; reads of Jobs it has no record of answer active anyway."""
+    from dagster_k8s.job import get_job_name_from_run_id
+
+    from benchmarks.monitor_pass.storage import K8S_NAMESPACE
+
+    statuses = [DagsterRunStatus.STARTED, DagsterRunStatus.STARTING]
+    records = instance.get_run_records(RunsFilter(statuses=statuses))
+    CLUSTER.listed_defaults.update(
+        {get_job_name_from_run_id(r.dagster_run.run_id): K8S_NAMESPACE for r in records}
+    )

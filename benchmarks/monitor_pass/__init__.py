@@ -24,7 +24,9 @@ storage, in a temporary DAGSTER_HOME), then:
    (VmHWM: imports, instance, the pass) is the daemon's memory at N runs.
 
 The health check of the benchmark launcher (``benchmarks/launcher.py``) sleeps ``--latency``
-(default 20 ms, about one Kubernetes API call) and issues no SQL.
+(default 20 ms, about one Kubernetes API call) and issues no SQL. ``--launcher k8s`` and
+``--launcher docker`` run Dagster's own K8sRunLauncher (its API faked) and DockerRunLauncher
+(real containers on the local engine up to ``--docker-real-max-n``, its client faked beyond).
 
 Every pass reports its SQL statements and new database connections (``--show-statements``
 lists them), its RSS, and its errors (there should be none). ``--profile-dir DIR`` profiles

@@ -39,6 +39,10 @@ def child_main(kind: str, home: str, pool_size: int = 0) -> None:
     counter.name_engines(instance)
     with daemon_context(instance, os.path.join(home, "daemon.log")) as context:
         instance.run_launcher  # noqa: B018 -- loaded before the baseline, as a daemon would
+        if type(instance.run_launcher).__module__ == "benchmarks.k8s_launcher":
+            from benchmarks.k8s_launcher import register_workers
+
+            register_workers(instance)  # the fake cluster of this process lists the workers
         rss_ready = rss_bytes()
         result = one_pass(kind, "steady", instance, context, counter)
     peak = peak_rss_bytes()

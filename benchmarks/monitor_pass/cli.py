@@ -5,7 +5,7 @@ import time
 from collections.abc import Sequence
 
 from benchmarks.monitor_pass.child import child_main
-from benchmarks.monitor_pass.constants import DEFAULT_DATABASE
+from benchmarks.monitor_pass.constants import DEFAULT_DATABASE, DOCKER_REAL_MAX_N
 from benchmarks.monitor_pass.measure import SqlCounter
 from benchmarks.monitor_pass.report import code_version, report
 from benchmarks.monitor_pass.scenarios import bench_one
@@ -32,9 +32,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.02, help="API call seconds (0.02)")
     p.add_argument(
         "--launcher",
-        choices=("harness", "k8s"),
+        choices=("harness", "k8s", "docker"),
         default="harness",
-        help="harness: the test launcher; k8s: Dagster's K8sRunLauncher, its API faked",
+        help="harness: the test launcher; k8s: Dagster's K8sRunLauncher, its API faked;"
+        " docker: Dagster's DockerRunLauncher, one real container per STARTED/STARTING run on"
+        " the local engine (DOCKER_HOST, default scripts/docker-engine's) up to"
+        " --docker-real-max-n, its docker client faked beyond",
+    )
+    p.add_argument(
+        "--docker-real-max-n",
+        type=int,
+        default=DOCKER_REAL_MAX_N,
+        help=f"--launcher docker: real containers up to this N (default {DOCKER_REAL_MAX_N:,}:"
+        " 0.9 N containers, ~4 MB and ~12 tasks each, created at ~5/s on two cores)",
     )
     p.add_argument("--events-per-run", type=int, default=200)
     p.add_argument("--jobs", type=int, default=10, help="distinct jobs (execution plans)")

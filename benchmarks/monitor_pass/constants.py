@@ -11,6 +11,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 DEFAULT_DATABASE = "run_monitor_bench"
 
 
+# --launcher docker: the largest N with real containers (one per STARTED/STARTING run, so
+# 900): each holds ~4 MB and ~12 tasks (its containerd shim's threads); created at ~5/s and
+# removed at ~9/s on two cores.
+DOCKER_REAL_MAX_N = 1000
+
+
 MIX = (  # share of N per status
     (DagsterRunStatus.QUEUED, 0.05),
     (DagsterRunStatus.STARTING, 0.10),

@@ -1,6 +1,7 @@
 """One pass of either monitor, and what it changed."""
 
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ class PassResult:
     rss_start: int
     rss_peak: int
     errors: list[str] = field(default_factory=list)
+    api_by_call: dict[str, int] = field(default_factory=dict)  # Docker: per request kind
     resumed: int | None = None
     side_effects: str | None = None
     cpu: float = 0.0  # CPU seconds of the benchmark process (the daemon) in the pass
@@ -53,6 +55,7 @@ def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -
     ``dagster-daemon run``: its first pass reads every run, later ones only changed runs."""
     launcher = instance.run_launcher
     checks_before, calls_before = launcher.health_checks, api_calls(launcher)
+    by_call_before = Counter(getattr(launcher, "api_by_call", {}))
     daemon = None
     if kind == "ours":
         daemon = DAEMONS.setdefault(id(instance), RunMonitorDaemon.from_instance(instance))
@@ -85,6 +88,7 @@ def one_pass(kind: str, scenario: str, instance, context, counter: SqlCounter) -
         rss_start,
         rss_peak,
         errors,
+        api_by_call=dict(Counter(getattr(launcher, "api_by_call", {})) - by_call_before),
         cpu=cpu_after - cpu_before,
         server_cpu=None if server_after is None else server_after - (server_before or 0.0),
     )
@@ -94,8 +98,12 @@ def api_calls(launcher) -> int:
     return getattr(launcher, "api_calls", launcher.health_checks)
 
 
-def is_k8s(instance: DagsterInstance) -> bool:
-    return hasattr(instance.run_launcher, "api_calls")
+def launcher_kind(instance: DagsterInstance) -> str:
+    """``k8s``, ``docker`` or ``harness``: the benchmark launcher the instance runs."""
+    module = type(instance.run_launcher).__module__
+    return {"benchmarks.k8s_launcher": "k8s", "benchmarks.docker_launcher": "docker"}.get(
+        module, "harness"
+    )
 
 
 def fingerprint(instance: DagsterInstance) -> tuple:
@@ -125,8 +133,14 @@ def fingerprint(instance: DagsterInstance) -> tuple:
 
 def mark_crashed(instance: DagsterInstance, run_ids: Sequence[str]) -> None:
     """The workers of ``run_ids`` (none resumed before) die: the harness reads a tag; on the
-    fake Kubernetes API their Jobs fail, their pods OOMKilled."""
-    if is_k8s(instance):
+    fake Kubernetes API their Jobs fail, their pods OOMKilled; Docker: ``docker_workers``."""
+    kind = launcher_kind(instance)
+    if kind == "docker":
+        from benchmarks.monitor_pass.docker_workers import crash_workers
+
+        crash_workers(instance, run_ids)
+        return
+    if kind == "k8s":
         from dagster_k8s.job import get_job_name_from_run_id
 
         from dagster_run_monitor_tests.support.fake_k8s import CLUSTER
@@ -142,7 +156,8 @@ def mark_crashed(instance: DagsterInstance, run_ids: Sequence[str]) -> None:
 def count_resumed(instance: DagsterInstance, run_ids: Sequence[str], before: dict[str, int]):
     """Runs that got one more "Launching a new run worker to resume run" event, are still
     STARTED, and whose (new) worker is healthy again (harness: its tag; Kubernetes: the Job
-    of the resume was created, active)."""
+    of the resume was created, active; Docker: a new container id tag, that container
+    running)."""
     from dagster_k8s.job import get_job_name_from_run_id
 
     from dagster_run_monitor.eventlog import count_resume_attempts
@@ -154,10 +169,16 @@ def count_resumed(instance: DagsterInstance, run_ids: Sequence[str], before: dic
         r.dagster_run.run_id: r.dagster_run
         for r in instance.get_run_records(filters=RunsFilter(run_ids=list(run_ids)))
     }
-    k8s = is_k8s(instance)
+    kind = launcher_kind(instance)
+    if kind == "docker":
+        from benchmarks.monitor_pass.docker_workers import running_again
+
+        running = running_again(instance, list(records.values()))
     for run_id in run_ids:
         run = records.get(run_id)
-        if k8s:
+        if kind == "docker":
+            healthy = run_id in running
+        elif kind == "k8s":
             healthy = CLUSTER.state(get_job_name_from_run_id(run_id, after[run_id])) == "active"
         else:
             healthy = run is not None and run.tags.get(HEALTH_TAG) == "RUNNING"

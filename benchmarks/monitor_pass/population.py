@@ -7,6 +7,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from dagster import DagsterInstance
@@ -57,10 +58,28 @@ def code_origin(job_name: str) -> JobPythonOrigin:
     return JobPythonOrigin(job_name, RepositoryPythonOrigin(sys.executable, pointer))
 
 
+WORKER_STATUSES = (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING)  # a healthy worker each
+
+
 def build_population(
-    instance: DagsterInstance, n: int, args: argparse.Namespace, rng: random.Random
+    instance: DagsterInstance,
+    n: int,
+    args: argparse.Namespace,
+    rng: random.Random,
+    worker_tags: Callable[[], dict[str, str]] | None = None,
 ) -> Population:
+    """``worker_tags``: the tags naming a run's worker, one call per STARTED/STARTING run."""
     counts = status_counts(n)
+    worker_keys: set[str] = set()
+
+    def tags_for(status: DagsterRunStatus, base: Mapping[str, str]) -> dict[str, str]:
+        tags = {k: v for k, v in base.items() if k not in worker_keys}
+        if worker_tags is not None and status in WORKER_STATUSES:
+            worker = worker_tags()
+            worker_keys.update(worker)
+            tags.update(worker)
+        return tags
+
     storage = instance.event_log_storage
     steps = max(2, math.ceil((args.events_per_run - 2) / 10))
     jobs = [build_job(f"bench_job_{j}", steps) for j in range(max(1, min(args.jobs, n)))]
@@ -86,7 +105,7 @@ def build_population(
             run = make_run(
                 instance,
                 status,
-                tags={"team": f"team_{j % 4}", "benchmark": "monitor_pass"},
+                tags=tags_for(status, {"team": f"team_{j % 4}", "benchmark": "monitor_pass"}),
                 created=times["created"],
                 launched=times.get("launched"),
                 started=times.get("started"),
@@ -134,7 +153,9 @@ def build_population(
             for _ in range(remaining[status]):
                 ref = runs_by_job[job_names[i % len(job_names)]]
                 i += 1
-                run = copy_record(ref, run_id=str(uuid.uuid4()), status=status)
+                run = copy_record(
+                    ref, run_id=str(uuid.uuid4()), status=status, tags=tags_for(status, ref.tags)
+                )
                 times = run_times(status, now, rng)
                 values = run_storage._get_run_insertion_values(run, naive_utc(times["created"]))
                 last = max(t for k, t in times.items())

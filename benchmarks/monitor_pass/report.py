@@ -43,6 +43,27 @@ def code_version() -> str:
     return f"commit {head or 'unknown'}" + (" + uncommitted changes" if dirty else "")
 
 
+def docker_description(rows: list[Row], args: argparse.Namespace) -> str:
+    def sizes(real: bool) -> str:
+        found = sorted({r.n for r in rows if (r.n <= args.docker_real_max_n) == real})
+        return ", ".join(f"{n:,}" for n in found)
+
+    real, fake = sizes(True), sizes(False)
+    parts = []
+    if real:
+        parts.append(
+            f"at N = {real} on the local Docker engine: one real container per STARTED/STARTING"
+            " run (sleep infinity, host network), and real containers for resumed runs (API"
+            " calls take what the engine takes)"
+        )
+    if fake:
+        parts.append(
+            f"at N = {fake} (> --docker-real-max-n {args.docker_real_max_n:,}) only its docker"
+            f" client objects faked, each API call {args.latency * 1000:g} ms"
+        )
+    return "Dagster's DockerRunLauncher, unchanged: " + "; ".join(parts)
+
+
 def report(rows: list[Row], args: argparse.Namespace, wall: float, version: str) -> str:
     out = []
     command = shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv]))
@@ -54,9 +75,12 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float, version: str)
         "harness": "the test launcher (benchmarks/launcher.py; its health check is one 'API call'"
         " and issues no SQL)",
         "k8s": "Dagster's K8sRunLauncher, only its Kubernetes API objects faked",
+        "docker": docker_description(rows, args),
     }[args.launcher]
     out.append(
-        f"Launcher: {launcher}. API call latency {args.latency * 1000:g} ms; {args.events_per_run}"
+        f"Launcher: {launcher}."
+        + ("" if args.launcher == "docker" else f" API call latency {args.latency * 1000:g} ms;")
+        + f" {args.events_per_run}"
         " events per STARTED/CANCELING run; mix 5% QUEUED, 10% STARTING, 80% STARTED,"
         " 5% CANCELING; our health_check_threads "
         + ", ".join(sorted({str(r.health_check_threads) for r in rows}))
@@ -174,6 +198,7 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float, version: str)
                 f" SQL {p.sql} {p.sql_by_storage}, {p.connections} new connections"
                 + (f" (from other threads: {threads})" if threads else "")
                 + f", health checks {p.health_checks}, API calls {p.api_calls}"
+                + (f" {p.api_by_call}" if p.api_by_call else "")
                 + f", CPU s daemon {p.cpu:.1f}"
                 + ("" if p.server_cpu is None else f" / PostgreSQL {p.server_cpu:.1f}")
                 + f", RSS {p.rss_start / MB:.0f}"
@@ -234,5 +259,16 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float, version: str)
         " (engine, step and user-log events) by COPY; the set-up checks statuses, start times,"
         " run stats and event counts against the API before any pass.",
     ]
+    if args.launcher == "docker":
+        notes.append(
+            "Docker API calls: DockerRunLauncher builds a new docker client for every health"
+            " check, terminate and resume (docker.client.from_env; docker-py's default"
+            " version='auto' asks the engine GET /version), then GET /containers/{id}/json;"
+            " a resume adds POST /containers/create, GET /containers/{id}/json (docker-py"
+            " reads the new container back) and POST /containers/{id}/start. Per crashed run"
+            " ours also checks the worker once more under its claim and reads the container"
+            " for its cause: two more clients, four more calls than the built-in. Real engine:"
+            " every HTTP request counted; faked: the same requests, each --latency."
+        )
     out += [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"

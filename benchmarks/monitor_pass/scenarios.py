@@ -1,6 +1,7 @@
 """The scenarios for one N: steady passes alternating, the crash storm, profiles."""
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from dagster import DagsterInstance
 
 from benchmarks.monitor_pass.child import run_child
+from benchmarks.monitor_pass.docker_workers import docker_workers
 from benchmarks.monitor_pass.measure import SqlCounter, say
 from benchmarks.monitor_pass.passes import (
     DAEMONS,
@@ -22,7 +24,13 @@ from benchmarks.monitor_pass.passes import (
     mark_crashed,
     one_pass,
 )
-from benchmarks.monitor_pass.population import Population, build_population, verify_population
+from benchmarks.monitor_pass.population import (
+    WORKER_STATUSES,
+    Population,
+    build_population,
+    status_counts,
+    verify_population,
+)
 from benchmarks.monitor_pass.storage import daemon_context, pg_admin, pool_connections, write_home
 from dagster_run_monitor.daemon import RunMonitorDaemon
 from dagster_run_monitor.settings import read_settings
@@ -53,8 +61,9 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
         pg_admin(f'DROP DATABASE IF EXISTS "{args.database}" WITH (FORCE)')
         pg_admin(f'CREATE DATABASE "{args.database}"')
     instance = builtin = None
+    workers = contextlib.ExitStack()  # --launcher docker: the containers, removed at the end
     try:
-        write_home(home, storage, args)
+        write_home(home, storage, args, n)
         instance = DagsterInstance.from_config(home)
         if args.pool_size and storage == "postgres":
             pool_connections(instance, args.pool_size)
@@ -62,8 +71,16 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
         row.health_check_threads = read_settings(instance).health_check_threads
         say(f"{storage} N={n}: building the runs (DAGSTER_HOME={home})")
         started = time.perf_counter()
-        population = build_population(instance, n, args, rng)
+        worker_count = sum(status_counts(n)[s] for s in WORKER_STATUSES)
+        worker_tags = workers.enter_context(docker_workers(args, n, worker_count))
+        if args.launcher == "k8s":
+            from benchmarks.k8s_launcher import worker_tags
+        population = build_population(instance, n, args, rng, worker_tags)
         verify_population(instance, population)
+        if args.launcher == "k8s":
+            from benchmarks.k8s_launcher import register_workers
+
+            register_workers(instance)
         row.setup_seconds = time.perf_counter() - started
         row.events = population.events
         say(f"{storage} N={n}: data ready and verified in {row.setup_seconds:.0f}s")
@@ -106,6 +123,7 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
             if args.profile_dir and n == max(args.runs) and storage == args.storage[0]:
                 profile_ours(instance, context, population, row, args)
     finally:
+        workers.close()
         if instance is not None:
             instance.dispose()
         if builtin is not None:

@@ -36,6 +36,7 @@ def check_database_name(name: str) -> None:
 
 
 K8S_NAMESPACE = "dagster"
+K8S_IMAGE = "example.com/etl:1.0"
 LAUNCHERS = {
     "harness": lambda latency: {
         "module": "benchmarks.launcher",
@@ -50,7 +51,7 @@ LAUNCHERS = {
             "service_account_name": "dagster",
             "instance_config_map": "dagster-instance",
             "dagster_home": "/opt/dagster/dagster_home",
-            "job_image": "example.com/etl:1.0",
+            "job_image": K8S_IMAGE,
             "job_namespace": K8S_NAMESPACE,
             "load_incluster_config": False,
         },
@@ -58,14 +59,19 @@ LAUNCHERS = {
 }
 
 
-def write_home(home: str, storage: str, args: argparse.Namespace) -> None:
+def write_home(home: str, storage: str, args: argparse.Namespace, n: int) -> None:
     monitoring = dict(RUN_MONITORING)
     if args.health_check_threads:
         monitoring["health_check_threads"] = args.health_check_threads
     for setting in args.monitor or []:
         key, _, value = setting.partition("=")
         monitoring[key] = yaml.safe_load(value)
-    launcher = LAUNCHERS[args.launcher](args.latency)
+    if args.launcher == "docker":
+        from benchmarks.monitor_pass.docker_workers import launcher_config
+
+        launcher = launcher_config(args, n)
+    else:
+        launcher = LAUNCHERS[args.launcher](args.latency)
     url = pg_url(args.database) if storage == "postgres" else None
     write_dagster_yaml(Path(home), instance_config(monitoring, launcher, url))
 
