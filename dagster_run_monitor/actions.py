@@ -13,7 +13,7 @@ from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor import resumes
-from dagster_run_monitor.alerts import send_alert
+from dagster_run_monitor.alerts import AlertSender
 from dagster_run_monitor.claims import claims
 from dagster_run_monitor.debug_info import worker_debug_info
 from dagster_run_monitor.eventlog import resume_history
@@ -25,9 +25,10 @@ from dagster_run_monitor.model import (
     Notice,
     ResumeRun,
     TerminateAndFail,
+    action_alert,
 )
 from dagster_run_monitor.policy import Observed, resume_of, still_due
-from dagster_run_monitor.settings import AlertSettings, MonitorSettings
+from dagster_run_monitor.settings import MonitorSettings
 
 CLAIM_BATCH = 500  # runs claimed and re-checked together (bounds open lock files)
 Applied = tuple[str, Sequence[Action], BaseException | None]  # run id, actions, what stopped them
@@ -40,14 +41,21 @@ def apply_due(
     logger: logging.Logger,
     settings: MonitorSettings | None = None,
     observed_at: float | None = None,
+    alerts: AlertSender | None = None,
 ) -> Iterator[Applied]:
     """Apply each run's actions, ``settings.action_threads`` runs at a time, to the run as
     re-read under its claim, unless another daemon holds the claim or the run changed since it
     was observed (``policy.still_due``). ``observed_at``: the pass's start. Per batch of runs,
     claims, re-reads and re-checks take a few queries, and the tags and events written before
-    the resumes a few statements (``bulk_writes``). Yields, per run acted on, its id, the
+    the resumes a few statements (``bulk_writes``). Alerts go to ``alerts`` (by default a
+    sender of the settings' sinks, flushed at the end). Yields, per run acted on, its id, the
     actions applied and the error that stopped them (None if none did)."""
     settings = settings or MonitorSettings()
+    if alerts is None:
+        sender = AlertSender(settings.alerts, logger, instance)
+        yield from apply_due(instance, due, workspace, logger, settings, observed_at, sender)
+        sender.flush()
+        return
     storage = instance.event_log_storage
     for start in range(0, len(due), CLAIM_BATCH):
         batch = due[start : start + CLAIM_BATCH]
@@ -83,7 +91,7 @@ def apply_due(
             for run_id in healthy:
                 yield run_id, [], None
             todo = [(r, actions) for r, actions in todo if r.dagster_run.run_id not in healthy]
-            yield from _act(instance, todo, workspace, logger, settings)
+            yield from _act(instance, todo, workspace, logger, settings, alerts)
 
 
 def _act(
@@ -92,6 +100,7 @@ def _act(
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
     settings: MonitorSettings,
+    alerts: AlertSender,
 ) -> Iterator[Applied]:
     """The runs' actions on ``settings.action_threads`` threads; the resumes' tags written
     for all of them, then their events and launches a chunk of that many runs at a time
@@ -102,7 +111,7 @@ def _act(
     with ThreadPoolExecutor(threads, "run_monitor_action") as pool:
 
         def submit(record: RunRecord, actions: Sequence[Action], prepared=None) -> Future:
-            args = (instance, record, actions, workspace, logger, settings, prepared)
+            args = (instance, record, actions, workspace, logger, alerts, prepared)
             return pool.submit(_apply, *args)
 
         futures = {submit(r, actions): r.dagster_run.run_id for r, actions in others}
@@ -153,7 +162,7 @@ def _apply(
     actions: Sequence[Action],
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
-    settings: MonitorSettings,
+    alerts: AlertSender,
     prepared: DagsterRun | None = None,
 ) -> Sequence[Action]:
     """One run's actions, in order. ``prepared``: the run as its resume's tags left it, if
@@ -180,9 +189,9 @@ def _apply(
                 prepared = resumes.tag(instance, [(record, action)])[run.run_id]
                 resumes.announce(instance, [(prepared, action)])
             resumes.launch(instance, prepared, workspace(), action.attempt)
-        alert = getattr(action, "alert", None)  # notices, crashes: once the action is applied
+        alert = action_alert(run.run_id, run.job_name, action)  # once it is applied
         if alert is not None:
-            send_alert(settings.alerts or AlertSettings(), alert, logger)
+            alerts.send(alert)
     return actions
 
 

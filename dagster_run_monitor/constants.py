@@ -16,6 +16,7 @@ REASON_TAG = f"{TAG_PREFIX}reason"  # why the monitor ended or resumed the run
 WARNED_TAG_PREFIX = f"{TAG_PREFIX}warned/"  # one warning per cause: warned/<cause> = value
 CRASH_CAUSE_TAG = f"{TAG_PREFIX}crash_cause"  # the latest crash's cause (crash_cause.CAUSES)
 UNCOUNTED_RESUMES_TAG = f"{TAG_PREFIX}uncounted_resumes"  # "2,3": attempts that did not count
+PAGERDUTY_TAG = f"{TAG_PREFIX}pagerduty"  # the run's open incidents (Alert.subject, by spaces)
 
 # Written by ProcessRunLauncher: where the run's current worker process is.
 WORKER_PID_TAG = f"{TAG_PREFIX}worker_pid"

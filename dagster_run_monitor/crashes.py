@@ -12,7 +12,7 @@ from dagster._core.launcher import WorkerStatus
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.crash_cause import OOM_KILLED, UNKNOWN, CrashCause
 from dagster_run_monitor.memory import raised_memory
-from dagster_run_monitor.model import Action, Alert, FailRun, Health, Notice, ResumeRun, RunFacts
+from dagster_run_monitor.model import Action, FailRun, Health, Notice, ResumeRun, RunFacts
 from dagster_run_monitor.settings import FAIL, RESUME, RESUME_UNCOUNTED, MonitorSettings
 
 
@@ -84,10 +84,8 @@ def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[A
 
 
 def crash_failure(run: RunFacts, message: str, reason: str, **fields: Any) -> FailRun:
-    """The failure of a crashed run: its cause in the tag and in a ``crash`` alert."""
-    cause = cause_of(run).kind
-    alert = Alert(run.run_id, run.job_name, "crash", message, cause=cause)
-    return FailRun(message, reason, cause=cause, alert=alert, **fields)
+    """The failure of a crashed run, with its cause (the tag, the alert)."""
+    return FailRun(message, reason, cause=cause_of(run).kind, **fields)
 
 
 def uncounted_attempts(tags: Mapping[str, str], resumes: int) -> int:
@@ -162,10 +160,7 @@ def crash_resume(
         if raised is not None:
             tags.update(raised.tags)
             note = raised.note
-    alert = Alert(run.run_id, run.job_name, "crash", message, cause=cause.kind)
-    return ResumeRun(
-        attempt, message, kill_first, cause=cause.kind, tags=tags, note=note, alert=alert
-    )
+    return ResumeRun(attempt, message, kill_first, cause=cause.kind, tags=tags, note=note)
 
 
 def is_crashed(run: RunFacts, settings: MonitorSettings, now: float, starting: bool) -> bool:

@@ -10,8 +10,9 @@ from dagster._daemon.utils import DaemonErrorCapture
 from dagster._time import get_current_timestamp
 from dagster._utils.error import SerializableErrorInfo
 
-from dagster_run_monitor import k8s_launcher
+from dagster_run_monitor import incidents, k8s_launcher
 from dagster_run_monitor.actions import apply_due
+from dagster_run_monitor.alerts import AlertSender
 from dagster_run_monitor.constants import DAEMON_TYPE
 from dagster_run_monitor.docker_launcher import is_docker_launcher, remember_docker_clients
 from dagster_run_monitor.facts import observe
@@ -44,6 +45,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self._unhealthy_since: dict[str, float] = {}
         self._runs = RunReader()
         self._prepared = False
+        self._sender: AlertSender | None = None
         self.metrics: NoMetrics = NoMetrics()
         if settings.metrics_port:
             self.metrics = Metrics()
@@ -92,7 +94,19 @@ class RunMonitorDaemon(IntervalDaemon):
             yield self._error(run_id, error)
         seen = {f.run_id: f for f in facts}
         yield from self._apply(context, settings, [(seen[i], a) for i, a in decided.due], now)
+        alerts = self._alerts(instance, settings)
+        if settings.alerts.pagerduty is not None and not crashes_only and not settings.dry_run:
+            for run_id, subjects in incidents.over(instance, facts).items():
+                alerts.resolve(run_id, subjects)
+        for failure in alerts.flush():  # the heartbeat shows them
+            yield SerializableErrorInfo(failure, stack=[], cls_name=None)
         self.metrics.passed("crashes" if crashes_only else "full", time.monotonic() - began)
+
+    def _alerts(self, instance: DagsterInstance, settings: MonitorSettings) -> AlertSender:
+        """The alert sender of the current settings (made again when they change)."""
+        if self._sender is None or self._sender.settings != settings.alerts:
+            self._sender = AlertSender(settings.alerts, self._logger, instance)
+        return self._sender
 
     def _settings(self, instance: DagsterInstance) -> MonitorSettings:
         """The block, validated; on the first pass the daemon's Postgres connections pooled,
@@ -135,7 +149,8 @@ class RunMonitorDaemon(IntervalDaemon):
                     self._logger.info("DRY RUN: run %s would get %s", run.run_id, action)
             return
         workspace = cache(context.create_request_context)
-        applied = apply_due(context.instance, due, workspace, self._logger, settings, now)
+        alerts = self._alerts(context.instance, settings)
+        applied = apply_due(context.instance, due, workspace, self._logger, settings, now, alerts)
         for run_id, actions, error in applied:  # runs are independent: an error stops its own
             self.metrics.applied(actions)
             yield None if error is None else self._error(run_id, error)

@@ -80,7 +80,8 @@ def main() -> int:
         daemon.wait(30)
     print()
     print("See it in the Dagster UI (the run page shows every step above):")
-    print(f"  DAGSTER_HOME={home} {BIN / 'dagster'} dev -m {MODULE}")
+    cli = "dg" if (BIN / "dg").exists() else "dagster"  # dagster dev: deprecated, for dg dev
+    print(f"  DAGSTER_HOME={home} {BIN / cli} dev -m {MODULE}")
     print("  then open http://127.0.0.1:3000/runs and click the run.")
     print(f"Daemon log: {home / 'daemon.log'}")
     return 0 if ok else 1

@@ -60,6 +60,18 @@ def replace_storage_engine(storage: Any, engine: Any) -> None:
     storage._engine = engine
 
 
+def pg_engine(url: str, token_provider: Any, **kwargs: Any) -> Any:
+    """A PostgreSQL engine as dagster-postgres makes its storages' (``create_pg_engine``, with
+    its token provider, from dagster-postgres 0.29.3; SQLAlchemy's ``create_engine`` before)."""
+    try:
+        from dagster_postgres.utils import create_pg_engine
+    except ImportError:
+        import sqlalchemy
+
+        return sqlalchemy.create_engine(url, **kwargs)
+    return create_pg_engine(url, token_provider, **kwargs)
+
+
 def docker_container(launcher: RunLauncher, run: DagsterRun) -> Any:
     """The run worker's container of a ``DockerRunLauncher`` (which has no debug info)."""
     return launcher._get_container(run)  # type: ignore[attr-defined]
@@ -94,3 +106,29 @@ def k8s_core_api(launcher: RunLauncher) -> Any:
 def launcher_instance(launcher: RunLauncher) -> Any:
     """The instance a run launcher belongs to."""
     return launcher._instance  # type: ignore[attr-defined]
+
+
+def missing() -> list[str]:
+    """The internals above that the installed Dagster lacks (none in the supported range)."""
+    gaps = []
+    if getattr(daemon_controller(), DAEMON_FACTORY, None) is None:
+        gaps.append(f"{DAEMON_CONTROLLER}.{DAEMON_FACTORY} (to run our daemon)")
+    try:
+        concurrency_slots_iteration()
+    except ImportError:
+        gaps.append("execute_concurrency_slots_iteration (to free concurrency slots)")
+    for table, columns in (
+        (EVENT_LOGS, {"run_id", "dagster_event_type", "timestamp", "event", "id"}),
+        (RUNS, {"run_id", "status", "run_body", "update_timestamp"}),
+        (RUN_TAGS, {"run_id", "key", "value"}),
+    ):
+        gaps += [f"the column {table.name}.{c}" for c in sorted(columns - set(table.c.keys()))]
+    for cls, method in (
+        (SqlEventLogStorage, "index_connection"),
+        (SqlEventLogStorage, "prepare_insert_event_batch"),
+        (SqlRunStorage, "connect"),
+        (SqlRunStorage, "fetchall"),
+    ):
+        if not callable(getattr(cls, method, None)):
+            gaps.append(f"{cls.__name__}.{method}")
+    return gaps

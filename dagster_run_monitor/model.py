@@ -36,13 +36,19 @@ class Health:
         return f"{self.status}: '{self.message}'" + (f" ({self.cause})" if self.cause else "")
 
 
-MONITORED_STATUSES = (
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.SUSPENDED,
-    DagsterRunStatus.CANCELING,
+# Dagster 1.13 added SUSPENDED (a run paused by its code, no worker running); 1.12 has none.
+SUSPENDED = getattr(DagsterRunStatus, "SUSPENDED", None)
+MONITORED_STATUSES = tuple(
+    status
+    for status in (
+        DagsterRunStatus.QUEUED,
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+        SUSPENDED,
+        DagsterRunStatus.CANCELING,
+    )
+    if status is not None
 )
 HEALTH_CHECKED_STATUSES = (DagsterRunStatus.STARTING, DagsterRunStatus.STARTED)
 HEALTH_CHECKED = frozenset(HEALTH_CHECKED_STATUSES)
@@ -88,7 +94,6 @@ class FailRun:
     debug_info: bool = False  # append the launcher's get_run_worker_debug_info
     container_logs: bool = True
     cause: str | None = None  # a crash's cause (the run_monitor/crash_cause tag)
-    alert: "Alert | None" = field(default=None, compare=False)
     # The limit passed and the value seen, for logs and metrics (not part of the decision).
     limit: float | None = field(default=None, compare=False)
     observed: float | None = field(default=None, compare=False)
@@ -127,22 +132,34 @@ class ResumeRun:
     cause: str | None = None  # a crash's cause (the run_monitor/crash_cause tag)
     tags: Mapping[str, str] = field(default_factory=dict)  # written before the resume
     note: str | None = None  # an event before the resume's (what the resume changes)
-    alert: "Alert | None" = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
 class Alert:
-    """What alert sinks receive (a logger, your function, a webhook as JSON)."""
+    """What alert sinks receive (a logger, your function, a webhook as JSON, Slack, ...)."""
 
     run_id: str
     job_name: str
-    kind: str  # "warning", "invalid_tag" or "crash"
+    kind: str  # "warning", "invalid_tag", "failed", "resumed" or "canceled"
     message: str
     limit: str | None = None  # e.g. "max_runtime_seconds"
     limit_seconds: float | None = None
     elapsed_seconds: float | None = None
     fraction: float | None = None
-    cause: str | None = None  # crashes: oom_killed, preempted, ... (crash_cause.CAUSES)
+    cause: str | None = None  # a crashed worker's: oom_killed, preempted, ... (crash_cause)
+    reason: str | None = None  # the action's run_monitor/reason tag: worker_crash, ...
+
+    @property
+    def event(self) -> str:
+        """Which of ``alerts.on`` it is: warning (a bad tag too), failed, resumed, canceled."""
+        return "warning" if self.kind == "invalid_tag" else self.kind
+
+    @property
+    def subject(self) -> str:
+        """A run and the reason of its alert, as it is known across daemons and restarts: the
+        key that makes one incident of one run's one cause (PagerDuty's dedup_key)."""
+        detail = self.limit or self.reason or self.cause or ""
+        return f"{self.run_id}/{self.event}/{detail}"
 
 
 @dataclass(frozen=True)
@@ -157,3 +174,19 @@ class Notice:
 
 
 Action = FailRun | CancelRun | TerminateAndFail | ResumeRun | Notice
+
+
+def action_alert(run_id: str, job_name: str, action: Action) -> Alert | None:
+    """The alert for an action once applied: a notice's own (a warning), else what the
+    monitor did (failed, resumed, canceled), in the event-log message's words."""
+    if isinstance(action, Notice):
+        return action.alert
+    kind, message = {
+        FailRun: lambda a: ("failed", a.message),
+        TerminateAndFail: lambda a: ("failed", a.failure_message),
+        ResumeRun: lambda a: ("resumed", a.message),
+        CancelRun: lambda a: ("canceled", a.message),
+    }[type(action)](action)
+    return Alert(
+        run_id, job_name, kind, message, cause=getattr(action, "cause", None), reason=action.reason
+    )

@@ -23,6 +23,7 @@ from dagster_run_monitor.limit_table import (
 )
 from dagster_run_monitor.limits import Limit, Limits, resolve_limits
 from dagster_run_monitor.model import (
+    SUSPENDED,
     Action,
     Alert,
     CancelRun,
@@ -56,7 +57,7 @@ def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]
             or step_timeout(run, limits[STEP_RUNTIME.key], now)
             or stalled(run, limits[STALL_TIMEOUT.key], settings, now)
         )
-    elif status == DagsterRunStatus.SUSPENDED:
+    elif status == SUSPENDED:  # (None before Dagster 1.13: no run has it)
         actions += runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
     elif status == DagsterRunStatus.CANCELING:
         actions += cancel_timeout(run, limits, now)

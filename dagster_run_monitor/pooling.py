@@ -8,7 +8,7 @@ issues thousands of queries, so the daemon gives its run and event-log storages 
 
 from dagster import DagsterInstance
 
-from dagster_run_monitor.internals import replace_storage_engine, storage_engine
+from dagster_run_monitor.internals import pg_engine, replace_storage_engine, storage_engine
 
 POOL_RECYCLE_SECONDS = 3600
 
@@ -30,9 +30,7 @@ def pool_postgres_connections(instance: DagsterInstance, size: int, threads: int
             continue
         if engine.pool.__class__.__name__ != "NullPool":
             continue  # already pooled (the webserver, or a second call)
-        from dagster_postgres.utils import create_pg_engine
-
-        pooled_engine = create_pg_engine(
+        pooled_engine = pg_engine(
             url,
             getattr(storage, "_token_provider", None),
             isolation_level="AUTOCOMMIT",

@@ -2,24 +2,29 @@
 
 import functools
 
+import dagster
+
 from dagster_run_monitor.constants import DAEMON_TYPE
-from dagster_run_monitor.internals import DAEMON_CONTROLLER, DAEMON_FACTORY, daemon_controller
+from dagster_run_monitor.internals import DAEMON_FACTORY, daemon_controller, missing
+from dagster_run_monitor.version import SUPPORTED_DAGSTER, __version__
 
 _MARK = "__dagster_run_monitor__"
 
 
 def install() -> None:
-    """Wrap ``dagster._daemon.controller.create_daemon_of_type`` once; other types pass through."""
+    """Wrap ``dagster._daemon.controller.create_daemon_of_type`` once; other types pass through.
+    Fails, naming the Dagster version and what it lacks, where a Dagster internal the monitor
+    relies on is missing (``internals``)."""
     controller = daemon_controller()
     original = getattr(controller, DAEMON_FACTORY, None)
-    if original is None:
-        raise ImportError(
-            "dagster-run-monitor cannot register its daemon: this Dagster version has no"
-            f" {DAEMON_CONTROLLER}.{DAEMON_FACTORY}. Install a supported Dagster"
-            " version (see dagster-run-monitor's setup.py)."
-        )
-    if _installed(original):
+    if original is not None and _installed(original):
         return
+    gaps = missing()
+    if gaps:
+        raise ImportError(
+            f"dagster-run-monitor {__version__} cannot run with dagster {dagster.__version__},"
+            f" which has no {'; no '.join(gaps)}. It supports {SUPPORTED_DAGSTER}."
+        )
 
     @functools.wraps(original)
     def create_daemon_of_type(daemon_type, instance):

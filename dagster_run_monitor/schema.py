@@ -1,6 +1,6 @@
 """The ``run_monitoring:`` block's schema: Dagster's keys with Dagster's types, and ours."""
 
-from dagster import Any, Bool, Field, Permissive
+from dagster import Any, Bool, Field, Map, Permissive, StringSource
 
 from dagster_run_monitor.limit_table import RULE_KEYS
 from dagster_run_monitor.settings import DAGSTER_KEYS, OUR_KEYS
@@ -37,21 +37,7 @@ def run_monitoring_config_field() -> Field:
                 },
                 is_required=False,
             ),
-            "alerts": Field(
-                {
-                    "log": Field(Bool, is_required=False, default_value=True),
-                    "callable": Field({"module": str, "function": str}, is_required=False),
-                    "webhook": Field(
-                        {
-                            "url": str,
-                            "timeout_seconds": Field(float, is_required=False, default_value=5.0),
-                            "retries": Field(int, is_required=False, default_value=3),
-                        },
-                        is_required=False,
-                    ),
-                },
-                is_required=False,
-            ),
+            "alerts": alerts_config_field(),
             "metrics": Field(
                 {
                     "port": Field(int, description="Serve Prometheus metrics on this port."),
@@ -82,3 +68,59 @@ def run_monitoring_config_field() -> Field:
         }
     )
     return Field(fields, is_required=False)
+
+
+def alerts_config_field() -> Field:
+    """``alerts:``; every secret (a token, a URL with a key in it, a password, a header) is a
+    ``StringSource``: a string, or ``{env: VARIABLE}``."""
+
+    def optional(kind: object, default: object = None, description: str | None = None) -> Field:
+        if default is None:
+            return Field(kind, is_required=False, description=description)
+        return Field(kind, is_required=False, default_value=default, description=description)
+
+    timeout = optional(float, 5.0, "Seconds one delivery may take.")
+    return optional(
+        {
+            "log": optional(Bool, True),
+            "on": optional([str], ["warning"], "warning, failed, resumed, canceled"),
+            "webserver_url": optional(str, None, "Messages link to <webserver_url>/runs/<id>."),
+            "callable": optional({"module": str, "function": str}),
+            "webhook": optional(
+                {
+                    "url": StringSource,
+                    "headers": optional(Map(str, StringSource)),
+                    "timeout_seconds": timeout,
+                    "retries": optional(int, 3),
+                }
+            ),
+            "slack": optional(
+                {
+                    "token": StringSource,
+                    "channel": str,
+                    "base_url": optional(str),
+                    "timeout_seconds": timeout,
+                }
+            ),
+            "msteams": optional({"hook_url": StringSource, "timeout_seconds": timeout}),
+            "pagerduty": optional(
+                {
+                    "routing_key": StringSource,
+                    "events_url": optional(str),
+                    "timeout_seconds": timeout,
+                }
+            ),
+            "email": optional(
+                {
+                    "smtp_host": str,
+                    "smtp_port": optional(int, 25),
+                    "from": str,
+                    "to": Any,
+                    "username": optional(StringSource),
+                    "password": optional(StringSource),
+                    "starttls": optional(Bool, False),
+                    "timeout_seconds": optional(float, 10.0),
+                }
+            ),
+        }
+    )

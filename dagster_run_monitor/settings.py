@@ -17,6 +17,7 @@ from dagster._config.errors import (
 from dagster._config.stack import EvaluationStackPathEntry, EvaluationStackRoot
 from dagster._core.errors import DagsterInvalidConfigError
 
+from dagster_run_monitor.alert_settings import AlertSettings, alert_settings
 from dagster_run_monitor.crash_cause import CAUSES, CrashCause
 from dagster_run_monitor.limit_table import (
     CANCEL_TIMEOUT,
@@ -143,15 +144,6 @@ class Backoff:
 
 
 @dataclass(frozen=True)
-class AlertSettings:
-    log: bool = True
-    callable: tuple[str, str] | None = None  # (module, function)
-    webhook_url: str | None = None
-    webhook_timeout_seconds: float = 5.0
-    webhook_retries: int = 3
-
-
-@dataclass(frozen=True)
 class MonitorSettings:
     """Everything a monitoring pass needs to know about the instance's configuration."""
 
@@ -245,7 +237,7 @@ def settings_from_config(
         "warn_after_fraction", config.get("warn_after_fraction")
     )
     values["resume_backoff"] = _backoff(config.get("resume_backoff") or {})
-    values["alerts"] = _alerts(config.get("alerts") or {})
+    values["alerts"] = alert_settings(config.get("alerts") or {}, invalid_setting)
     values.update(_metrics(config.get("metrics")))
     values["rules"] = tuple(_rule(i, rule) for i, rule in enumerate(config.get("rules") or [], 1))
     entries = config.get("crash_policy") or []
@@ -300,21 +292,6 @@ def _metrics(config: Mapping[str, AnyType] | None) -> dict[str, AnyType]:
         why = "needs prometheus_client: pip install dagster-run-monitor[metrics]"
         raise invalid_setting("metrics", dict(config), why) from None
     return {"metrics_port": port, "metrics_host": config.get("host") or "127.0.0.1"}
-
-
-def _alerts(config: Mapping[str, AnyType]) -> AlertSettings:
-    function = config.get("callable")
-    webhook = config.get("webhook") or {}
-    url = webhook.get("url")
-    if url is not None and not str(url).startswith(("http://", "https://")):
-        raise invalid_setting("alerts.webhook.url", url, "expected an http:// or https:// URL")
-    return AlertSettings(
-        log=config.get("log", True),
-        callable=(function["module"], function["function"]) if function else None,
-        webhook_url=url,
-        webhook_timeout_seconds=webhook.get("timeout_seconds", 5.0),
-        webhook_retries=webhook.get("retries", 3),
-    )
 
 
 def _rule(index: int, config: Mapping[str, AnyType]) -> Rule:

@@ -418,12 +418,15 @@ def test_one_warning_and_one_alert_per_threshold_also_across_restarts(
     assert [a.run_id for a in CALLED] == [run.run_id]
 
 
-def test_a_crashed_worker_is_one_crash_alert_with_its_cause(
+def test_a_crashed_worker_is_one_failed_alert_with_its_cause(
     make_instance, workspace_context, webhook
 ):
     config = {
         "max_resume_run_attempts": 0,
-        "alerts": {"webhook": {"url": webhook, "timeout_seconds": 2, "retries": 1}},
+        "alerts": {
+            "on": ["failed"],
+            "webhook": {"url": webhook, "timeout_seconds": 2, "retries": 1},
+        },
     }
     with make_instance(run_monitoring=config) as instance:
         run = make_run(instance, S.STARTED, started=T0 - 50, tags={HEALTH_TAG: "FAILED"})
@@ -433,7 +436,8 @@ def test_a_crashed_worker_is_one_crash_alert_with_its_cause(
         assert status_of(instance, run.run_id) == S.FAILURE
         assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "unknown"
     (posted,) = Receiver.received  # once, though two passes ran
-    assert posted["kind"] == "crash" and posted["cause"] == "unknown"
+    assert posted["kind"] == posted["event"] == "failed" and posted["cause"] == "unknown"
+    assert posted["reason"] == c.REASON_WORKER_CRASH
     assert posted["run_id"] == run.run_id
     assert posted["message"].startswith("Detected run worker status FAILED: ")
 

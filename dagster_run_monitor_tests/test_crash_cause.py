@@ -22,7 +22,7 @@ from dagster_run_monitor.crash_cause import (
     process_cause,
 )
 from dagster_run_monitor.memory import format_memory, parse_memory
-from dagster_run_monitor.model import FailRun, Health, ResumeRun, RunFacts
+from dagster_run_monitor.model import FailRun, Health, ResumeRun, RunFacts, action_alert
 from dagster_run_monitor.policy import decide
 from dagster_run_monitor.settings import settings_from_config
 
@@ -247,8 +247,8 @@ def test_fail_entry_fails_at_once_naming_the_entry_and_cause():
         " Marking run r1 as failed without resuming it, as crash_policy[3] (causes exit_code;"
         " exit codes 3, 4: fail) says."
     )
-    assert action.alert is not None and action.alert.kind == "crash"
-    assert action.alert.cause == "exit_code"
+    alert = action_alert("r1", "etl", action)
+    assert alert is not None and alert.event == "failed" and alert.cause == "exit_code"
 
 
 def test_a_starting_run_whose_image_cannot_be_pulled_fails_even_with_resume_on_start_failure():

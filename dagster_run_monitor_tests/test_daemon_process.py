@@ -128,15 +128,37 @@ def graphql(port: int, query: str) -> dict:
         return json.loads(response.read())
 
 
-def test_dagster_dev_runs_our_daemon_and_the_ui_reports_it_healthy(tmp_path):
+DEFS = """import dagster
+
+
+@dagster.op
+def step(): ...
+
+
+@dagster.job
+def a_job():
+    step()
+
+
+defs = dagster.Definitions(jobs=[a_job])
+"""
+
+
+@pytest.mark.parametrize("cli", ["dg", "dagster"])
+def test_dg_dev_and_dagster_dev_run_our_daemon_and_the_ui_reports_it_healthy(tmp_path, cli):
+    """``dg dev`` (Dagster's current CLI; ``dagster dev`` is deprecated in its favour) and
+    ``dagster dev`` start the stock daemons with ours, offline, on 127.0.0.1."""
     settings = {k: v for k, v in FAST.items() if k != "max_resume_run_attempts"}
     home = write_home(tmp_path / "home", settings)  # DefaultRunLauncher: cannot resume
     instance = load_instance(home)
     now = get_current_timestamp()
     stuck = make_run(instance, S.STARTING, created=now - 3600, launched=now - 3600)
     port = free_port()
-    args = [str(BIN / "dagster"), "dev", "--empty-workspace", "-h", "127.0.0.1", "-p", str(port)]
-    with running(args, home, "dagster-dev.log"):
+    defs = tmp_path / "defs.py"
+    defs.write_text(DEFS)
+    target = ["-f", str(defs)] if cli == "dg" else ["--empty-workspace"]
+    args = [str(BIN / cli), "dev", *target, "--host", "127.0.0.1", "--port", str(port)]
+    with running(args, home, f"{cli}-dev.log"):
 
         def monitor_status():
             try:

@@ -10,6 +10,7 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.test_utils import instance_for_test
 
+import dagster_run_monitor
 from dagster_run_monitor import RunMonitorInstance, RunMonitorInstanceMixin, registration
 from dagster_run_monitor import constants as c
 from dagster_run_monitor.constants import DAEMON_TYPE
@@ -57,9 +58,21 @@ def test_hook_is_installed_once_and_chains_with_other_wrappers(instance, monkeyp
 
 
 def test_hook_fails_loudly_on_an_unsupported_dagster(monkeypatch):
+    """A Dagster without an internal the monitor relies on: start-up fails naming Dagster's
+    version, what is missing and the supported range."""
+    import dagster
+    from dagster._core.storage.event_log import SqlEventLogStorage
+
     monkeypatch.delattr(controller, "create_daemon_of_type")
-    with pytest.raises(ImportError, match="no dagster._daemon.controller.create_daemon_of_type"):
+    monkeypatch.delattr(SqlEventLogStorage, "prepare_insert_event_batch")
+    with pytest.raises(ImportError) as raised:
         registration.install()
+    assert str(raised.value) == (
+        f"dagster-run-monitor {dagster_run_monitor.__version__} cannot run with dagster"
+        f" {dagster.__version__}, which has no dagster._daemon.controller.create_daemon_of_type"
+        " (to run our daemon); no SqlEventLogStorage.prepare_insert_event_batch."
+        " It supports dagster>=1.12,<1.14."
+    )
 
 
 class TheirInstance(DagsterInstance):

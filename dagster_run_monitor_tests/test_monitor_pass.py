@@ -547,3 +547,17 @@ def test_the_daemon_asks_dagsters_schema_checks_once(instance, workspace_context
     storage = type("Storage", (), {"has_backfill_id_column": lambda self: next(answers)})()
     remember_schema_checks(type("Instance", (), {"run_storage": storage})())
     assert [storage.has_backfill_id_column() for _ in range(3)] == [False, True, True]
+
+
+def test_the_daemon_needs_no_postgres_package_for_other_storages(workspace_context, monkeypatch):
+    """dagster-postgres is an optional extra: without it (``import dagster_postgres`` fails) a
+    daemon on SQLite starts and passes without an error in its heartbeat."""
+    import sys
+
+    for module in [m for m in sys.modules if m.startswith("dagster_postgres")]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "dagster_postgres", None)  # import raises ImportError
+    with monitor_instance("sqlite") as instance, workspace_context(instance) as ctx:
+        run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED"})
+        assert monitor_pass(instance, ctx) == []
+        assert resume_events(instance, run.run_id) == [c.RESUME_RUN_LOG_MESSAGE]

@@ -139,7 +139,8 @@ def test_max_runtime_boundary(elapsed, fires):
 
 def test_max_runtime_applies_to_suspended_runs_and_not_before_start():
     settings = MonitorSettings(enabled=True, max_runtime_seconds=10)
-    assert decide(facts(S.SUSPENDED, started_at=NOW - 11), settings, NOW) == [exceeded(10)]
+    if hasattr(S, "SUSPENDED"):  # Dagster 1.13 on
+        assert decide(facts(S.SUSPENDED, started_at=NOW - 11), settings, NOW) == [exceeded(10)]
     assert decide(facts(S.STARTED, started_at=None, health=RUNNING), settings, NOW) == []
 
 
