@@ -52,6 +52,7 @@ setup(
             "dagster-dg-cli>=1.12,<1.14",
             "slack_sdk>=3.19,<4",
             "aiosmtpd>=1.4.4,<2",
+            "trustme>=1.1,<2",
             "hypothesis>=6,<7",
             "prometheus_client>=0.17,<1",
             "pytest>=8,<10",

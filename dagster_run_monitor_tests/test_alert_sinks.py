@@ -129,6 +129,37 @@ def test_email_one_message_per_alert_password_from_the_environment(
     assert_secret_never_shown(caplog, capsys, errors, log)
 
 
+def test_email_over_starttls_verifies_the_servers_certificate(
+    make_instance, workspace_context, secret_env, monkeypatch, tmp_path
+):
+    """``starttls: true``: the password goes only over TLS, to a server whose certificate the
+    system's trust store (here: a test CA in SSL_CERT_FILE) vouches for."""
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_tls)
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    with smtp_sink("monitor", SECRET, tls=server_tls) as smtp:
+        sink = {
+            "smtp_host": "127.0.0.1",
+            "smtp_port": smtp.port,
+            "starttls": True,
+            "from": "dagster@example.com",
+            "to": "oncall@example.com",
+            "username": "monitor",
+            "password": {"env": "SMTP_PASSWORD"},
+        }
+        config = warn_config({"email": sink})
+        run, errors, _ = warned_run(make_instance, workspace_context, config)
+    assert errors == [] and smtp.logins == ["monitor"]
+    (mail,) = smtp.messages
+    assert mail["To"] == "oncall@example.com" and run.run_id in mail["Subject"]
+
+
 def test_webhook_url_and_headers_from_the_environment(
     make_instance, workspace_context, monkeypatch, caplog, capsys
 ):

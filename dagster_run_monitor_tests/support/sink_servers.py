@@ -88,9 +88,9 @@ class SmtpSink:
 
 
 @contextmanager
-def smtp_sink(username: str, password: str) -> Iterator[SmtpSink]:
-    """An SMTP server on 127.0.0.1 that requires ``username``/``password`` (AUTH without TLS,
-    which only a test server allows)."""
+def smtp_sink(username: str, password: str, tls: Any = None) -> Iterator[SmtpSink]:
+    """An SMTP server on 127.0.0.1 that requires ``username``/``password``: after STARTTLS
+    with ``tls`` (an ``ssl.SSLContext``), else without TLS (which only a test server allows)."""
     import warnings
 
     from aiosmtpd.controller import Controller
@@ -117,7 +117,9 @@ def smtp_sink(username: str, password: str) -> Iterator[SmtpSink]:
             port=sink.port,
             authenticator=authenticate,
             auth_required=True,
-            auth_require_tls=False,
+            auth_require_tls=tls is not None,
+            require_starttls=tls is not None,
+            tls_context=tls,
         )
         controller.start()
     try:
