@@ -20,11 +20,11 @@ from typing import Any
 
 from dagster_run_monitor import constants as c
 from dagster_run_monitor import sinks as sink_calls
-from dagster_run_monitor.alert_settings import AlertSettings, Secret
+from dagster_run_monitor.alert_settings import RESUMED, SINKS, WARNING, AlertSettings, Secret
 from dagster_run_monitor.model import Alert
 
 QUEUE_SIZE = 10_000  # alerts waiting for one sink; more are dropped (and reported)
-RESOLVED_BY_THE_RUN = ("warning", "resumed")  # incidents that close themselves
+RESOLVED_BY_THE_RUN = (WARNING, RESUMED)  # incidents that close themselves
 
 
 class AlertSender:
@@ -126,13 +126,8 @@ class AlertSender:
 
 def _secrets(settings: AlertSettings) -> list[Secret]:
     found = []
-    for sink in (
-        settings.webhook,
-        settings.slack,
-        settings.msteams,
-        settings.pagerduty,
-        settings.email,
-    ):
+    for name in SINKS:
+        sink = getattr(settings, name)
         for value in vars(sink).values() if sink is not None else ():
             if isinstance(value, Secret):
                 found.append(value)

@@ -12,9 +12,10 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.alert_settings import RESUMED
 from dagster_run_monitor.alerts import open_incidents
 from dagster_run_monitor.internals import RUN_TAGS, RUNS, SqlRunStorage
-from dagster_run_monitor.model import RunFacts
+from dagster_run_monitor.model import RunFacts, subject_event
 
 
 def over(instance: DagsterInstance, facts: Sequence[RunFacts]) -> dict[str, list[str]]:
@@ -22,7 +23,7 @@ def over(instance: DagsterInstance, facts: Sequence[RunFacts]) -> dict[str, list
     found: dict[str, list[str]] = {}
     for run in facts:  # in progress: resumed, and its worker healthy again
         if run.health is not None and run.health.healthy:
-            resumed = [s for s in open_incidents(run.tags) if _event(s) == "resumed"]
+            resumed = [s for s in open_incidents(run.tags) if subject_event(s) == RESUMED]
             if resumed:
                 found[run.run_id] = resumed
     storage = instance.run_storage
@@ -37,7 +38,3 @@ def over(instance: DagsterInstance, facts: Sequence[RunFacts]) -> dict[str, list
     for row in storage.fetchall(query):  # ended
         found[row["run_id"]] = open_incidents({c.PAGERDUTY_TAG: row["value"]})
     return found
-
-
-def _event(subject: str) -> str:
-    return subject.split("/")[1] if subject.count("/") >= 2 else ""

@@ -11,6 +11,7 @@ from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.alert_settings import CANCELED, FAILED, RESUMED, WARNING
 from dagster_run_monitor.crash_cause import CrashCause
 from dagster_run_monitor.limits import Limits
 
@@ -152,7 +153,7 @@ class Alert:
     @property
     def event(self) -> str:
         """Which of ``alerts.on`` it is: warning (a bad tag too), failed, resumed, canceled."""
-        return "warning" if self.kind == "invalid_tag" else self.kind
+        return WARNING if self.kind == "invalid_tag" else self.kind
 
     @property
     def subject(self) -> str:
@@ -160,6 +161,11 @@ class Alert:
         key that makes one incident of one run's one cause (PagerDuty's dedup_key)."""
         detail = self.limit or self.reason or self.cause or ""
         return f"{self.run_id}/{self.event}/{detail}"
+
+
+def subject_event(subject: str) -> str:
+    """The event of an ``Alert.subject``: warning, failed, resumed or canceled."""
+    return subject.split("/")[1] if subject.count("/") >= 2 else ""
 
 
 @dataclass(frozen=True)
@@ -182,10 +188,10 @@ def action_alert(run_id: str, job_name: str, action: Action) -> Alert | None:
     if isinstance(action, Notice):
         return action.alert
     kind, message = {
-        FailRun: lambda a: ("failed", a.message),
-        TerminateAndFail: lambda a: ("failed", a.failure_message),
-        ResumeRun: lambda a: ("resumed", a.message),
-        CancelRun: lambda a: ("canceled", a.message),
+        FailRun: lambda a: (FAILED, a.message),
+        TerminateAndFail: lambda a: (FAILED, a.failure_message),
+        ResumeRun: lambda a: (RESUMED, a.message),
+        CancelRun: lambda a: (CANCELED, a.message),
     }[type(action)](action)
     return Alert(
         run_id, job_name, kind, message, cause=getattr(action, "cause", None), reason=action.reason

@@ -8,6 +8,7 @@ from dagster._core.events import RunFailureReason
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor import constants as c
+from dagster_run_monitor.alert_settings import WARNING
 from dagster_run_monitor.crashes import start_failure, worker_crash
 from dagster_run_monitor.durations import parse_duration
 from dagster_run_monitor.limit_table import (
@@ -180,7 +181,7 @@ def threshold_warnings(
     if run.tags.get(tag) == str(fraction):
         return []
     message = c.threshold_message(BY_KEY[key].label, fraction, elapsed, limit)
-    alert = Alert(run.run_id, run.job_name, "warning", message, key, limit, elapsed, fraction)
+    alert = Alert(run.run_id, run.job_name, WARNING, message, key, limit, elapsed, fraction)
     return [Notice(message, tag, str(fraction), alert=alert)]
 
 

@@ -2,6 +2,7 @@
 
 from dagster import Any, Bool, Field, Map, Permissive, StringSource
 
+from dagster_run_monitor.alert_settings import ALERT_EVENTS, WARNING
 from dagster_run_monitor.limit_table import RULE_KEYS
 from dagster_run_monitor.settings import DAGSTER_KEYS, OUR_KEYS
 
@@ -83,7 +84,7 @@ def alerts_config_field() -> Field:
     return optional(
         {
             "log": optional(Bool, True),
-            "on": optional([str], ["warning"], "warning, failed, resumed, canceled"),
+            "on": optional([str], [WARNING], ", ".join(ALERT_EVENTS)),
             "webserver_url": optional(str, None, "Messages link to <webserver_url>/runs/<id>."),
             "callable": optional({"module": str, "function": str}),
             "webhook": optional(

@@ -19,7 +19,14 @@ from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from typing import Any
 
-from dagster_run_monitor.alert_settings import AlertSettings, Email, MsTeams, PagerDuty, Slack
+from dagster_run_monitor.alert_settings import (
+    WARNING,
+    AlertSettings,
+    Email,
+    MsTeams,
+    PagerDuty,
+    Slack,
+)
 from dagster_run_monitor.model import Alert
 
 Deliver = Callable[[Alert], None]
@@ -144,7 +151,7 @@ def pagerduty(alert: Alert, config: PagerDuty, settings: AlertSettings) -> None:
         "payload": {
             "summary": f"{title(alert)}: {alert.message}"[:1024],
             "source": settings.webserver_url or "dagster-run-monitor",
-            "severity": "warning" if alert.event == "warning" else "error",
+            "severity": "warning" if alert.event == WARNING else "error",
             "component": alert.job_name,
             "class": alert.kind,
             "custom_details": {k: v for k, v in dataclasses.asdict(alert).items() if v is not None},
