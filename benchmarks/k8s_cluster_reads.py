@@ -20,9 +20,9 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from kubernetes import client as k8s
 from kubernetes import config
 
-from dagster_run_monitor import k8s_launcher
-from dagster_run_monitor.answers import PassAnswers, answering
-from dagster_run_monitor.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.launchers.kubernetes import launcher as k8s_launcher
+from dagster_run_monitor.storage.answers import PassAnswers, answering
 from dagster_run_monitor_tests.support.fake_k8s import RECORDED_JOB
 
 KUBECONFIG = "/tmp/dagster-run-monitor-k8s/kubeconfig"

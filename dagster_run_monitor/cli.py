@@ -6,12 +6,13 @@ import click
 from dagster import DagsterInstance
 from dagster._time import get_current_timestamp
 
-from dagster_run_monitor.crashes import counted_resumes, policy_entry
-from dagster_run_monitor.facts import observe
-from dagster_run_monitor.limit_table import LIMITS, clock_start
-from dagster_run_monitor.model import RunFacts
-from dagster_run_monitor.policy import decide, limits_of
-from dagster_run_monitor.settings import MonitorSettings, read_settings
+from dagster_run_monitor.config.parse import read_settings
+from dagster_run_monitor.core.crashes import counted_resumes, policy_entry
+from dagster_run_monitor.core.limit_table import LIMITS, clock_start
+from dagster_run_monitor.core.model import RunFacts
+from dagster_run_monitor.core.policy import decide, limits_of
+from dagster_run_monitor.core.settings import MonitorSettings
+from dagster_run_monitor.daemon.observe import observe
 
 
 @click.group()

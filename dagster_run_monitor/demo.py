@@ -22,8 +22,8 @@ from dagster._core.events import DagsterEventType
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import FINISHED_STATUSES, DagsterRunStatus
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.core import constants as c
 
 BIN = Path(sys.executable).parent
 MODULE = "dagster_run_monitor.demo_job"

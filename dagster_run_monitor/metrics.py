@@ -4,7 +4,7 @@
 from collections import Counter
 from collections.abc import Sequence
 
-from dagster_run_monitor.model import (
+from dagster_run_monitor.core.model import (
     Action,
     CancelRun,
     FailRun,

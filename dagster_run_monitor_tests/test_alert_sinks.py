@@ -10,9 +10,9 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.settings import settings_from_config
+from dagster_run_monitor.config.parse import settings_from_config
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
 from dagster_run_monitor_tests.support.runs import T0, make_run, messages, monitor_pass, report
 from dagster_run_monitor_tests.support.sink_servers import closed_port, http_sink, smtp_sink

@@ -13,11 +13,11 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
-from dagster_run_monitor import constants as c
 from dagster_run_monitor.cli import main as cli
-from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.limits import Limit, resolve_limits
-from dagster_run_monitor.model import (
+from dagster_run_monitor.config.parse import settings_from_config
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.limits import Limit, resolve_limits
+from dagster_run_monitor.core.model import (
     Alert,
     CancelRun,
     FailRun,
@@ -27,8 +27,9 @@ from dagster_run_monitor.model import (
     RunFacts,
     TerminateAndFail,
 )
-from dagster_run_monitor.policy import decide
-from dagster_run_monitor.settings import Backoff, MonitorSettings, settings_from_config
+from dagster_run_monitor.core.policy import decide
+from dagster_run_monitor.core.settings import Backoff, MonitorSettings
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.decisions import crash_resume
 from dagster_run_monitor_tests.support.home import monitor_instance
 from dagster_run_monitor_tests.support.launchers import AFTER_RESUME_TAG, HEALTH_TAG

@@ -7,9 +7,9 @@ import sqlalchemy as sa
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.storage.dagster_run import RunsFilter
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.bulk_writes import write_engine_events, write_tags
-from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
+from dagster_run_monitor.storage.bulk_writes import write_engine_events, write_tags
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
 from dagster_run_monitor_tests.support.runs import (
     events,

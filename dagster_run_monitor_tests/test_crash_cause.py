@@ -14,17 +14,17 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from kubernetes import client as k8s
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.crash_cause import (
+from dagster_run_monitor.config.parse import settings_from_config
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.crash_cause import (
     CrashCause,
     docker_cause,
     k8s_cause,
     process_cause,
 )
-from dagster_run_monitor.memory import format_memory, parse_memory
-from dagster_run_monitor.model import FailRun, Health, ResumeRun, RunFacts, action_alert
-from dagster_run_monitor.policy import decide
-from dagster_run_monitor.settings import settings_from_config
+from dagster_run_monitor.core.memory import format_memory, parse_memory
+from dagster_run_monitor.core.model import FailRun, Health, ResumeRun, RunFacts, action_alert
+from dagster_run_monitor.core.policy import decide
 
 RECORDED = Path(__file__).with_name("recorded")
 NOW = 1_800_000_000.0

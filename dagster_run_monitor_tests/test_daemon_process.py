@@ -9,7 +9,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 from dagster._time import get_current_timestamp
 
-from dagster_run_monitor import constants as c
+from dagster_run_monitor.core import constants as c
 from dagster_run_monitor_tests.support.home import SCRIPTED_LAUNCHER, load_instance, write_home
 from dagster_run_monitor_tests.support.launchers import (
     AFTER_RESUME_TAG,

@@ -13,7 +13,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
-from dagster_run_monitor import constants as c
+from dagster_run_monitor.core import constants as c
 from dagster_run_monitor_tests.support.home import load_instance, write_home
 from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT, daemon, wait_until
 
@@ -223,7 +223,7 @@ def test_the_daemon_asks_the_engine_its_version_once_not_per_health_check(
     running workers, two passes: one version request, six container reads, nothing else."""
     from docker.api.client import APIClient
 
-    from dagster_run_monitor.daemon import RunMonitorDaemon
+    from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
     from dagster_run_monitor_tests.support.runs import monitor_pass
 
     _, instance = docker_home()

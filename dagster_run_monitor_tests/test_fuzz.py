@@ -19,13 +19,14 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.limit_table import TAGS as LIMIT_TAGS
-from dagster_run_monitor.limits import resolve_limits
-from dagster_run_monitor.model import MONITORED_STATUSES, Health, Notice, RunFacts
-from dagster_run_monitor.policy import decide
-from dagster_run_monitor.schema import run_monitoring_config_field
-from dagster_run_monitor.settings import MonitorSettings, settings_from_config
+from dagster_run_monitor.config.parse import settings_from_config
+from dagster_run_monitor.config.schema import run_monitoring_config_field
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.limit_table import TAGS as LIMIT_TAGS
+from dagster_run_monitor.core.limits import resolve_limits
+from dagster_run_monitor.core.model import MONITORED_STATUSES, Health, Notice, RunFacts
+from dagster_run_monitor.core.policy import decide
+from dagster_run_monitor.core.settings import MonitorSettings
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = 1_800_000_000.0
@@ -334,7 +335,7 @@ def test_a_backoff_that_cannot_be_a_date_is_rejected(backoff):
     decide(crashed, config, NOW)
 
 
-DURATIONS_PY = importlib.util.find_spec("dagster_run_monitor").submodule_search_locations[0]
+DURATIONS_PY = importlib.util.find_spec("dagster_run_monitor.core.durations").origin
 
 
 def test_durations_with_many_parts_are_rejected_in_linear_time():
@@ -343,7 +344,7 @@ def test_durations_with_many_parts_are_rejected_in_linear_time():
     subprocess (a regex cannot be interrupted) that loads only durations.py."""
     program = (
         "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('d', {DURATIONS_PY!r} + '/durations.py')\n"
+        f"spec = importlib.util.spec_from_file_location('d', {DURATIONS_PY!r})\n"
         "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
         "try:\n    module.parse_duration('1s ' * 30 + 'x')\n"
         "except ValueError:\n    print('rejected')\n"

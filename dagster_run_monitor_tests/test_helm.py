@@ -18,8 +18,8 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.ref import InstanceRef
 
 from dagster_run_monitor import RunMonitorInstance
-from dagster_run_monitor.constants import DAEMON_TYPE
-from dagster_run_monitor.settings import read_settings
+from dagster_run_monitor.config.parse import read_settings
+from dagster_run_monitor.core.constants import DAEMON_TYPE
 from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT
 
 OVERLAY = REPO_ROOT / "docs" / "helm" / "values-run-monitor.yaml"

@@ -11,11 +11,12 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.test_utils import instance_for_test
 
 import dagster_run_monitor
-from dagster_run_monitor import RunMonitorInstance, RunMonitorInstanceMixin, registration
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.constants import DAEMON_TYPE
-from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.dagster_yaml import INSTANCE_CLASS
+from dagster_run_monitor import RunMonitorInstance, RunMonitorInstanceMixin
+from dagster_run_monitor.config.dagster_yaml import INSTANCE_CLASS
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.constants import DAEMON_TYPE
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
+from dagster_run_monitor.integration import registration
 from dagster_run_monitor_tests.support.home import SCRIPTED_LAUNCHER, monitor_instance
 from dagster_run_monitor_tests.support.runs import T0, make_run, monitor_pass, status_of
 
@@ -148,7 +149,7 @@ def test_invalid_settings_fail_at_start_up_naming_the_key(tmp_path, block, fragm
 
 
 def test_instance_class_is_importable_from_the_package_root():
-    assert RunMonitorInstance.__module__ == "dagster_run_monitor.instance"
+    assert RunMonitorInstance.__module__ == "dagster_run_monitor.integration.instance"
 
 
 def test_stall_resume_needs_a_launcher_that_can_stop_a_hung_worker():

@@ -9,7 +9,7 @@ import re
 import dagster
 import pytest
 
-from dagster_run_monitor import internals
+from dagster_run_monitor.integration import internals
 
 WHY = "dagster-run-monitor relies on it for"
 

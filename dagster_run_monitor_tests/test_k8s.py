@@ -22,8 +22,8 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from kubernetes import client as k8s
 from sqlalchemy.engine import Engine
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.fake_k8s import (
     CLUSTER,
     LOG_TIME,

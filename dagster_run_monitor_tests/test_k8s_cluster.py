@@ -26,7 +26,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 
-from dagster_run_monitor import constants as c
+from dagster_run_monitor.core import constants as c
 from dagster_run_monitor_tests.support.home import load_instance, write_home
 from dagster_run_monitor_tests.support.runs import monitor_pass
 from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT, daemon, wait_until

@@ -8,7 +8,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._utils.log import get_structlog_json_formatter
 from prometheus_client.parser import text_string_to_metric_families
 
-from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.launchers import HEALTH_RAISE_TAG, HEALTH_TAG
 from dagster_run_monitor_tests.support.runs import T0, make_run, monitor_pass
 from dagster_run_monitor_tests.support.subprocesses import free_port

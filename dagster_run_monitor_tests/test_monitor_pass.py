@@ -10,14 +10,14 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.actions import apply_actions
-from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.facts import observe
-from dagster_run_monitor.model import MONITORED_STATUSES, Health, ResumeRun
-from dagster_run_monitor.runs import RunReader
-from dagster_run_monitor.schema_checks import remember_schema_checks
-from dagster_run_monitor.settings import read_settings
+from dagster_run_monitor.config.parse import read_settings
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.model import MONITORED_STATUSES, Health, ResumeRun
+from dagster_run_monitor.daemon.actions import apply_actions
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
+from dagster_run_monitor.daemon.observe import observe
+from dagster_run_monitor.storage.runs import RunReader
+from dagster_run_monitor.storage.schema_checks import remember_schema_checks
 from dagster_run_monitor_tests.support.home import monitor_instance
 from dagster_run_monitor_tests.support.launchers import (
     AFTER_RESUME_TAG,

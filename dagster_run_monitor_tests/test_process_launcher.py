@@ -14,13 +14,13 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._time import get_current_timestamp
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.facts import observe
-from dagster_run_monitor.launchers.process_executor import recorded_step_processes
-from dagster_run_monitor.launchers.processes import is_alive
-from dagster_run_monitor.policy import decide
-from dagster_run_monitor.settings import read_settings
+from dagster_run_monitor.config.parse import read_settings
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.policy import decide
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
+from dagster_run_monitor.daemon.observe import observe
+from dagster_run_monitor.launchers.process.executor import recorded_step_processes
+from dagster_run_monitor.launchers.process.processes import is_alive
 from dagster_run_monitor_tests.support.home import monitor_instance
 from dagster_run_monitor_tests.support.runs import messages, status_of, tags_of
 from dagster_run_monitor_tests.support.subprocesses import wait_until

@@ -9,8 +9,8 @@ import pytest
 from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.launchers.processes import (
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.launchers.process.processes import (
     describe_exit,
     hostname,
     is_alive,

@@ -14,10 +14,10 @@ import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._time import get_current_timestamp
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.actions import apply_actions
-from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.model import ResumeRun
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.model import ResumeRun
+from dagster_run_monitor.daemon.actions import apply_actions
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.home import load_instance, write_home, write_home_for_url
 from dagster_run_monitor_tests.support.launchers import (
     HEALTH_SLEEP_TAG,

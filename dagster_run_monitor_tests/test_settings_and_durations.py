@@ -1,8 +1,9 @@
 import pytest
 from dagster._core.errors import DagsterInvalidConfigError
 
-from dagster_run_monitor.durations import parse_duration
-from dagster_run_monitor.settings import MonitorSettings, settings_from_config
+from dagster_run_monitor.config.parse import settings_from_config
+from dagster_run_monitor.core.durations import parse_duration
+from dagster_run_monitor.core.settings import MonitorSettings
 
 
 @pytest.mark.parametrize(

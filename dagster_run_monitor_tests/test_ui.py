@@ -19,7 +19,7 @@ from dagster import MAX_RUNTIME_SECONDS_TAG
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._time import get_current_timestamp
 
-from dagster_run_monitor import constants as c
+from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.demo_job import crash_demo
 from dagster_run_monitor_tests.support.home import SCRIPTED_LAUNCHER, load_instance, write_home
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG

@@ -17,7 +17,7 @@ from dagster._utils.error import SerializableErrorInfo
 
 from benchmarks.monitor_pass.measure import MB, RssSampler, SqlCounter, cpu_seconds, release_memory
 from benchmarks.monitor_pass.storage import K8S_NAMESPACE, cached_schema_checks
-from dagster_run_monitor.daemon import RunMonitorDaemon
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
 
 
@@ -160,7 +160,7 @@ def count_resumed(instance: DagsterInstance, run_ids: Sequence[str], before: dic
     running)."""
     from dagster_k8s.job import get_job_name_from_run_id
 
-    from dagster_run_monitor.eventlog import count_resume_attempts
+    from dagster_run_monitor.storage.eventlog import count_resume_attempts
     from dagster_run_monitor_tests.support.fake_k8s import CLUSTER
 
     after = count_resume_attempts(instance.event_log_storage, list(run_ids))

@@ -195,7 +195,7 @@ def verify_population(instance: DagsterInstance, population: Population) -> None
     """What both monitors read must be what Dagster's API would have written: statuses, start
     times, launch/cancel/enqueue events, event counts. Bulk runs are checked against the
     reference runs made through the API, and every run's status is checked."""
-    from dagster_run_monitor.eventlog import latest_event_times
+    from dagster_run_monitor.storage.eventlog import latest_event_times
 
     records = instance.get_run_records()
     got = Counter(r.dagster_run.status for r in records)

@@ -32,8 +32,8 @@ from benchmarks.monitor_pass.population import (
     verify_population,
 )
 from benchmarks.monitor_pass.storage import daemon_context, pg_admin, pool_connections, write_home
-from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.settings import read_settings
+from dagster_run_monitor.config.parse import read_settings
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 
 
 @dataclass
@@ -150,7 +150,7 @@ def next_crash_set(population: Population, k: int) -> list[str]:
 
 def crash_storm(envs, population, row: Row, args, counter: SqlCounter) -> None:
     instance = envs["ours"][0]
-    from dagster_run_monitor.eventlog import count_resume_attempts
+    from dagster_run_monitor.storage.eventlog import count_resume_attempts
 
     builtin_reps = 0 if args.no_crash_builtin else builtin_reps_for(row.n, args)
     # a fresh set of K healthy runs for every repetition (none resumed before)
@@ -188,7 +188,7 @@ def profile_ours(instance, context, population, row: Row, args) -> None:
     import cProfile
     import pstats
 
-    from dagster_run_monitor import actions as actions_module
+    from dagster_run_monitor.daemon import actions as actions_module
 
     os.makedirs(args.profile_dir, exist_ok=True)
     for scenario in ("steady", "crash"):

@@ -14,7 +14,7 @@ from dagster._core.test_utils import create_test_daemon_workspace_context
 from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 
 from benchmarks.monitor_pass.constants import RUN_MONITORING
-from dagster_run_monitor.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
 from dagster_run_monitor_tests.support.postgres import pg_admin as support_pg_admin
 
 
@@ -102,7 +102,7 @@ def daemon_context(instance: DagsterInstance, log_path: str) -> Iterator[Any]:
 def pool_connections(instance: DagsterInstance, pool_size: int) -> None:
     """An experiment (``--pool-size``), for both monitors alike: the pool our daemon gives
     itself (``storage_pool_size``), of ``pool_size`` connections."""
-    from dagster_run_monitor.pooling import pool_postgres_connections
+    from dagster_run_monitor.storage.pooling import pool_postgres_connections
 
     pool_postgres_connections(instance, pool_size)
 

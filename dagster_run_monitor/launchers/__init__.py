@@ -1,8 +1,3 @@
-"""Run launchers and executors we ship for single-machine users."""
-
-from dagster_run_monitor.launchers.process_executor import (
-    process_step_executor as process_step_executor,
-)
-from dagster_run_monitor.launchers.process_launcher import (
-    ProcessRunLauncher as ProcessRunLauncher,
-)
+"""Run launchers, one subpackage per family: ``process`` (the launcher and step executor we
+ship for one machine), ``kubernetes`` and ``docker`` (Dagster's launchers kept cheap at
+thousands of runs, and a dead worker's cause read from its pods or container)."""

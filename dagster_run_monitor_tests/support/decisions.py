@@ -1,7 +1,7 @@
 """Expected decisions of the pure core, written as tests compare them."""
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.model import ResumeRun
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.model import ResumeRun
 
 
 def crash_resume(attempt: int, message: str, cause: str = "unknown") -> ResumeRun:

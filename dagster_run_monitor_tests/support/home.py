@@ -1,5 +1,5 @@
 """DAGSTER_HOMEs and instances that turn our monitor on (the dagster.yaml comes from
-`dagster_run_monitor.dagster_yaml`, as for the demo and the benchmark)."""
+`dagster_run_monitor.config.dagster_yaml`, as for the demo and the benchmark)."""
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -10,7 +10,7 @@ from dagster import DagsterInstance
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.test_utils import instance_for_test
 
-from dagster_run_monitor.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
 from dagster_run_monitor_tests.support.postgres import pg_url
 
 

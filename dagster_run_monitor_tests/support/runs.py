@@ -20,9 +20,9 @@ from dagster._core.workspace.context import IWorkspaceProcessContext
 from dagster._time import get_current_timestamp
 from dagster._utils.error import SerializableErrorInfo
 
-from dagster_run_monitor import constants as c
-from dagster_run_monitor.daemon import RunMonitorDaemon
-from dagster_run_monitor.pooling import pool_postgres_connections
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
+from dagster_run_monitor.storage.pooling import pool_postgres_connections
 
 
 def pool_connections(instance: DagsterInstance, size: int = 8) -> None:

@@ -1,0 +1,305 @@
+"""Decide: facts + settings + now -> actions. Pure: no Dagster calls, no clock, no I/O."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from dagster import DagsterRun, DagsterRunStatus
+from dagster._core.events import RunFailureReason
+
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.alert_settings import WARNING
+from dagster_run_monitor.core.crashes import start_failure, worker_crash
+from dagster_run_monitor.core.durations import parse_duration
+from dagster_run_monitor.core.limit_table import (
+    BY_KEY,
+    CANCEL_TIMEOUT,
+    MAX_RUNTIME,
+    QUEUE_TIMEOUT,
+    STALL_TIMEOUT,
+    START_TIMEOUT,
+    STEP_RUNTIME,
+    WARNED,
+    clock_start,
+)
+from dagster_run_monitor.core.limits import Limit, Limits, resolve_limits
+from dagster_run_monitor.core.model import (
+    SUSPENDED,
+    Action,
+    Alert,
+    CancelRun,
+    FailRun,
+    Health,
+    Notice,
+    ResumeRun,
+    RunFacts,
+    TerminateAndFail,
+)
+from dagster_run_monitor.core.settings import MonitorSettings
+
+
+def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
+    """Everything due for one run on this pass, in the order to apply it."""
+    limits = limits_of(run, settings)
+    actions: list[Action] = bad_tag_notices(run, limits)
+    status = run.status
+    if status == DagsterRunStatus.QUEUED:
+        actions += queue_timeout(run, limits, now)
+    elif status == DagsterRunStatus.NOT_STARTED:
+        actions += start_timeout(run, run.created_at, limits, now, terminate=False)
+    elif status == DagsterRunStatus.STARTING:
+        actions += start_failure(run, settings, now) or start_timeout(
+            run, clock_start(START_TIMEOUT, run), limits, now, terminate=True
+        )
+    elif status == DagsterRunStatus.STARTED:
+        actions += (
+            worker_crash(run, settings, now)
+            or runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
+            or step_timeout(run, limits[STEP_RUNTIME.key], now)
+            or stalled(run, limits[STALL_TIMEOUT.key], settings, now)
+        )
+    elif status == SUSPENDED:  # (None before Dagster 1.13: no run has it)
+        actions += runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
+    elif status == DagsterRunStatus.CANCELING:
+        actions += cancel_timeout(run, limits, now)
+    if not any(isinstance(a, (FailRun, CancelRun, TerminateAndFail)) for a in actions):
+        actions += threshold_warnings(run, limits, settings, now)
+    return actions
+
+
+def bad_tag_notices(run: RunFacts, limits: Limits) -> list[Action]:
+    """One warning per unusable tag value: the rule's or instance's limit applies instead."""
+    notices: list[Action] = []
+    for bad in limits.bad_tags:
+        tag = f"{c.WARNED_TAG_PREFIX}{bad.tag}"
+        if run.tags.get(tag) != bad.value:
+            message = c.invalid_tag_message(
+                bad.tag, bad.value, bad.fallback.seconds, bad.fallback.source
+            )
+            alert = Alert(run.run_id, run.job_name, "invalid_tag", message)
+            notices.append(Notice(message, tag, bad.value, alert=alert))
+    return notices
+
+
+def queue_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
+    limit = limits[QUEUE_TIMEOUT.key]
+    since = clock_start(QUEUE_TIMEOUT, run) or run.created_at
+    if not limit.seconds or now - since < limit.seconds:
+        return []
+    message = c.queue_timeout_message(limit.seconds, limit.source)
+    return [
+        CancelRun(message, c.REASON_QUEUE_TIMEOUT, False, limit=limit.seconds, observed=now - since)
+    ]
+
+
+def start_timeout(
+    run: RunFacts, since: float | None, limits: Limits, now: float, terminate: bool
+) -> list[Action]:
+    limit = limits[START_TIMEOUT.key].seconds
+    if not limit or since is None or now - since < limit:
+        return []
+    return [
+        FailRun(
+            c.start_timeout_message(limit),
+            c.REASON_START_TIMEOUT,
+            RunFailureReason.START_TIMEOUT,
+            terminate_first=terminate,
+            debug_info=True,
+            limit=limit,
+            observed=now - since,
+        )
+    ]
+
+
+def runtime_exceeded(run: RunFacts, limit: float, now: float) -> list[Action]:
+    if not limit or run.started_at is None or now - run.started_at <= limit:
+        return []
+    return [
+        TerminateAndFail(
+            c.max_runtime_canceling_message(limit),
+            c.max_runtime_failed_message(limit),
+            c.REASON_MAX_RUNTIME,
+            limit,
+            now - run.started_at,
+        )
+    ]
+
+
+def step_timeout(run: RunFacts, run_limit: Limit, now: float) -> list[Action]:
+    """A step running longer than its op's ``run_monitor/max_step_runtime`` tag, or than the
+    run's limit, fails the run, naming the step."""
+    for step, started in sorted(run.running_steps.items(), key=lambda item: item[1]):
+        limit = run_limit
+        if step in run.step_limits:
+            try:
+                limit = Limit(
+                    parse_duration(run.step_limits[step]), f"op tag {c.MAX_STEP_RUNTIME_TAG}"
+                )
+            except ValueError:
+                pass  # the run's limit applies; the tag is shown in `dagster-run-monitor explain`
+        elapsed = now - started
+        if limit.seconds and elapsed > limit.seconds:
+            message = c.step_timeout_message(step, elapsed, limit.seconds, limit.source)
+            return [
+                TerminateAndFail(message, message, c.REASON_STEP_TIMEOUT, limit.seconds, elapsed)
+            ]
+    return []
+
+
+def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> list[Action]:
+    """A healthy-looking worker whose run has written nothing for the stall timeout."""
+    if not limit.seconds or run.last_event_at is None:
+        return []
+    idle = now - run.last_event_at
+    if idle < limit.seconds:
+        return []
+    message = c.stall_message(limit.seconds, idle, limit.source)
+    if settings.stall_action == "resume" and run.resume_attempts < settings.resume_attempts:
+        attempt = run.resume_attempts + 1
+        message = f"{message} Resuming run {run.run_id} with a new worker."
+        return [ResumeRun(attempt, message, True, c.REASON_STALLED)]
+    return [TerminateAndFail(message, message, c.REASON_STALLED, limit.seconds, idle)]
+
+
+def cancel_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
+    limit = limits[CANCEL_TIMEOUT.key].seconds
+    since = clock_start(CANCEL_TIMEOUT, run)
+    if not limit or since is None or now - since < limit:
+        return []
+    return [CancelRun(c.cancel_timeout_message(limit), limit=limit, observed=now - since)]
+
+
+def threshold_warnings(
+    run: RunFacts, limits: Limits, settings: MonitorSettings, now: float
+) -> list[Action]:
+    """One warning (and alert) when a run has used ``warn_after_fraction`` of a limit."""
+    passed = warning_threshold_passed(run, limits, settings, now)
+    if passed is None:
+        return []
+    key, elapsed, limit, fraction = passed
+    tag = f"{c.WARNED_TAG_PREFIX}{key}"
+    if run.tags.get(tag) == str(fraction):
+        return []
+    message = c.threshold_message(BY_KEY[key].label, fraction, elapsed, limit)
+    alert = Alert(run.run_id, run.job_name, WARNING, message, key, limit, elapsed, fraction)
+    return [Notice(message, tag, str(fraction), alert=alert)]
+
+
+def warning_threshold_passed(
+    run: RunFacts, limits: Limits, settings: MonitorSettings, now: float
+) -> tuple[str, float, float, float] | None:
+    """(limit key, elapsed, limit, fraction) once the run has used ``warn_after_fraction`` of
+    the limit that applies to its status."""
+    fraction = limits.warn_after_fraction
+    if not fraction:
+        return None
+    kind = WARNED.get(run.status)
+    if kind is None:
+        return None
+    since, limit = clock_start(kind, run), limits[kind.key].seconds
+    if not limit or since is None or now - since < fraction * limit:
+        return None
+    return kind.key, now - since, limit, fraction
+
+
+def over_warning_threshold(run: RunFacts, settings: MonitorSettings, now: float) -> bool:
+    return warning_threshold_passed(run, limits_of(run, settings), settings, now) is not None
+
+
+def limits_of(run: RunFacts, settings: MonitorSettings) -> Limits:
+    """The limits observed with the run, or resolved now (facts built by hand)."""
+    if run.limits is not None:
+        return run.limits
+    return resolve_limits(run.job_name, run.location, run.tags, settings)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every decision of one pass, and what the pass reports about itself."""
+
+    due: list[tuple[str, list[Action]]]  # (run id, its actions), in the order observed
+    errors: list[tuple[str, Exception]]  # runs ``decide`` raised on (each reported, no action)
+    unhealthy_since: dict[str, float]  # the clocks to carry to the next pass
+    unanswered: str | None  # the heartbeat's one error for health checks with no answer
+    over_warning_threshold: int | None  # runs past warn_after_fraction (full passes only)
+
+
+def plan(
+    facts: Sequence[RunFacts],
+    settings: MonitorSettings,
+    now: float,
+    crashes_only: bool = False,
+    count_warnings: bool = False,
+) -> Plan:
+    """Decide for every run; ``crashes_only`` (the cheap checks between full passes) decides
+    only for runs whose worker is unhealthy. ``count_warnings``: count the runs past a
+    warning threshold (for the metrics; full passes only)."""
+    unanswered = [f for f in facts if f.health is not None and not f.health.answered]
+    summary = None
+    if unanswered:  # one error a pass in the heartbeat, not one per run of an API outage
+        first = unanswered[0]
+        summary = (
+            f"{len(unanswered)} worker health check(s) had no answer; those runs are checked"
+            f" again next pass (run {first.run_id}: {first.health.message})"  # type: ignore[union-attr]
+        )
+    over = None
+    if count_warnings and not crashes_only:
+        over = sum(over_warning_threshold(f, settings, now) for f in facts)
+    decided = [f for f in facts if f.health is not None and not f.health.healthy]
+    due, errors = [], []
+    for run in decided if crashes_only else facts:
+        try:
+            actions = decide(run, settings, now)
+        except Exception as error:  # a bug or a value decide cannot take: this run only
+            errors.append((run.run_id, error))
+            continue
+        if actions:
+            due.append((run.run_id, actions))
+    since = {f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None}
+    return Plan(due, errors, since, summary, over)
+
+
+class Observed(Protocol):
+    """What the re-check under a claim compares: a run as this pass saw it (RunFacts, or a
+    DagsterRun)."""
+
+    run_id: str
+    status: DagsterRunStatus
+
+
+def resume_of(actions: Sequence[Action]) -> ResumeRun | None:
+    return next((a for a in actions if isinstance(a, ResumeRun)), None)
+
+
+def still_due(
+    observed: DagsterRunStatus,
+    actions: Sequence[Action],
+    current: DagsterRun | None,
+    resumes: int,
+    last_resume_at: float | None = None,
+    observed_at: float | None = None,
+) -> Sequence[Action] | None:
+    """The actions to apply now that the run was re-read under its claim: None if it changed
+    since this pass observed it (its status; for a resume, its resume count, or a resume
+    written since ``observed_at``: another daemon resumed it after this pass checked its
+    worker), the actions otherwise, less the notices already written. A changed run's notices
+    are left to the next pass."""
+    if current is None or current.status != observed:
+        return None
+    resume = resume_of(actions)
+    resumed_during_pass = (
+        observed_at is not None and last_resume_at is not None and last_resume_at >= observed_at
+    )
+    if resume and (resumed_during_pass or resumes != resume.attempt - 1):
+        return None
+    return [a for a in actions if not isinstance(a, Notice) or current.tags.get(a.tag) != a.value]
+
+
+def unhealthy_clock(health: Health | None, since: float | None, now: float) -> float | None:
+    """When the worker was first seen unhealthy: now for a new result, as before while a
+    check has no answer (a hung API call neither starts nor resets the clock)."""
+    if health is None or health.healthy:
+        return None
+    if since is None:
+        return now if health.answered else None
+    return since

@@ -1,0 +1,147 @@
+"""Observe: read in-progress runs and what each policy needs to know about them."""
+
+from collections.abc import Mapping, Sequence
+
+from dagster import DagsterInstance
+from dagster._core.events import DagsterEventType
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+from dagster_run_monitor.core.constants import MAX_STEP_RUNTIME_TAG
+from dagster_run_monitor.core.limit_table import STALL_TIMEOUT, STEP_RUNTIME
+from dagster_run_monitor.core.limits import location_of, run_limits
+from dagster_run_monitor.core.model import HEALTH_CHECKED, MONITORED_STATUSES, Health, RunFacts
+from dagster_run_monitor.core.policy import unhealthy_clock
+from dagster_run_monitor.core.settings import MonitorSettings
+from dagster_run_monitor.daemon.health import HealthChecks
+from dagster_run_monitor.launchers.kubernetes import launcher as k8s_launcher
+from dagster_run_monitor.launchers.kubernetes.pods import is_k8s_launcher
+from dagster_run_monitor.storage.answers import PassAnswers
+from dagster_run_monitor.storage.eventlog import (
+    count_resume_attempts,
+    latest_event_times,
+    resume_history,
+    running_steps,
+)
+from dagster_run_monitor.storage.runs import RunReader, read_all
+
+
+def observe(
+    instance: DagsterInstance,
+    settings: MonitorSettings,
+    now: float,
+    unhealthy_since: Mapping[str, float],
+    statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES,
+    crashes_only: bool = False,
+    reader: RunReader | None = None,
+) -> list[RunFacts]:
+    """Facts for each run in ``statuses`` (the actions act on the runs re-read under their
+    claims). ``crashes_only`` leaves out what only the timeout policies need (stalls, steps); a
+    daemon's ``reader`` re-reads only the runs that changed since its last pass."""
+    records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
+    storage = instance.event_log_storage
+    checks = None
+    if settings.can_check_health:  # the checks run while the event log is read
+        checked = [r for r in records if r.dagster_run.status in HEALTH_CHECKED]
+        launcher = instance.run_launcher
+        answers = None
+        if is_k8s_launcher(launcher):  # it counts resumes and reads a Job on every check
+            ids = [r.dagster_run.run_id for r in checked]
+            counts = (
+                reader.resume_counts(storage, checked)
+                if reader
+                else count_resume_attempts(storage, ids)
+            )
+            jobs = k8s_launcher.job_statuses(launcher, [r.dagster_run for r in checked])
+            answers = PassAnswers(counts, jobs)
+        checks = HealthChecks(
+            launcher,
+            settings.health_check_threads,
+            settings.health_check_timeout_seconds,
+            answers,
+        )
+        checks.submit([r.dagster_run for r in checked])
+    runs = {r.dagster_run.run_id: r.dagster_run for r in records}
+    ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
+    launched = latest_event_times(
+        storage, ids_in(DagsterRunStatus.STARTING), DagsterEventType.PIPELINE_STARTING
+    )
+    canceling = latest_event_times(
+        storage, ids_in(DagsterRunStatus.CANCELING), DagsterEventType.PIPELINE_CANCELING
+    )
+    enqueued = latest_event_times(
+        storage, ids_in(DagsterRunStatus.QUEUED), DagsterEventType.PIPELINE_ENQUEUED
+    )
+    started = [] if crashes_only else ids_in(DagsterRunStatus.STARTED)
+    # Each run's limits, resolved once for the pass (the crash checks between full passes
+    # leave them to decide, for the few runs they act on).
+    if crashes_only:
+        limits = {}
+    elif reader:
+        limits = reader.limits(runs, settings)
+    else:
+        limits = {i: run_limits(run, settings) for i, run in runs.items()}
+    stall_watched = [i for i in started if limits[i][STALL_TIMEOUT.key].seconds]
+    last_event = latest_event_times(storage, stall_watched, None)
+    step_limits = {i: _step_limits(instance, runs[i]) for i in started}
+    steps = running_steps(
+        storage,
+        [i for i in started if step_limits[i] or limits[i][STEP_RUNTIME.key].seconds],
+    )
+    health: dict[str, Health] = checks.results() if checks is not None else {}
+    unhealthy = {i for i, h in health.items() if h.answered and not h.healthy}
+    resumes = resume_history(storage, sorted({*unhealthy, *stall_watched}))
+    facts = []
+    for record in records:
+        run_id = record.dagster_run.run_id
+        resume_count, last_resume_at = resumes.get(run_id, (0, None))
+        facts.append(
+            RunFacts(
+                run_id=run_id,
+                job_name=record.dagster_run.job_name,
+                status=record.dagster_run.status,
+                created_at=record.create_timestamp.timestamp(),
+                updated_at=record.update_timestamp.timestamp(),
+                tags=record.dagster_run.tags,
+                started_at=record.start_time,
+                launched_at=launched.get(run_id),
+                canceling_at=canceling.get(run_id),
+                location=location_of(record.dagster_run),
+                enqueued_at=enqueued.get(run_id),
+                last_event_at=last_event.get(run_id),
+                running_steps=steps.get(run_id, {}),
+                step_limits=step_limits.get(run_id, {}),
+                limits=limits.get(run_id),
+                health=health.get(run_id),
+                unhealthy_since=unhealthy_clock(
+                    health.get(run_id),
+                    unhealthy_since.get(run_id),
+                    now,
+                ),
+                resume_attempts=resume_count,
+                last_resume_at=last_resume_at,
+            )
+        )
+    return facts
+
+
+_STEP_TAGS_CACHE: dict[str, dict[str, str]] = {}  # execution plan snapshots never change
+
+
+def _step_limits(instance: DagsterInstance, run: DagsterRun) -> dict[str, str]:
+    """The ``run_monitor/max_step_runtime`` op tags of the run's steps (cached per plan)."""
+    snapshot_id = run.execution_plan_snapshot_id
+    if not snapshot_id:
+        return {}
+    if snapshot_id not in _STEP_TAGS_CACHE:
+        if len(_STEP_TAGS_CACHE) > 10_000:
+            _STEP_TAGS_CACHE.clear()
+        try:
+            plan = instance.get_execution_plan_snapshot(snapshot_id)
+        except Exception:
+            return {}
+        _STEP_TAGS_CACHE[snapshot_id] = {
+            step.key: step.tags[MAX_STEP_RUNTIME_TAG]
+            for step in plan.steps
+            if step.tags and MAX_STEP_RUNTIME_TAG in step.tags
+        }
+    return _STEP_TAGS_CACHE[snapshot_id]

@@ -1,0 +1,130 @@
+"""The instance class named in dagster.yaml, and a mixin for users who have their own."""
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+from dagster import DagsterInstance
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.instance.config import DAGSTER_CONFIG_YAML_FILENAME
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.dagster_run import DagsterRunStatus
+
+from dagster_run_monitor.config.parse import read_settings
+from dagster_run_monitor.config.schema import run_monitoring_config_field
+from dagster_run_monitor.core.constants import DAEMON_TYPE
+
+BUILTIN_MONITORING_DAEMON = "MONITORING"
+
+
+class RunMonitorInstanceMixin:
+    """For users with their own instance class: ``class Mine(RunMonitorInstanceMixin, Theirs)``."""
+
+    def __init__(self, *args: Any, run_monitoring: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        read_settings(self)  # fail at start-up, naming the key, on a bad value
+
+    @classmethod
+    def config_schema(cls) -> dict:
+        parent = getattr(super(), "config_schema", None)
+        return {**(parent() if parent else {}), "run_monitoring": run_monitoring_config_field()}
+
+    @classmethod
+    def config_defaults(cls, base_dir: str) -> dict:
+        """Called whenever a process loads dagster.yaml from a directory (``DAGSTER_HOME``)."""
+        refuse_duplicate_keys(os.path.join(base_dir, DAGSTER_CONFIG_YAML_FILENAME))
+        parent = getattr(super(), "config_defaults", None)
+        return parent(base_dir) if parent else InstanceRef.config_defaults(base_dir)
+
+    @property
+    def run_monitoring_max_resume_run_attempts(self) -> int:
+        """The documented default (3) where the launcher can resume; read by run workers too."""
+        configured = self.run_monitoring_settings.get("max_resume_run_attempts")  # type: ignore[attr-defined]
+        if configured is not None or not self.run_monitoring_enabled:  # type: ignore[attr-defined]
+            return configured or 0
+        return read_settings(self).resume_attempts
+
+    def run_will_resume(self, run_id: str) -> bool:
+        """Asked by a run worker that is being stopped: a run that is being terminated (by the
+        user, or by the monitor, which may already have marked it failed) will not be
+        resumed, so its worker stops its steps instead of leaving them running. Resumes that
+        ``crash_policy`` did not count do not use up the attempts."""
+        run = self.get_run_by_id(run_id)  # type: ignore[attr-defined]
+        if run is None or run.is_finished or run.status == DagsterRunStatus.CANCELING:
+            return False
+        if not self.run_monitoring_enabled:  # type: ignore[attr-defined]
+            return False
+        from dagster_run_monitor.core.crashes import uncounted_attempts
+
+        resumes = self.count_resume_run_attempts(run_id)
+        uncounted = uncounted_attempts(run.tags, resumes)
+        counted = resumes - uncounted
+        if counted < self.run_monitoring_max_resume_run_attempts:
+            return True
+        return uncounted < read_settings(self).uncounted_resumes  # preemptions, lost nodes
+
+    def count_resume_run_attempts(self, run_id: str) -> int:
+        """One query instead of Dagster's scan of every engine event of the run; none during a
+        pass's health checks (``answers``)."""
+        from dagster_run_monitor.storage.answers import resume_count
+        from dagster_run_monitor.storage.eventlog import count_resume_attempts
+
+        counted = resume_count(run_id)
+        if counted is not None:
+            return counted
+        return count_resume_attempts(self.event_log_storage, [run_id])[run_id]  # type: ignore[attr-defined]
+
+    def add_run_tags(self, run_id: str, new_tags: Mapping[str, str]) -> None:
+        """Dagster's, but for a launcher resuming a run for the daemon that writes tags the run
+        has already (``answers.resuming``): nothing to write."""
+        from dagster_run_monitor.storage import answers
+
+        if answers.already_tagged(run_id, new_tags):
+            return
+        super().add_run_tags(run_id, new_tags)  # type: ignore[misc]
+        answers.tagged(run_id, new_tags)
+
+    def get_required_daemon_types(self) -> Sequence[str]:
+        from dagster_run_monitor.integration.registration import install
+
+        install()
+        types = list(super().get_required_daemon_types())  # type: ignore[misc]
+        if BUILTIN_MONITORING_DAEMON in types:
+            types[types.index(BUILTIN_MONITORING_DAEMON)] = DAEMON_TYPE
+        return types
+
+
+class RunMonitorInstance(RunMonitorInstanceMixin, DagsterInstance):
+    """``instance_class: {module: dagster_run_monitor, class: RunMonitorInstance}``."""
+
+
+def refuse_duplicate_keys(path: str) -> None:
+    """Fail on a dagster.yaml that has a top-level key twice, which YAML loaders resolve
+    silently (the last one wins). With Dagster's Helm chart this is ``run_monitoring:`` written
+    both by ``dagsterDaemon.runMonitoring`` and by ``additionalInstanceConfig``."""
+    try:
+        with open(path) as file:
+            root = yaml.compose(file, Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return  # no file here, or one Dagster itself reports
+    if not isinstance(root, yaml.MappingNode):
+        return
+    first_line: dict[str, int] = {}
+    for key, _ in root.value:
+        name, line = str(key.value), key.start_mark.line + 1
+        if name not in first_line:
+            first_line[name] = line
+            continue
+        hint = (
+            " With Dagster's Helm chart, set dagsterDaemon.runMonitoring.enabled: false and keep"
+            " the block under additionalInstanceConfig."
+            if name == "run_monitoring"
+            else ""
+        )
+        raise DagsterInvalidConfigError(
+            f"{path} has two `{name}:` keys (lines {first_line[name]} and {line}); only one"
+            f" would take effect, silently.{hint}",
+            [],
+            name,
+        )

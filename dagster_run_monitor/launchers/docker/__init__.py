@@ -1,0 +1,1 @@
+"""Docker: ``DockerRunLauncher`` with one client per registry login instead of one per call."""

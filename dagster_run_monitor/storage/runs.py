@@ -1,0 +1,99 @@
+"""Read in-progress runs: a page of run bodies costs more than the rest of a pass, so a daemon
+keeps the runs it has read and re-reads only those whose row changed since."""
+
+from collections.abc import Mapping, Sequence
+
+from dagster import DagsterInstance
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
+from dagster._core.storage.event_log.base import EventLogStorage
+from dagster._time import utc_datetime_from_naive
+
+from dagster_run_monitor.core.limits import Limits, run_limits
+from dagster_run_monitor.core.settings import MonitorSettings
+from dagster_run_monitor.integration.internals import RUNS, SqlRunStorage
+from dagster_run_monitor.storage.eventlog import count_resume_attempts
+
+PAGE_SIZE = 1000
+
+
+class RunReader:
+    """Reads the runs in some statuses. Every run row's ``update_timestamp`` changes whenever
+    Dagster writes the run (status, tags, body), so one light query of ids and timestamps
+    tells which bodies to read again; the others come from the previous pass."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[DagsterRunStatus, ...], dict[str, RunRecord]] = {}
+        self._counted: dict[str, tuple[object, int]] = {}  # run id -> (row's update time, count)
+        self._limits: dict[str, tuple[DagsterRun, Limits]] = {}  # run id -> (run read, limits)
+        self._limits_for: MonitorSettings | None = None
+
+    def limits(
+        self, runs: Mapping[str, DagsterRun], settings: MonitorSettings
+    ) -> dict[str, Limits]:
+        """Each run's limits (``limits.run_limits``), resolved again only for the runs read
+        again since, or for all when the settings changed."""
+        if settings != self._limits_for:
+            self._limits, self._limits_for = {}, settings
+        known = self._limits
+        self._limits = {
+            i: known[i] if i in known and known[i][0] is run else (run, run_limits(run, settings))
+            for i, run in runs.items()
+        }
+        return {i: limits for i, (_, limits) in self._limits.items()}
+
+    def resume_counts(
+        self, storage: EventLogStorage, records: Sequence[RunRecord]
+    ) -> dict[str, int]:
+        """Each run's resume count, read again only for runs whose row changed since (a
+        resume through ``K8sRunLauncher`` writes a tag, so its row changes; a count read just
+        before a resume is read again next pass). For health checks only: actions count
+        afresh."""
+        ids = {r.dagster_run.run_id: r.update_timestamp for r in records}
+        stale = [i for i, updated in ids.items() if self._counted.get(i, (None,))[0] != updated]
+        fresh = count_resume_attempts(storage, stale)
+        self._counted = {
+            i: (updated, fresh[i] if i in fresh else self._counted[i][1])
+            for i, updated in ids.items()
+        }
+        return {i: count for i, (_, count) in self._counted.items()}
+
+    def read(
+        self, instance: DagsterInstance, statuses: Sequence[DagsterRunStatus]
+    ) -> list[RunRecord]:
+        storage = instance.run_storage
+        if not isinstance(storage, SqlRunStorage):
+            return read_all(instance, statuses)
+        query = RUNS.select().with_only_columns(RUNS.c.run_id, RUNS.c.update_timestamp)
+        query = query.where(RUNS.c.status.in_([s.value for s in statuses]))
+        current = {
+            row["run_id"]: utc_datetime_from_naive(row["update_timestamp"])
+            for row in storage.fetchall(query)
+        }
+        before = self._known.get(tuple(statuses), {})
+        stale = [
+            run_id
+            for run_id, updated in current.items()
+            if run_id not in before or before[run_id].update_timestamp != updated
+        ]
+        known = {run_id: before[run_id] for run_id in current if run_id not in stale}
+        for start in range(0, len(stale), PAGE_SIZE):
+            page = stale[start : start + PAGE_SIZE]
+            for record in instance.get_run_records(RunsFilter(run_ids=page)):
+                known[record.dagster_run.run_id] = record
+        self._known[tuple(statuses)] = known
+        wanted = set(statuses)  # a run may have moved on between the two queries
+        return [r for r in known.values() if r.dagster_run.status in wanted]
+
+
+def read_all(instance: DagsterInstance, statuses: Sequence[DagsterRunStatus]) -> list[RunRecord]:
+    """Every run in ``statuses``, read in pages."""
+    records: list[RunRecord] = []
+    cursor = None
+    while True:
+        page = instance.get_run_records(
+            filters=RunsFilter(statuses=list(statuses)), limit=PAGE_SIZE, cursor=cursor
+        )
+        records.extend(page)
+        if len(page) < PAGE_SIZE:
+            return records
+        cursor = page[-1].dagster_run.run_id
