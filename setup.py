@@ -56,7 +56,6 @@ setup(
             "hypothesis>=6,<7",
             "prometheus_client>=0.17,<1",
             "pytest>=8,<10",
-            "pytest-rerunfailures>=14",
             "pytest-timeout>=2.3,<3",
             "playwright>=1.40,<2",
             "ruff>=0.6",

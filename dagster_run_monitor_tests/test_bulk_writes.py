@@ -9,7 +9,11 @@ from dagster._core.storage.dagster_run import RunsFilter
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
-from dagster_run_monitor.storage.bulk_writes import write_engine_events, write_tags
+from dagster_run_monitor.storage.bulk_writes import (
+    add_tags_while,
+    write_engine_events,
+    write_tags,
+)
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
 from dagster_run_monitor_tests.support.runs import (
     events,
@@ -77,6 +81,42 @@ def test_a_run_written_since_it_was_read_keeps_that_write(instance):
     assert written[runs[1].run_id].tags == tags_of(instance, runs[1].run_id)
     assert {r.run_id for r in instance.get_runs(RunsFilter(tags={"note": "added by a user"}))} == {
         runs[1].run_id
+    }
+
+
+def test_a_dead_workers_exit_is_never_written_over_its_successors_tags(instance):
+    """ProcessRunLauncher records a worker's exit while the daemon may be resuming the run
+    (a stalled run: its worker killed, a new one started at once). Dagster's add_run_tags
+    writes back the body it read, so a late exit write put the dead worker's pid back and the
+    next pass failed the resumed run for the dead worker's SIGKILL (seen in CI)."""
+    run = make_run(instance, S.STARTED, tags={c.WORKER_PID_TAG: "100"})
+    exit_of_100 = {c.WORKER_EXIT_TAG: "100:-9:"}
+
+    def still_100(stored):
+        return stored.tags.get(c.WORKER_PID_TAG) == "100"
+
+    instance.add_run_tags(run.run_id, {c.WORKER_PID_TAG: "200"})  # the resumed worker
+    assert not add_tags_while(instance, run.run_id, exit_of_100, still_100)
+    assert tags_of(instance, run.run_id) == {c.WORKER_PID_TAG: "200"}
+
+
+def test_a_write_between_the_read_and_the_write_is_kept_and_the_condition_read_again(instance):
+    run = make_run(instance, S.STARTED, tags={c.WORKER_PID_TAG: "100"})
+    looked = []
+
+    def still_100_while_a_user_tags_the_run(stored):
+        if not looked:  # between this read and the write: another writer
+            instance.add_run_tags(run.run_id, {"team": "ml"})
+        looked.append(stored.tags.get("team"))
+        return stored.tags.get(c.WORKER_PID_TAG) == "100"
+
+    exit_of_100 = {c.WORKER_EXIT_TAG: "100:-9:"}
+    assert add_tags_while(instance, run.run_id, exit_of_100, still_100_while_a_user_tags_the_run)
+    assert looked == [None, "ml"]  # the first write was refused, the run read again
+    assert tags_of(instance, run.run_id) == {
+        c.WORKER_PID_TAG: "100",
+        "team": "ml",
+        c.WORKER_EXIT_TAG: "100:-9:",
     }
 
 

@@ -11,7 +11,7 @@ it only for webservers older than the ones ``setup.py`` admits).
 """
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import sqlalchemy as db
@@ -40,6 +40,44 @@ def write_tags(
         return runs
     if not isinstance(storage, SqlRunStorage):
         return {**runs, **_through_dagster(instance, writes)}
+    try:
+        return {**runs, **_write_if_unchanged(storage, writes)}
+    except _Changed:  # rolled back: a run worker or a user wrote a run since it was read
+        return {**runs, **_through_dagster(instance, writes)}
+
+
+def add_tags_while(
+    instance: DagsterInstance,
+    run_id: str,
+    tags: Mapping[str, str],
+    condition: Callable[[DagsterRun], bool],
+    attempts: int = 10,
+) -> bool:
+    """``add_run_tags`` if the run, as stored, meets ``condition``, in one compare-and-set of
+    its row: a write made after this one read the run is never overwritten (Dagster's
+    ``add_run_tags`` reads the body and writes it back whole). False if the condition no
+    longer holds, the run is gone, or the row kept changing for ``attempts`` reads."""
+    storage = instance.run_storage
+    for _ in range(attempts):
+        record = instance.get_run_record_by_id(run_id)
+        if record is None or not condition(record.dagster_run):
+            return False
+        if not isinstance(storage, SqlRunStorage):
+            instance.add_run_tags(run_id, dict(tags))
+            return True
+        try:
+            _write_if_unchanged(storage, [(record, tags)])
+            return True
+        except _Changed:
+            continue
+    return False
+
+
+def _write_if_unchanged(
+    storage: SqlRunStorage, writes: Sequence[tuple[RunRecord, Mapping[str, str]]]
+) -> dict[str, DagsterRun]:
+    """Each run's body with its tags merged and its tag rows, in one transaction that raises
+    ``_Changed`` (and writes nothing) if a run's row changed since it was read."""
     merged = {
         r.dagster_run.run_id: r.dagster_run.with_tags({**r.dagster_run.tags, **t})
         for r, t in writes
@@ -60,28 +98,25 @@ def write_tags(
             else:
                 added.append({"run_id": run.run_id, "key": key, "value": value})
     by_id = db.bindparam("b_run_id")
-    try:
-        with _transaction(storage) as conn:
-            changed = conn.execute(
-                RUNS.update()
-                .where(RUNS.c.run_id == by_id, RUNS.c.update_timestamp == db.bindparam("b_seen"))
-                .values(run_body=db.bindparam("b_body"), update_timestamp=get_current_datetime()),
-                bodies,
-            ).rowcount
-            if changed != len(bodies):
-                raise _Changed
-            if updated:
-                conn.execute(
-                    RUN_TAGS.update()
-                    .where(RUN_TAGS.c.run_id == by_id, RUN_TAGS.c.key == db.bindparam("b_key"))
-                    .values(value=db.bindparam("b_value")),
-                    updated,
-                )
-            if added:
-                conn.execute(RUN_TAGS.insert(), added)
-        return {**runs, **merged}
-    except _Changed:  # rolled back: a run worker or a user wrote a run since it was read
-        return {**runs, **_through_dagster(instance, writes)}
+    with _transaction(storage) as conn:
+        changed = conn.execute(
+            RUNS.update()
+            .where(RUNS.c.run_id == by_id, RUNS.c.update_timestamp == db.bindparam("b_seen"))
+            .values(run_body=db.bindparam("b_body"), update_timestamp=get_current_datetime()),
+            bodies,
+        ).rowcount
+        if changed != len(bodies):
+            raise _Changed
+        if updated:
+            conn.execute(
+                RUN_TAGS.update()
+                .where(RUN_TAGS.c.run_id == by_id, RUN_TAGS.c.key == db.bindparam("b_key"))
+                .values(value=db.bindparam("b_value")),
+                updated,
+            )
+        if added:
+            conn.execute(RUN_TAGS.insert(), added)
+    return merged
 
 
 def _through_dagster(

@@ -33,6 +33,7 @@ from dagster_run_monitor.launchers.process.processes import (
     start_ticks,
     stop_group,
 )
+from dagster_run_monitor.storage.bulk_writes import add_tags_while
 
 
 class ProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -162,8 +163,13 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         returncode, kills = self._exited(process) or (process.wait(), oom_kills())
         process.wait()
         exit_status = f"{process.pid}:{returncode}:{'' if kills is None else kills}"
-        try:
-            self._instance.add_run_tags(run_id, {c.WORKER_EXIT_TAG: exit_status})
+        try:  # only while it is the run's worker: never over a new worker's tags (a resume)
+            add_tags_while(
+                self._instance,
+                run_id,
+                {c.WORKER_EXIT_TAG: exit_status},
+                lambda run: run.tags.get(c.WORKER_PID_TAG) == str(process.pid),
+            )
         except Exception:
             pass  # the health check then reports the worker gone without its status
         self._workers.pop(process.pid, None)
