@@ -25,8 +25,7 @@ from dagster_run_monitor_tests.support.home import monitor_instance
 from dagster_run_monitor_tests.support.runs import messages, status_of, tags_of
 from dagster_run_monitor_tests.support.subprocesses import wait_until
 
-# Real processes on a 2-core machine: two of these failed once each in CI, not reproduced
-# since (see the issue notes); one retry keeps a timing fluke from hiding the rest of CI.
+# Real processes on a 2-core machine, with no retry: a failure here is a race to find.
 pytestmark = pytest.mark.slow
 
 JOBS_FILE = str(Path(__file__).with_name("jobs.py"))
