@@ -2,6 +2,7 @@
 import cycle among modules or rooms, small modules. Lazy imports inside functions count."""
 
 import ast
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,3 +252,10 @@ def test_importing_a_room_loads_only_what_it_may_import(room):
     assert f"dagster_run_monitor.{room}" in loaded
     rooms = {place_of(m, PACKAGE.name) for m in loaded}
     assert rooms <= {room, "version", *LAYERS[room]}, sorted(loaded)
+
+
+def test_contributings_map_names_every_room():
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    mapped = set(re.findall(r"^\| `(\w+)/` \|", text, re.M))
+    rooms = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert mapped == rooms
