@@ -1,8 +1,8 @@
-"""The ``alerts:`` part of the ``run_monitoring`` block: which alerts go out, and where.
+"""The ``alerts:`` settings as typed values: which alerts go out, and where
+(``config.alerts`` reads them from dagster.yaml).
 
 Every field that holds a secret (a token, a webhook URL, a routing key, a password, a header)
-takes Dagster's ``{env: VAR}`` form as well as a plain string, and is kept as a ``Secret``,
-which never shows its value: not in a repr, a log line, an event or an error.
+is a ``Secret``, which never shows its value: not in a repr, a log line, an event or an error.
 """
 
 from collections.abc import Mapping
