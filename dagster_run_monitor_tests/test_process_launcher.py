@@ -10,6 +10,7 @@ import pytest
 from dagster import DagsterInstance
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.events import DagsterEventType
+from dagster._core.launcher import WorkerStatus
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._time import get_current_timestamp
@@ -137,6 +138,29 @@ def test_killed_worker_group_is_resumed_and_finished_steps_do_not_run_again(
         ) in log
         assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "signal"
         assert not is_alive(pid)
+
+
+def test_a_run_read_before_its_workers_exit_was_recorded_still_gets_the_exits_cause(
+    process_instance,
+):
+    """The reaper writes the worker's exit, then forgets the process: a pass that read the
+    run before the write and checks it after must not report the exit as unrecorded (seen
+    in a run of this suite as a crash with cause unknown instead of signal)."""
+    with process_instance() as instance:
+        run = launch(instance, "hangs")
+        wait_until(lambda: has_event(instance, run.run_id, DagsterEventType.STEP_START), 60, "step")
+        read_before = instance.get_run_by_id(run.run_id)
+        pid = worker_pid(instance, run.run_id)
+        os.killpg(pid, signal.SIGKILL)
+        wait_until(
+            lambda: c.WORKER_EXIT_TAG in tags_of(instance, run.run_id), 30, "the exit recorded"
+        )
+        launcher = instance.run_launcher
+        wait_until(lambda: pid not in launcher._workers, 10, "the reaper to forget the worker")
+        health = launcher.check_run_worker_health(read_before)
+        assert health.status == WorkerStatus.FAILED
+        assert health.msg == f"Run worker process {pid} was killed by signal SIGKILL."
+        assert launcher.crash_cause(read_before).kind == "signal"
 
 
 def test_a_worker_that_keeps_dying_is_resumed_max_times_then_failed(

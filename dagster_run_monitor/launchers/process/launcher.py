@@ -4,6 +4,7 @@ import os
 import subprocess
 import threading
 from collections import deque
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -198,16 +199,19 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             return self._exits[process.pid]
 
     def _exit_status(self, run: DagsterRun) -> tuple[int, int | None] | None:
-        """(returncode, OOM kill count at the exit) of the run's current worker, if ended."""
+        """(returncode, OOM kill count at the exit) of the run's current worker, if ended:
+        from the process if it was started here, else from its tag, read again if ``run``
+        was read before it was written (the reaper writes it, then forgets the process)."""
         pid = run.tags.get(c.WORKER_PID_TAG)
         process = self._workers.get(int(pid)) if pid and pid.isdigit() else None
         if process is not None and (exited := self._exited(process)) is not None:
             return exited
-        recorded_pid, _, status = run.tags.get(c.WORKER_EXIT_TAG, "").partition(":")
-        returncode, _, kills = status.partition(":")
-        if recorded_pid != pid or not returncode:
+        if (recorded := _recorded_exit(run.tags)) is not None:
+            return recorded
+        stored = self._instance.get_run_by_id(run.run_id)
+        if stored is None or stored.tags.get(c.WORKER_PID_TAG) != pid:
             return None
-        return int(returncode), int(kills) if kills.isdigit() else None
+        return _recorded_exit(stored.tags)
 
     @property
     def log_dir(self) -> Path:
@@ -330,6 +334,15 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
         for step in recorded_step_processes(self._instance, run.run_id).values():
             if step.host == hostname():
                 stop_group(step.pid, step.start_ticks, self.terminate_grace_seconds)
+
+
+def _recorded_exit(tags: Mapping[str, str]) -> tuple[int, int | None] | None:
+    """The exit the reaper recorded for the worker the tags name (``WORKER_EXIT_TAG``)."""
+    recorded_pid, _, status = tags.get(c.WORKER_EXIT_TAG, "").partition(":")
+    returncode, _, kills = status.partition(":")
+    if recorded_pid != tags.get(c.WORKER_PID_TAG) or not returncode:
+        return None
+    return int(returncode), int(kills) if kills.isdigit() else None
 
 
 def _int(value: Any) -> int | None:
