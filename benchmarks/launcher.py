@@ -1,5 +1,6 @@
 """The benchmark's run launcher (``harness``): the scripted test launcher, with a health check
-that costs what a remote API call costs and issues no SQL (``k8s``: ``k8s_launcher.py``)."""
+that costs what a remote API call costs and issues no SQL (``k8s``: ``k8s_launcher.py``
+beside it)."""
 
 import threading
 import time

@@ -29,7 +29,7 @@ def secret_env(monkeypatch):
 
 
 def warn_config(alerts: dict) -> dict:
-    """A run at half its max runtime gets one warning; its alert goes to ``alerts``."""
+    """A run at half its max runtime gets one warning; its alert goes to ``alerts.sender``."""
     return {
         "max_runtime_seconds": 100,
         "warn_after_fraction": 0.5,

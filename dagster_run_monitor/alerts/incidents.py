@@ -2,7 +2,7 @@
 
 An incident of a warning is over when its run ends; one of a resume when the run ends or its
 new worker is seen healthy. Failures and cancels stay open (a person closes them). The open
-ones are in each run's ``run_monitor/pagerduty`` tag (``alerts``).
+ones are in each run's ``run_monitor/pagerduty`` tag (``sender``).
 """
 
 from collections.abc import Sequence

@@ -1,6 +1,6 @@
 """The decision core's vocabulary: what is known about a run (facts, worker health), and the
 actions and alerts decided for it. Plain frozen data, no I/O: ``policy`` and the modules that
-report on decisions (``alerts``, ``metrics``) import this, never the storage readers."""
+report on decisions (``alerts.sender``, ``metrics``) import this, never the storage readers."""
 
 import logging
 from collections.abc import Mapping

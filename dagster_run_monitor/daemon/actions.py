@@ -47,7 +47,7 @@ def apply_due(
     re-read under its claim, unless another daemon holds the claim or the run changed since it
     was observed (``policy.still_due``). ``observed_at``: the pass's start. Per batch of runs,
     claims, re-reads and re-checks take a few queries, and the tags and events written before
-    the resumes a few statements (``bulk_writes``). Alerts go to ``alerts`` (by default a
+    the resumes a few statements (``bulk_writes``). Alerts go to ``alerts.sender`` (by default a
     sender of the settings' sinks, flushed at the end). Yields, per run acted on, its id, the
     actions applied and the error that stopped them (None if none did)."""
     settings = settings or MonitorSettings()

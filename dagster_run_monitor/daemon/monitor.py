@@ -116,8 +116,8 @@ class RunMonitorDaemon(IntervalDaemon):
     def _settings(self, instance: DagsterInstance) -> MonitorSettings:
         """The block, validated; on the first pass the daemon's Postgres connections pooled,
         Dagster's schema checks kept once True (``schema_checks``), a ``K8sRunLauncher``'s
-        container contexts and Job reads (``k8s_launcher``) and a ``DockerRunLauncher``'s
-        docker clients (``docker_launcher``) remembered: each a saving, none needed, so one
+        container contexts and Job reads (``launchers.kubernetes``) and a ``DockerRunLauncher``'s
+        docker clients (``launchers.docker``) remembered: each a saving, none needed, so one
         that fails is logged and the pass goes on."""
         settings = read_settings(instance)
         if not self._prepared:

@@ -79,7 +79,8 @@ def docker_container(launcher: RunLauncher, run: DagsterRun) -> Any:
 
 def replace_docker_client_factory(launcher: RunLauncher, factory: Any) -> None:
     """A ``DockerRunLauncher`` builds a docker client for every call with its ``_get_client``
-    (``container_context -> DockerClient``); the daemon's keeps one (docker_launcher.py)."""
+    (``container_context -> DockerClient``); the daemon's keeps one
+    (``launchers/docker/launcher.py``)."""
     launcher._get_client = factory  # type: ignore[attr-defined]
 
 
