@@ -54,6 +54,23 @@ def test_the_readmes_dagster_yaml_loads_unchanged(tmp_path):
         instance.dispose()
 
 
+def test_the_readmes_dagster_yaml_under_the_default_launcher_as_its_comment_says(tmp_path):
+    """Dagster refuses max_resume_run_attempts: 3 for a launcher that cannot resume; the
+    README's comment says to write 0 there, which loads."""
+    block = next(b for b in code_blocks("README.md", "yaml") if "instance_class:" in b)
+    assert "# 0 under Dagster's DefaultRunLauncher" in block
+    config = yaml.safe_load(block)
+    with pytest.raises(Exception, match="does not support resuming runs"):
+        load(tmp_path, config)
+    config["run_monitoring"]["max_resume_run_attempts"] = 0
+    instance = load(tmp_path, config)
+    try:
+        assert type(instance) is dagster_run_monitor.RunMonitorInstance
+        assert DAEMON_TYPE in instance.get_required_daemon_types()
+    finally:
+        instance.dispose()
+
+
 def test_the_readmes_mixin_snippet_runs():
     block = next(b for b in code_blocks("README.md", "python") if "RunMonitorInstanceMixin" in b)
     namespace = {"MyExistingInstance": DagsterInstance}
