@@ -111,8 +111,8 @@ def imports_in(package: Path) -> list[Import]:
                     anchor = module.split(".")[: None if is_package else -1]
                     anchor = anchor[: len(anchor) - node.level + 1]
                     base = ".".join([*anchor, base] if base else anchor)
-                targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
-                targets = [t for t in targets[:-1] if t in modules] or [base]
+                named = (f"{base}.{alias.name}" for alias in node.names)
+                targets = [t for t in named if t in modules] or [base]  # submodules, else base
             else:
                 continue
             text = ast.get_source_segment(source, node) or ""
@@ -142,9 +142,10 @@ def layer_violations(package: Path) -> list[str]:
             elif target != place and target not in LAYERS[place]:
                 allowed = ", ".join(sorted(LAYERS[place])) or "nothing of ours"
                 problems.append(f"{imp}: {place or ours} may import {allowed}, not {target}")
-        elif place == "core" and imp.target.startswith(NOT_IN_CORE):
-            bad = next(n for n in NOT_IN_CORE if imp.target.startswith(n))
-            if imp.target == bad or imp.target.startswith(bad + "."):
+        elif place == "core":
+            t = imp.target
+            bad = next((n for n in NOT_IN_CORE if t == n or t.startswith(n + ".")), None)
+            if bad is not None:
                 problems.append(f"{imp}: the core imports no I/O ({bad})")
     return problems
 
