@@ -29,6 +29,8 @@ class NoMetrics:
 
     def applied(self, actions: Sequence[Action]) -> None: ...
 
+    def breaker(self, is_open: bool) -> None: ...
+
 
 class Metrics(NoMetrics):
     """The monitor's metrics, in a registry of their own."""
@@ -70,6 +72,15 @@ class Metrics(NoMetrics):
             "Runs that have used warn_after_fraction of a limit (last full pass)",
             registry=r,
         )
+
+        self.breaker_open = Gauge(
+            f"{PREFIX}_breaker_open",
+            "1 while the breaker is open (the last pass distrusted its own sight), else 0",
+            registry=r,
+        )
+
+    def breaker(self, is_open: bool) -> None:
+        self.breaker_open.set(1 if is_open else 0)
 
     def serve(self, host: str, port: int) -> None:
         from prometheus_client import start_http_server

@@ -20,7 +20,14 @@ from typing import Any
 
 from dagster_run_monitor.alerts import sinks as sink_calls
 from dagster_run_monitor.core import constants as c
-from dagster_run_monitor.core.alert_settings import RESUMED, SINKS, WARNING, AlertSettings, Secret
+from dagster_run_monitor.core.alert_settings import (
+    BREAKER,
+    RESUMED,
+    SINKS,
+    WARNING,
+    AlertSettings,
+    Secret,
+)
 from dagster_run_monitor.core.model import Alert
 
 QUEUE_SIZE = 10_000  # alerts waiting for one sink; more are dropped (and reported)
@@ -50,8 +57,8 @@ class AlertSender:
             thread.start()
 
     def send(self, alert: Alert) -> None:
-        """Deliver ``alert`` if it is one of ``alerts.on``."""
-        if alert.event not in self.settings.on:
+        """Deliver ``alert`` if it is one of ``alerts.on`` (or the breaker's)."""
+        if alert.event not in self.settings.on and alert.event != BREAKER:
             return
         if self.settings.log:
             self._logger.warning("Run monitor alert for run %s: %s", alert.run_id, alert.message)

@@ -34,13 +34,15 @@ MESSAGE_LIMIT = 1000  # characters of an event's message in a chat message or an
 
 
 def title(alert: Alert) -> str:
+    if not alert.run_id:  # about the monitor itself (the breaker)
+        return f"Dagster run monitor: {alert.event}"
     return f"Dagster run {alert.run_id} ({alert.job_name}): {alert.event}"
 
 
 def text(alert: Alert, settings: AlertSettings) -> str:
     """The message: the event-log message (shortened) and the run's link in the UI."""
     message = alert.message[:MESSAGE_LIMIT] + ("..." if len(alert.message) > MESSAGE_LIMIT else "")
-    url = settings.run_url(alert.run_id)
+    url = settings.run_url(alert.run_id) if alert.run_id else None
     return f"{message}\n{url}" if url else message
 
 

@@ -26,7 +26,9 @@ from dagster_run_monitor.core.settings import (
     OUR_KEYS,
     STALL_ACTIONS,
     Backoff,
+    Breaker,
     CrashRule,
+    Heartbeats,
     MonitorSettings,
     Rule,
 )
@@ -84,6 +86,8 @@ def settings_from_config(
         raise invalid_setting("crash_policy", entries, "expected a list of entries")
     values["crash_policy"] = tuple(_crash_rule(i, entry) for i, entry in enumerate(entries, 1))
     values["oom_memory"] = _oom_memory(config.get("oom_memory"))
+    values["heartbeats"] = _heartbeats(config.get("worker_heartbeats"))
+    values["breaker"] = _breaker(config.get("breaker"))
     return MonitorSettings(**values, can_check_health=can_check_health, can_resume=can_resume)
 
 
@@ -205,6 +209,44 @@ def _oom_memory(config: AnyType) -> OomMemory | None:
     except ValueError as error:
         raise invalid_setting("oom_memory.max", oom.max, str(error)) from None
     return replace(oom, multiplier=float(oom.multiplier), max=str(oom.max))
+
+
+def _block(key: str, config: AnyType, default: object) -> dict[str, AnyType]:
+    """A small mapping block's values, its unknown keys refused."""
+    if config is None:
+        return {}
+    fields = default.__dataclass_fields__  # type: ignore[attr-defined]
+    if not isinstance(config, Mapping):
+        raise invalid_setting(key, config, f"expected a mapping of {', '.join(fields)}")
+    unknown = set(config) - set(fields)
+    if unknown:
+        raise invalid_setting(key, dict(config), f"unknown key(s) {', '.join(sorted(unknown))}")
+    return {k: v for k, v in config.items() if v is not None}
+
+
+def _number(key: str, value: AnyType, low: float, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        bound = f"between {low:g} and {high:g}" if high != math.inf else f"at least {low:g}"
+        raise invalid_setting(key, value, f"expected a number {bound}")
+    return value
+
+
+def _heartbeats(config: AnyType) -> Heartbeats:
+    values = _block("worker_heartbeats", config, Heartbeats())
+    if not isinstance(values.get("enabled", True), bool):
+        raise invalid_setting("worker_heartbeats.enabled", values["enabled"], "expected a bool")
+    beats = Heartbeats(**values)
+    interval = _number("worker_heartbeats.interval_seconds", beats.interval_seconds, 1)
+    timeout = beats.timeout_seconds
+    _number("worker_heartbeats.timeout_seconds", timeout, 2 * interval)
+    return beats
+
+
+def _breaker(config: AnyType) -> Breaker:
+    breaker = Breaker(**_block("breaker", config, Breaker()))
+    _number("breaker.fraction", breaker.fraction, 0, 1)
+    _number("breaker.min_runs", breaker.min_runs, 1)
+    return breaker
 
 
 def invalid_setting(key: str, value: object, why: str) -> DagsterInvalidConfigError:

@@ -59,6 +59,8 @@ def run_monitoring_config_field() -> Field:
             # Validated by settings.py, so every error names the entry (crash_policy[i]).
             "crash_policy": Field(Any, is_required=False),
             "oom_memory": Field(Any, is_required=False),
+            "worker_heartbeats": Field(Any, is_required=False),
+            "breaker": Field(Any, is_required=False),
             "rules": Field(
                 [
                     {

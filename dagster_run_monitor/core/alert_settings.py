@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 # What a sink can be told about: threshold warnings (and bad tags), and the monitor's actions.
 WARNING, FAILED, RESUMED, CANCELED = "warning", "failed", "resumed", "canceled"
 ALERT_EVENTS = (WARNING, FAILED, RESUMED, CANCELED)
+BREAKER = "breaker"  # about the monitor itself: always sent, whatever alerts.on says
 PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 
 

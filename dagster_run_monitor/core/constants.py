@@ -9,6 +9,7 @@ MAX_RUNTIME_ALIAS_TAG = "dagster/max_runtime_seconds"
 QUEUE_TIMEOUT_TAG = "run_monitor/queue_timeout"
 STALL_TIMEOUT_TAG = "run_monitor/stall_timeout"
 MAX_STEP_RUNTIME_TAG = "run_monitor/max_step_runtime"
+HANG_TIMEOUT_TAG = "run_monitor/hang_timeout"
 
 # Run tags we write.
 TAG_PREFIX = "run_monitor/"
@@ -35,6 +36,8 @@ REASON_WORKER_CRASH = "worker_crash"
 REASON_QUEUE_TIMEOUT = "queue_timeout"
 REASON_STALLED = "stalled"
 REASON_STEP_TIMEOUT = "step_timeout"
+REASON_WORKER_LOST = "worker_lost"
+REASON_HUNG = "hung"
 LOG_TAIL_LINES = 25  # lines of a worker's output in failure messages
 RESUME_SCHEDULED_TAG = f"{TAG_PREFIX}resume_scheduled"  # attempt number announced
 
@@ -125,6 +128,14 @@ def step_timeout_message(step: str, elapsed: float, limit: float, source: str) -
     return (
         f"Step {step} has run for {_num(int(elapsed))} seconds, longer than its limit of"
         f" {_num(limit)} seconds ({source})."
+    )
+
+
+def hang_message(seconds: float, quiet: float, source: str) -> str:
+    return (
+        f"Run hung: for {_num(int(quiet))} seconds its workers have written no event, their"
+        f" stacks have not changed and their CPU time has not advanced, more than the hang"
+        f" timeout of {_num(seconds)} seconds ({source})."
     )
 
 

@@ -15,6 +15,7 @@ IMAGE_PULL = "image_pull"
 CONFIG_ERROR = "config_error"
 EXIT_CODE = "exit_code"
 SIGNAL = "signal"
+WORKER_LOST = "worker_lost"  # its heartbeats stopped (worker.watcher)
 UNKNOWN = "unknown"
 CAUSES = (
     OOM_KILLED,
@@ -26,6 +27,7 @@ CAUSES = (
     CONFIG_ERROR,
     EXIT_CODE,
     SIGNAL,
+    WORKER_LOST,
     UNKNOWN,
 )
 

@@ -10,7 +10,8 @@ from dagster._core.events import RunFailureReason
 from dagster._core.launcher import WorkerStatus
 
 from dagster_run_monitor.core import constants as c
-from dagster_run_monitor.core.crash_cause import OOM_KILLED, UNKNOWN, CrashCause
+from dagster_run_monitor.core.crash_cause import OOM_KILLED, UNKNOWN, WORKER_LOST, CrashCause
+from dagster_run_monitor.core.heartbeats import Sight, lost, lost_message, run_worker, steps_of
 from dagster_run_monitor.core.memory import raised_memory
 from dagster_run_monitor.core.model import Action, FailRun, Health, Notice, ResumeRun, RunFacts
 from dagster_run_monitor.core.settings import FAIL, RESUME, RESUME_UNCOUNTED, MonitorSettings
@@ -85,7 +86,38 @@ def worker_crash(run: RunFacts, settings: MonitorSettings, now: float) -> list[A
 
 def crash_failure(run: RunFacts, message: str, reason: str, **fields: Any) -> FailRun:
     """The failure of a crashed run, with its cause (the tag, the alert)."""
-    return FailRun(message, reason, cause=cause_of(run).kind, **fields)
+    return FailRun(message, _reason(run, reason), cause=cause_of(run).kind, **fields)
+
+
+def _reason(run: RunFacts, reason: str = c.REASON_WORKER_CRASH) -> str:
+    """A lost worker's crash has its own reason tag (worker_lost)."""
+    lost_worker = reason == c.REASON_WORKER_CRASH and cause_of(run).kind == WORKER_LOST
+    return c.REASON_WORKER_LOST if lost_worker else reason
+
+
+def with_heartbeats(
+    health: Health | None, workers: tuple[Sight, ...], now: float, timeout: float
+) -> Health | None:
+    """The run worker's health with what its heartbeats tell. A launcher's answered verdict of
+    a dead worker stands (it acts first, heartbeats never act a second time). Otherwise a lost
+    run worker reads FAILED with cause ``worker_lost`` (``fence``: the launcher still sees it
+    running), and a beating one RUNNING where the launcher could not tell (UNKNOWN)."""
+    definite = health is not None and health.answered and not health.healthy
+    sight = run_worker(workers)
+    if sight is None or (definite and health.status != WorkerStatus.UNKNOWN.value):  # type: ignore[union-attr]
+        return health
+    why = lost(sight, now, timeout)
+    if why is None:
+        if health is None or health.healthy:
+            return health
+        return Health(WorkerStatus.RUNNING.value, f"heartbeat {sight.age(now):.0f} s ago")
+    return Health(
+        WorkerStatus.FAILED.value,
+        lost_message(why, steps_of(workers)),
+        cause=CrashCause(WORKER_LOST),
+        unseen=not sight.beat.ended,
+        fence=health is not None and health.answered and health.healthy,
+    )
 
 
 def uncounted_attempts(tags: Mapping[str, str], resumes: int) -> int:
@@ -160,7 +192,9 @@ def crash_resume(
         if raised is not None:
             tags.update(raised.tags)
             note = raised.note
-    return ResumeRun(attempt, message, kill_first, cause=cause.kind, tags=tags, note=note)
+    kill_first = kill_first or bool(run.health and run.health.fence)
+    reason = _reason(run)
+    return ResumeRun(attempt, message, kill_first, reason, cause.kind, tags, note)
 
 
 def is_crashed(run: RunFacts, settings: MonitorSettings, now: float, starting: bool) -> bool:

@@ -63,6 +63,16 @@ STEP_RUNTIME = LimitKind(
     by_rule=True,
     description="Fail the run when one step runs longer (0: no limit).",
 )
+HANG_TIMEOUT = LimitKind(
+    "hang_timeout_seconds",
+    "hang timeout",
+    S.STARTED,
+    ("quiet_since",),
+    (c.HANG_TIMEOUT_TAG,),
+    by_rule=True,
+    description="A STARTED run whose workers have written no event, kept the same stacks and"
+    " used no CPU time for this long is hung (0: off; needs worker_heartbeats).",
+)
 START_TIMEOUT = LimitKind(
     "start_timeout_seconds",
     "start timeout",
@@ -81,7 +91,15 @@ CANCEL_TIMEOUT = LimitKind(
     dagsters=True,
 )
 
-LIMITS = (MAX_RUNTIME, QUEUE_TIMEOUT, STALL_TIMEOUT, STEP_RUNTIME, START_TIMEOUT, CANCEL_TIMEOUT)
+LIMITS = (
+    MAX_RUNTIME,
+    QUEUE_TIMEOUT,
+    STALL_TIMEOUT,
+    STEP_RUNTIME,
+    HANG_TIMEOUT,
+    START_TIMEOUT,
+    CANCEL_TIMEOUT,
+)
 BY_KEY = {kind.key: kind for kind in LIMITS}
 RULE_KEYS = tuple(kind.key for kind in LIMITS if kind.by_rule)
 TAGS = {kind.key: kind.tags for kind in LIMITS if kind.tags}

@@ -4,15 +4,16 @@ report on decisions (``alerts.sender``, ``metrics``) import this, never the stor
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from dagster import DagsterRunStatus
 from dagster._core.events import RunFailureReason
 from dagster._core.launcher import WorkerStatus
 
 from dagster_run_monitor.core import constants as c
-from dagster_run_monitor.core.alert_settings import CANCELED, FAILED, RESUMED, WARNING
+from dagster_run_monitor.core.alert_settings import BREAKER, CANCELED, FAILED, RESUMED, WARNING
 from dagster_run_monitor.core.crash_cause import CrashCause
+from dagster_run_monitor.core.heartbeats import Sight
 from dagster_run_monitor.core.limits import Limits
 
 HEALTHY = frozenset({WorkerStatus.RUNNING.value, WorkerStatus.SUCCESS.value})
@@ -28,10 +29,18 @@ class Health:
     answered: bool = True  # False: the check raised or timed out, which proves nothing
     seconds: float = field(default=0.0, compare=False)  # how long the check took
     cause: CrashCause | None = None  # why an unhealthy worker died, where the launcher tells
+    unseen: bool = False  # a verdict of not seeing the worker (stale heartbeats), no evidence
+    fence: bool = False  # lost, though the launcher sees it running: stop it before a resume
 
     @property
     def healthy(self) -> bool:
         return self.status in HEALTHY
+
+    @property
+    def blind(self) -> bool:
+        """A verdict the monitor's own blindness could produce (the breaker counts these): a
+        stale heartbeat, a worker not found; never a crash with evidence (an exit, a signal)."""
+        return self.answered and (self.unseen or self.status == WorkerStatus.NOT_FOUND.value)
 
     def __str__(self) -> str:  # Dagster's CheckRunHealthResult text, then the cause
         return f"{self.status}: '{self.message}'" + (f" ({self.cause})" if self.cause else "")
@@ -78,6 +87,8 @@ class RunFacts:
     resume_attempts: int = 0
     last_resume_at: float | None = None  # the latest resume event (unhealthy workers only)
     limits: "Limits | None" = None  # resolved once per pass (None: decide resolves them)
+    workers: tuple[Sight, ...] = ()  # its workers' heartbeats as this daemon saw them
+    quiet_since: float | None = None  # no event, same stacks, no CPU time since (hang clock)
 
     @property
     def oldest_step_started_at(self) -> float | None:
@@ -163,6 +174,11 @@ class Alert:
         return f"{self.run_id}/{self.event}/{detail}"
 
 
+def breaker_alert(message: str) -> Alert:
+    """The one alert when the breaker opens (about the monitor, so no run)."""
+    return Alert("", "", BREAKER, message, reason="breaker")
+
+
 def subject_event(subject: str) -> str:
     """The event of an ``Alert.subject``: warning, failed, resumed or canceled."""
     return subject.split("/")[1] if subject.count("/") >= 2 else ""
@@ -180,6 +196,15 @@ class Notice:
 
 
 Action = FailRun | CancelRun | TerminateAndFail | ResumeRun | Notice
+
+
+def with_where(action: Action, where: str) -> Action:
+    """The action with where the run's workers were appended to its event's message."""
+    if isinstance(action, TerminateAndFail):
+        return replace(action, failure_message=f"{action.failure_message}\n{where}")
+    if isinstance(action, (FailRun, ResumeRun)):
+        return replace(action, message=f"{action.message}\n{where}")
+    return action
 
 
 def action_alert(run_id: str, job_name: str, action: Action) -> Alert | None:

@@ -1,7 +1,7 @@
 """Decide: facts + settings + now -> actions. Pure: no Dagster calls, no clock, no I/O."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from dagster import DagsterRun, DagsterRunStatus
@@ -14,6 +14,7 @@ from dagster_run_monitor.core.durations import parse_duration
 from dagster_run_monitor.core.limit_table import (
     BY_KEY,
     CANCEL_TIMEOUT,
+    HANG_TIMEOUT,
     MAX_RUNTIME,
     QUEUE_TIMEOUT,
     STALL_TIMEOUT,
@@ -57,6 +58,7 @@ def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]
             or runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
             or step_timeout(run, limits[STEP_RUNTIME.key], now)
             or stalled(run, limits[STALL_TIMEOUT.key], settings, now)
+            or hung(run, limits[HANG_TIMEOUT.key], settings, now)
         )
     elif status == SUSPENDED:  # (None before Dagster 1.13: no run has it)
         actions += runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
@@ -161,6 +163,19 @@ def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) 
     return [TerminateAndFail(message, message, c.REASON_STALLED, limit.seconds, idle)]
 
 
+def hung(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> list[Action]:
+    """A run whose workers wrote no event, kept their stacks and used no CPU time for the hang
+    timeout (``quiet_since``, from their heartbeats)."""
+    if not limit.seconds or run.quiet_since is None or now - run.quiet_since < limit.seconds:
+        return []
+    quiet = now - run.quiet_since
+    message = c.hang_message(limit.seconds, quiet, limit.source)
+    if settings.stall_action == "resume" and run.resume_attempts < settings.resume_attempts:
+        message = f"{message} Resuming run {run.run_id} with a new worker."
+        return [ResumeRun(run.resume_attempts + 1, message, True, c.REASON_HUNG)]
+    return [TerminateAndFail(message, message, c.REASON_HUNG, limit.seconds, quiet)]
+
+
 def cancel_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
     limit = limits[CANCEL_TIMEOUT.key].seconds
     since = clock_start(CANCEL_TIMEOUT, run)
@@ -222,6 +237,24 @@ class Plan:
     unhealthy_since: dict[str, float]  # the clocks to carry to the next pass
     unanswered: str | None  # the heartbeat's one error for health checks with no answer
     over_warning_threshold: int | None  # runs past warn_after_fraction (full passes only)
+    breaker: str | None = None  # open: why no verdict of a blind monitor was acted on
+
+
+def breaker(facts: Sequence[RunFacts], settings: MonitorSettings) -> str | None:
+    """Why the breaker is open this pass (None: closed): at least ``min_runs`` runs, and more
+    than ``fraction`` of the runs whose workers were checked, got a verdict that the
+    monitor's own blindness could produce (``Health.blind``)."""
+    checked = [f for f in facts if f.health is not None]
+    blind = [f for f in checked if f.health.blind]  # type: ignore[union-attr]
+    limit = settings.breaker
+    if len(blind) < limit.min_runs or len(blind) <= limit.fraction * len(checked):
+        return None
+    return (
+        f"Breaker open: {len(blind)} of {len(checked)} checked runs look lost or missing at once"
+        f" (more than {limit.fraction:.0%}, at least {limit.min_runs}), more likely the"
+        f" monitor's sight than the workers; none of those verdicts is acted on this pass"
+        f" (first: run {blind[0].run_id}: {blind[0].health})"
+    )
 
 
 def plan(
@@ -245,6 +278,9 @@ def plan(
     over = None
     if count_warnings and not crashes_only:
         over = sum(over_warning_threshold(f, settings, now) for f in facts)
+    tripped = breaker(facts, settings)
+    if tripped:  # decide as if those runs' workers had not been checked
+        facts = [replace(f, health=None) if f.health and f.health.blind else f for f in facts]
     decided = [f for f in facts if f.health is not None and not f.health.healthy]
     due, errors = [], []
     for run in decided if crashes_only else facts:
@@ -256,7 +292,7 @@ def plan(
         if actions:
             due.append((run.run_id, actions))
     since = {f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None}
-    return Plan(due, errors, since, summary, over)
+    return Plan(due, errors, since, summary, over, tripped)
 
 
 class Observed(Protocol):

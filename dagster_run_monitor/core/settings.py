@@ -10,6 +10,7 @@ from dagster_run_monitor.core.alert_settings import AlertSettings
 from dagster_run_monitor.core.crash_cause import CrashCause
 from dagster_run_monitor.core.limit_table import (
     CANCEL_TIMEOUT,
+    HANG_TIMEOUT,
     LIMITS,
     MAX_RUNTIME,
     QUEUE_TIMEOUT,
@@ -119,6 +120,26 @@ class Backoff:
 
 
 @dataclass(frozen=True)
+class Heartbeats:
+    """``worker_heartbeats:``: run and step workers beat every ``interval_seconds``; a run
+    worker whose beat has not changed for ``timeout_seconds`` (as the daemon saw it) is lost."""
+
+    enabled: bool = True
+    interval_seconds: float = 30.0
+    timeout_seconds: float = 180.0
+
+
+@dataclass(frozen=True)
+class Breaker:
+    """``breaker:``: when at least ``min_runs`` runs and more than ``fraction`` of the checked
+    runs look lost or missing in one pass, the monitor distrusts its own sight and acts on
+    none of those verdicts."""
+
+    fraction: float = 0.5
+    min_runs: int = 10
+
+
+@dataclass(frozen=True)
 class MonitorSettings:
     """Everything a monitoring pass needs to know about the instance's configuration."""
 
@@ -138,6 +159,7 @@ class MonitorSettings:
     queue_timeout_seconds: float = QUEUE_TIMEOUT.default
     stall_timeout_seconds: float = STALL_TIMEOUT.default
     max_step_runtime_seconds: float = STEP_RUNTIME.default
+    hang_timeout_seconds: float = HANG_TIMEOUT.default
     stall_action: str = "fail"
     warn_after_fraction: float = 0.0
     dry_run: bool = False
@@ -149,6 +171,8 @@ class MonitorSettings:
     rules: tuple[Rule, ...] = ()
     crash_policy: tuple[CrashRule, ...] = ()
     oom_memory: OomMemory | None = None  # off unless configured
+    heartbeats: Heartbeats = Heartbeats()
+    breaker: Breaker = Breaker()
     # What the run launcher can do (facts about the instance, not configuration).
     can_check_health: bool = False
     can_resume: bool = False

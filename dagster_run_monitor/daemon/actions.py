@@ -7,8 +7,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData, JobFailureData
-from dagster._core.storage.dagster_run import DagsterRun, RunRecord, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 from dagster._core.workspace.context import BaseWorkspaceRequestContext
+from dagster._time import get_current_timestamp
 from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dagster_run_monitor.alerts.sender import AlertSender
@@ -21,14 +22,17 @@ from dagster_run_monitor.core.model import (
     ResumeRun,
     TerminateAndFail,
     action_alert,
+    with_where,
 )
 from dagster_run_monitor.core.policy import Observed, resume_of, still_due
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon import resumes
 from dagster_run_monitor.daemon.debug_info import worker_debug_info
+from dagster_run_monitor.daemon.heartbeats import where_workers_were
 from dagster_run_monitor.metrics import action_labels
 from dagster_run_monitor.storage.claims import claims
 from dagster_run_monitor.storage.eventlog import resume_history
+from dagster_run_monitor.storage.heartbeats import take_over
 
 CLAIM_BATCH = 500  # runs claimed and re-checked together (bounds open lock files)
 Applied = tuple[str, Sequence[Action], BaseException | None]  # run id, actions, what stopped them
@@ -85,13 +89,44 @@ def apply_due(
                     logger.info("Run %s changed during the pass; leaving it for now.", seen.run_id)
                 else:
                     todo.append((record, now_due))
+            beating = frozenset(s.run_id for s, _ in mine if getattr(s, "workers", ()))
+            todo = _with_stacks(instance, todo, {seen.run_id: seen for seen, _ in mine}, logger)
             counts = {run_id: done for run_id, (done, _) in history.items()}
             crashed = [r.dagster_run for r, actions in todo if resumes.batched(actions)]
             healthy = resumes.healthy_again(instance, crashed, settings, counts, logger)
             for run_id in healthy:
                 yield run_id, [], None
             todo = [(r, actions) for r, actions in todo if r.dagster_run.run_id not in healthy]
-            yield from _act(instance, todo, workspace, logger, settings, alerts)
+            yield from _act(instance, todo, workspace, logger, settings, alerts, beating)
+
+
+def _with_stacks(
+    instance: DagsterInstance,
+    todo: list[tuple[RunRecord, Sequence[Action]]],
+    seen: dict[str, Observed],
+    logger: logging.Logger,
+) -> list[tuple[RunRecord, Sequence[Action]]]:
+    """The actions on STARTED runs with where their workers were last seen (their stacks, from
+    their heartbeats) in their messages; as they were if the stacks cannot be read."""
+    workers = {
+        r.dagster_run.run_id: sights
+        for r, _ in todo
+        if r.dagster_run.status == DagsterRunStatus.STARTED
+        and (sights := getattr(seen.get(r.dagster_run.run_id), "workers", ()))
+    }
+    if not workers:
+        return todo
+    try:
+        where = where_workers_were(instance, workers, get_current_timestamp())
+    except Exception:
+        logger.warning("Could not read the workers' stacks", exc_info=True)
+        return todo
+    return [
+        (r, [with_where(a, where[r.dagster_run.run_id]) for a in actions])
+        if r.dagster_run.run_id in where
+        else (r, actions)
+        for r, actions in todo
+    ]
 
 
 def _act(
@@ -101,6 +136,7 @@ def _act(
     logger: logging.Logger,
     settings: MonitorSettings,
     alerts: AlertSender,
+    beating: frozenset[str] = frozenset(),
 ) -> Iterator[Applied]:
     """The runs' actions on ``settings.action_threads`` threads; the resumes' tags written
     for all of them, then their events and launches a chunk of that many runs at a time
@@ -111,7 +147,7 @@ def _act(
     with ThreadPoolExecutor(threads, "run_monitor_action") as pool:
 
         def submit(record: RunRecord, actions: Sequence[Action], prepared=None) -> Future:
-            args = (instance, record, actions, workspace, logger, alerts, prepared)
+            args = (instance, record, actions, workspace, logger, alerts, beating, prepared)
             return pool.submit(_apply, *args)
 
         futures = {submit(r, actions): r.dagster_run.run_id for r, actions in others}
@@ -163,6 +199,7 @@ def _apply(
     workspace: Callable[[], BaseWorkspaceRequestContext],
     logger: logging.Logger,
     alerts: AlertSender,
+    beating: frozenset[str] = frozenset(),
     prepared: DagsterRun | None = None,
 ) -> Sequence[Action]:
     """One run's actions, in order. ``prepared``: the run as its resume's tags left it, if
@@ -174,6 +211,10 @@ def _apply(
             notice(instance, run, action)
         elif isinstance(action, FailRun):
             fail(instance, run, action, logger)
+            if action.reason == c.REASON_WORKER_LOST and run.run_id in beating:
+                take_over(
+                    instance, run.run_id, get_current_timestamp()
+                )  # a worker that comes back stops itself
         elif isinstance(action, CancelRun):
             message = action.message
             if action.debug_info:
@@ -184,10 +225,13 @@ def _apply(
             terminate_and_fail(instance, run, action)
         elif isinstance(action, ResumeRun):
             if prepared is None:  # a stalled run: its worker stopped first
-                if action.kill_first:
-                    instance.run_launcher.kill_worker(run)  # type: ignore[attr-defined]
+                kill = getattr(instance.run_launcher, "kill_worker", None)
+                if action.kill_first and kill is not None:
+                    kill(run)
                 prepared = resumes.tag(instance, [(record, action)])[run.run_id]
                 resumes.announce(instance, [(prepared, action)])
+            if run.run_id in beating:  # the old worker's beats go; it stops if it returns
+                take_over(instance, run.run_id, get_current_timestamp())
             resumes.launch(instance, prepared, workspace(), action.attempt)
         alert = action_alert(run.run_id, run.job_name, action)  # once it is applied
         if alert is not None:

@@ -19,10 +19,12 @@ from dagster_run_monitor.core.model import (
     MONITORED_STATUSES,
     Action,
     RunFacts,
+    breaker_alert,
 )
 from dagster_run_monitor.core.policy import plan
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.actions import apply_due
+from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
 from dagster_run_monitor.daemon.observe import observe
 from dagster_run_monitor.integration.internals import concurrency_slots_iteration
 from dagster_run_monitor.launchers.docker.launcher import (
@@ -49,6 +51,8 @@ class RunMonitorDaemon(IntervalDaemon):
         self._last_full_pass: float | None = None
         self._unhealthy_since: dict[str, float] = {}
         self._runs = RunReader()
+        self._beats = HeartbeatSight()
+        self._breaker_open = False
         self._prepared = False
         self._sender: AlertSender | None = None
         self.metrics: NoMetrics = NoMetrics()
@@ -86,10 +90,28 @@ class RunMonitorDaemon(IntervalDaemon):
         instance, settings = context.instance, self._settings(context.instance)
         began, now = time.monotonic(), get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES
-        facts = observe(
-            instance, settings, now, self._unhealthy_since, statuses, crashes_only, self._runs
-        )
+        try:
+            facts = observe(
+                instance,
+                settings,
+                now,
+                self._unhealthy_since,
+                statuses,
+                crashes_only,
+                self._runs,
+                self._beats,
+            )
+        except Exception:
+            self._beats.interrupted = True  # beats unchanged since are not stale
+            raise
         decided = plan(facts, settings, now, crashes_only, self.metrics.enabled)
+        self.metrics.breaker(decided.breaker is not None)
+        if decided.breaker:
+            self._logger.warning(decided.breaker)
+            yield SerializableErrorInfo(decided.breaker, stack=[], cls_name=None)
+            if not self._breaker_open and not settings.dry_run:
+                self._alerts(instance, settings).send(breaker_alert(decided.breaker))
+        self._breaker_open = decided.breaker is not None
         self._unhealthy_since = decided.unhealthy_since
         self.metrics.observed(facts, decided.over_warning_threshold)
         if decided.unanswered:

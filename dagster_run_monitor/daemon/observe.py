@@ -7,12 +7,15 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor.core.constants import MAX_STEP_RUNTIME_TAG
-from dagster_run_monitor.core.limit_table import STALL_TIMEOUT, STEP_RUNTIME
+from dagster_run_monitor.core.crashes import with_heartbeats
+from dagster_run_monitor.core.heartbeats import quiet_since
+from dagster_run_monitor.core.limit_table import HANG_TIMEOUT, STALL_TIMEOUT, STEP_RUNTIME
 from dagster_run_monitor.core.limits import location_of, run_limits
 from dagster_run_monitor.core.model import HEALTH_CHECKED, MONITORED_STATUSES, Health, RunFacts
 from dagster_run_monitor.core.policy import unhealthy_clock
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.health import HealthChecks
+from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
 from dagster_run_monitor.launchers.kubernetes import launcher as k8s_launcher
 from dagster_run_monitor.launchers.kubernetes.pods import is_k8s_launcher
 from dagster_run_monitor.storage.answers import PassAnswers
@@ -33,10 +36,12 @@ def observe(
     statuses: Sequence[DagsterRunStatus] = MONITORED_STATUSES,
     crashes_only: bool = False,
     reader: RunReader | None = None,
+    beats: HeartbeatSight | None = None,
 ) -> list[RunFacts]:
     """Facts for each run in ``statuses`` (the actions act on the runs re-read under their
     claims). ``crashes_only`` leaves out what only the timeout policies need (stalls, steps); a
-    daemon's ``reader`` re-reads only the runs that changed since its last pass."""
+    daemon's ``reader`` re-reads only the runs that changed since its last pass, its ``beats``
+    judge heartbeats by the daemon's clock across passes (without: this pass is the first)."""
     records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
     storage = instance.event_log_storage
     checks = None
@@ -60,7 +65,11 @@ def observe(
             answers,
         )
         checks.submit([r.dagster_run for r in checked])
+    beats = beats or HeartbeatSight()
+    workers = beats.read(instance, settings, now)
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
+    if not crashes_only:
+        beats.forget_ended(instance, set(runs), now)
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
     launched = latest_event_times(
         storage, ids_in(DagsterRunStatus.STARTING), DagsterEventType.PIPELINE_STARTING
@@ -81,19 +90,29 @@ def observe(
     else:
         limits = {i: run_limits(run, settings) for i, run in runs.items()}
     stall_watched = [i for i in started if limits[i][STALL_TIMEOUT.key].seconds]
-    last_event = latest_event_times(storage, stall_watched, None)
+    hang_watched = [i for i in started if limits[i][HANG_TIMEOUT.key].seconds and i in workers]
+    last_event = latest_event_times(storage, sorted({*stall_watched, *hang_watched}), None)
     step_limits = {i: _step_limits(instance, runs[i]) for i in started}
     steps = running_steps(
         storage,
         [i for i in started if step_limits[i] or limits[i][STEP_RUNTIME.key].seconds],
     )
     health: dict[str, Health] = checks.results() if checks is not None else {}
+    timeout = settings.heartbeats.timeout_seconds
+    for run_id in ids_in(DagsterRunStatus.STARTED):
+        if run_id in workers:
+            merged = with_heartbeats(health.get(run_id), workers[run_id], now, timeout)
+            if merged is not None:
+                health[run_id] = merged
     unhealthy = {i for i, h in health.items() if h.answered and not h.healthy}
-    resumes = resume_history(storage, sorted({*unhealthy, *stall_watched}))
+    resumes = resume_history(storage, sorted({*unhealthy, *stall_watched, *hang_watched}))
     facts = []
     for record in records:
         run_id = record.dagster_run.run_id
         resume_count, last_resume_at = resumes.get(run_id, (0, None))
+        quiet = quiet_since(workers.get(run_id, ()))
+        if quiet is not None and run_id in last_event:
+            quiet = max(quiet, last_event[run_id])
         facts.append(
             RunFacts(
                 run_id=run_id,
@@ -119,6 +138,8 @@ def observe(
                 ),
                 resume_attempts=resume_count,
                 last_resume_at=last_resume_at,
+                workers=workers.get(run_id, ()),
+                quiet_since=quiet if run_id in hang_watched else None,
             )
         )
     return facts

@@ -85,6 +85,29 @@ class RunMonitorInstanceMixin:
         super().add_run_tags(run_id, new_tags)  # type: ignore[misc]
         answers.tagged(run_id, new_tags)
 
+    def report_engine_event(self, message: str, dagster_run: Any = None, *args: Any, **kwargs: Any):
+        """Dagster's; a run worker starts its heartbeat at "Started process for run"."""
+        event = super().report_engine_event(message, dagster_run, *args, **kwargs)  # type: ignore[misc]
+        data = kwargs.get("engine_event_data", args[0] if args else None)
+        if dagster_run is not None and data is not None and not kwargs.get("step_key"):
+            from dagster_run_monitor.worker import beats
+
+            beats.run_worker_started(self, dagster_run.run_id, data.metadata)
+        return event
+
+    def handle_new_event(self, event: Any, **kwargs: Any) -> None:
+        """Dagster's; a step worker starts its heartbeat at STEP_WORKER_STARTED."""
+        super().handle_new_event(event, **kwargs)  # type: ignore[misc]
+        from dagster_run_monitor.worker import beats
+
+        beats.event_handled(self, event)
+
+    def dispose(self) -> None:
+        from dagster_run_monitor.worker import beats
+
+        beats.disposed(self)
+        super().dispose()  # type: ignore[misc]
+
     def get_required_daemon_types(self) -> Sequence[str]:
         from dagster_run_monitor.integration.registration import install
 

@@ -11,7 +11,7 @@ from dagster._core.launcher import RunLauncher
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.event_log import SqlEventLogStorage, SqlEventLogStorageTable
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
-from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
+from dagster._core.storage.runs.schema import KeyValueStoreTable, RunsTable, RunTagsTable
 from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 
 # The SQL tables of Dagster's storages, for reads and writes batched across runs (the public
@@ -22,8 +22,10 @@ from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
 EVENT_LOGS = SqlEventLogStorageTable
 RUNS = RunsTable
 RUN_TAGS = RunTagsTable
+KVS = KeyValueStoreTable  # key, value: workers' heartbeats (core.heartbeats)
 __all__ = [
     "EVENT_LOGS",
+    "KVS",
     "RUNS",
     "RUN_TAGS",
     "SqlEventLogStorage",
@@ -109,6 +111,19 @@ def launcher_instance(launcher: RunLauncher) -> Any:
     return launcher._instance  # type: ignore[attr-defined]
 
 
+def run_storage_database(instance: Any) -> tuple[str, str] | None:
+    """Where the instance's run storage is, for a worker's watcher to reach with the bare
+    driver: ("sqlite", the runs.db path) or ("postgres", the URL); None for others."""
+    storage = instance.run_storage
+    url = getattr(storage, "postgres_url", None)  # dagster_postgres.PostgresRunStorage
+    if isinstance(url, str):
+        return "postgres", url
+    conn = getattr(storage, "_conn_string", None)  # SqliteRunStorage
+    if isinstance(conn, str) and conn.startswith("sqlite:///"):
+        return "sqlite", conn[len("sqlite:///") :]
+    return None
+
+
 def missing() -> list[str]:
     """The internals above that the installed Dagster lacks (none in the supported range)."""
     gaps = []
@@ -122,6 +137,7 @@ def missing() -> list[str]:
         (EVENT_LOGS, {"run_id", "dagster_event_type", "timestamp", "event", "id"}),
         (RUNS, {"run_id", "status", "run_body", "update_timestamp"}),
         (RUN_TAGS, {"run_id", "key", "value"}),
+        (KVS, {"key", "value"}),
     ):
         gaps += [f"the column {table.name}.{c}" for c in sorted(columns - set(table.c.keys()))]
     for cls, method in (

@@ -98,7 +98,7 @@ def _write_if_unchanged(
             else:
                 added.append({"run_id": run.run_id, "key": key, "value": value})
     by_id = db.bindparam("b_run_id")
-    with _transaction(storage) as conn:
+    with transaction(storage) as conn:
         changed = conn.execute(
             RUNS.update()
             .where(RUNS.c.run_id == by_id, RUNS.c.update_timestamp == db.bindparam("b_seen"))
@@ -133,7 +133,7 @@ class _Changed(Exception):
 
 
 @contextmanager
-def _transaction(storage: SqlRunStorage) -> Iterator[Connection]:
+def transaction(storage: SqlRunStorage) -> Iterator[Connection]:
     """A connection of the run storage in a transaction (Dagster's PostgreSQL storages
     autocommit each statement; its SQLite one begins a transaction itself)."""
     with storage.connect() as conn:

@@ -1,0 +1,183 @@
+"""The heartbeat of the run or step worker this process is: its watcher process
+(``watcher.py``) and a thread that samples where the worker's threads are.
+
+Started by the instance (``integration.instance``) when it reports this process as a run's
+worker ("Started process for run", with this pid: ``dagster api execute_run`` and
+``resume_run``, and the code server's run subprocess) or as a step's (STEP_WORKER_STARTED with
+this pid: the multiprocess executor's children, ``dagster api execute_step``); stopped when
+that instance is disposed. One per process; inert unless ``worker_heartbeats`` is on, and
+nothing here ever raises into the run."""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import sysconfig
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from dagster_run_monitor.config.parse import settings_from_config
+from dagster_run_monitor.core.heartbeats import (
+    RUN_WORKER,
+    STEP_WORKER_PREFIX,
+    beat_key,
+    stack_key,
+)
+from dagster_run_monitor.integration.internals import run_storage_database
+
+WATCHER = str(Path(__file__).with_name("watcher.py"))
+LINES = 30  # of stacks in a beat
+FRAMES_PER_THREAD = 12
+STEP_ENDS = frozenset({"STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED", "STEP_UP_FOR_RETRY"})
+_STDLIB = tuple(
+    p for p in {sysconfig.get_paths().get("stdlib"), sysconfig.get_paths().get("platstdlib")} if p
+)
+
+
+class Heartbeat:
+    """One worker's watcher and sampling thread."""
+
+    def __init__(self, instance: Any, run_id: str, worker: str, interval: float) -> None:
+        self.pid = os.getpid()
+        self.owner = id(instance)  # the instance whose dispose stops it
+        self.steps: set[str] = set()
+        self.interval = interval
+        self._stop = threading.Event()
+        database, target = run_storage_database(instance)  # type: ignore[misc]
+        self.process = subprocess.Popen(
+            [sys.executable, WATCHER],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        settings = {
+            "database": database,
+            "target": target,
+            "key": beat_key(run_id, worker),
+            "stack_key": stack_key(run_id, worker),
+            "token": os.urandom(8).hex(),
+            "pid": self.pid,
+            "host": socket.gethostname(),
+            "interval": interval,
+        }
+        self._send(json.dumps(settings))
+        self._thread = threading.Thread(target=self._sample, name="run_monitor_heartbeat")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _send(self, line: str) -> None:
+        try:
+            self.process.stdin.write((line + "\n").encode())  # type: ignore[union-attr]
+            self.process.stdin.flush()  # type: ignore[union-attr]
+        except Exception:  # the watcher is gone: nothing more to send
+            self._stop.set()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._send(json.dumps(sample(threading.get_ident(), self.steps)))
+            except Exception:
+                pass
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._send("stop")
+        try:
+            self.process.stdin.close()  # type: ignore[union-attr]
+            self.process.wait(timeout=5)
+        except Exception:
+            pass
+
+
+def sample(own_thread: int, steps: set[str]) -> dict[str, Any]:
+    """Where the threads that run user code are (the main thread, and any other with a frame
+    outside the standard library and Dagster): innermost frames, at most ``LINES`` lines."""
+    frames = sys._current_frames()
+    names = {t.ident: t.name for t in threading.enumerate()}
+    main = threading.main_thread().ident
+    lines: list[str] = []
+    for ident in sorted(frames, key=lambda i: i != main):
+        if ident == own_thread:
+            continue
+        walked = traceback.walk_stack(frames[ident])
+        stack = traceback.StackSummary.extract(walked, limit=FRAMES_PER_THREAD, lookup_lines=False)
+        if ident != main and not any(_users(f.filename) for f in stack):
+            continue
+        lines.append(f"Thread {names.get(ident, ident)}:")
+        lines += [f'  File "{f.filename}", line {f.lineno}, in {f.name}' for f in reversed(stack)]
+        if len(lines) >= LINES:
+            break
+    lines = lines[:LINES]
+    digest = hashlib.sha1("\n".join(lines).encode()).hexdigest()[:16]
+    return {"stacks": lines, "hash": digest, "steps": sorted(steps)}
+
+
+def _users(filename: str) -> bool:
+    if filename.startswith(_STDLIB) or filename.startswith("<"):
+        return False
+    return not ("site-packages" in filename and f"{os.sep}dagster" in filename)
+
+
+_BEATING: dict[int, Heartbeat] = {}  # pid -> this process's heartbeat
+
+
+def _interval(instance: Any) -> float | None:
+    """The beat interval, None where heartbeats are off or the storage has no watcher."""
+    config = instance.get_settings("run_monitoring") or {}
+    if not config.get("enabled"):
+        return None
+    beats = settings_from_config(config).heartbeats
+    if not beats.enabled or run_storage_database(instance) is None:
+        return None
+    return beats.interval_seconds
+
+
+def start(instance: Any, run_id: str, worker: str) -> None:
+    """Beat for ``worker`` of ``run_id`` from this process, once."""
+    try:
+        if os.getpid() in _BEATING:
+            return
+        interval = _interval(instance)
+        if interval is not None:
+            _BEATING[os.getpid()] = Heartbeat(instance, run_id, worker, interval)
+    except Exception:
+        pass
+
+
+def run_worker_started(instance: Any, run_id: str, metadata: Any) -> None:
+    """After an engine event: "Started process for run" with this process's pid."""
+    pid = metadata.get("pid") if metadata else None
+    if pid is not None and "step_keys" not in metadata:
+        if str(getattr(pid, "value", pid)) == str(os.getpid()):
+            start(instance, run_id, RUN_WORKER)
+
+
+def event_handled(instance: Any, event: Any) -> None:
+    """After each event this process stores: a step worker's start, a step's start or end."""
+    dagster_event = getattr(event, "dagster_event", None)
+    if dagster_event is None:
+        return
+    kind = dagster_event.event_type_value
+    if kind == "STEP_WORKER_STARTED" and dagster_event.pid == os.getpid():
+        start(instance, event.run_id, STEP_WORKER_PREFIX + (dagster_event.step_key or "steps"))
+    beating = _BEATING.get(os.getpid())
+    if beating is None or not dagster_event.step_key:
+        return
+    if kind == "STEP_START":
+        beating.steps.add(dagster_event.step_key)
+    elif kind in STEP_ENDS:
+        beating.steps.discard(dagster_event.step_key)
+
+
+def disposed(instance: Any) -> None:
+    """The instance is disposed: the heartbeat it started stops."""
+    beating = _BEATING.get(os.getpid())
+    if beating is not None and beating.owner == id(instance):
+        del _BEATING[os.getpid()]
+        beating.stop()

@@ -1,0 +1,173 @@
+"""Heartbeats from inside real workers under Dagster's DefaultRunLauncher (run workers are
+children of the code server), judged by the stock `dagster-daemon run`: a lost host, the
+stacks on an action, a C call holding the GIL."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from dagster._core.storage.dagster_run import DagsterRunStatus as S
+
+from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.heartbeats import RUN_WORKER, Beat
+from dagster_run_monitor.storage.heartbeats import read_beats
+from dagster_run_monitor_tests.support.home import load_instance
+from dagster_run_monitor_tests.support.postgres import pg_url
+from dagster_run_monitor_tests.support.runs import messages, status_of, tags_of
+from dagster_run_monitor_tests.support.subprocesses import BIN, process_env, running, wait_until
+
+pytestmark = pytest.mark.slow
+
+MODULE = "dagster_run_monitor_tests.heartbeat_jobs"
+BEATS = {"interval_seconds": 1, "timeout_seconds": 5}
+QUEUED = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
+
+
+def default_launcher_home(home: Path, storage: str) -> Path:
+    """Dagster's DefaultRunLauncher behind the QueuedRunCoordinator, our monitor on."""
+    monitoring = {
+        "poll_interval_seconds": 1,
+        "max_resume_run_attempts": 0,  # DefaultRunLauncher cannot resume
+        "worker_heartbeats": BEATS,
+    }
+    url = pg_url() if storage == "postgres" else None
+    config = instance_config(monitoring, None, url, run_coordinator=QUEUED)
+    return write_dagster_yaml(home, config)
+
+
+def launch(home: Path, job: str, tags: dict[str, str] | None = None) -> str:
+    run_id = str(uuid.uuid4())
+    args = [str(BIN / "dagster"), "job", "launch", "-m", MODULE, "-j", job, "--run-id", run_id]
+    if tags:
+        args += ["--tags", json.dumps(tags)]
+    subprocess.run(args, env=process_env(home), cwd=home, check=True, capture_output=True)
+    return run_id
+
+
+def parent_of(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parents[int(entry)] = parent_of(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    found = [pid]
+    for p in found:
+        found += [child for child, parent in parents.items() if parent == p]
+    return found
+
+
+def zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def heal(instance, run_id: str, worker: int, partitioned: list[int]) -> None:
+    """After the monitor failed the cut-off run, its processes run again: the watcher finds its
+    row taken over and stops the worker, which writes nothing more."""
+    wait_until(lambda: status_of(instance, run_id) == S.FAILURE, 30, "the cut-off's failure")
+    assert tags_of(instance, run_id)[c.REASON_TAG] == c.REASON_WORKER_LOST
+    written = len(messages(instance, run_id))
+    for pid in partitioned:
+        os.kill(pid, signal.SIGCONT)
+    wait_until(lambda: zombie(worker), 10, "the returning worker to stop")
+    assert len(messages(instance, run_id)) == written
+
+
+def run_worker_beat(instance, run_id: str) -> Beat | None:
+    beats = read_beats(instance) or []
+    return next((b for b in beats if b.run_id == run_id and b.worker == RUN_WORKER), None)
+
+
+def failure_message(instance, run_id: str) -> str:
+    return next(
+        m for m in reversed(messages(instance, run_id)) if "Marking run" in m or "Exceeded" in m
+    )
+
+
+def test_default_launcher_lost_host_stacks_and_a_gil_holding_call(tmp_path, storage, monkeypatch):
+    monkeypatch.setenv("HOLD_THE_GIL_SECONDS", "20")  # 4 x the timeout
+    home = default_launcher_home(tmp_path / "home", storage)
+    instance = load_instance(home)
+    if storage == "postgres":
+        instance.wipe()
+    daemon_args = [str(BIN / "dagster-daemon"), "run", "-m", MODULE]
+    with running(daemon_args, home, "daemon.log"):
+        gil = launch(home, "holds_the_gil")
+        too_long = launch(home, "waits", {c.MAX_RUNTIME_TAG: "8"})
+        step_too_long = launch(home, "waits_in_step_worker", {c.MAX_RUNTIME_TAG: "10"})
+        hung = launch(home, "waits", {c.HANG_TIMEOUT_TAG: "6"})
+        busy = launch(home, "spins", {c.HANG_TIMEOUT_TAG: "6"})
+        lost = launch(home, "waits")
+        beat = wait_until(lambda: run_worker_beat(instance, lost), 90, "the run worker's beat")
+        # A partition (PostgreSQL: a SQLite database has one host, and a frozen writer would
+        # hold its lock): the worker and its watcher stop (SIGSTOP) until the run is taken over.
+        if storage == "postgres":
+            cut_off = launch(home, "waits")
+            away = wait_until(lambda: run_worker_beat(instance, cut_off), 90, "the other's beat")
+            partitioned = tree(away.pid)
+            for pid in partitioned:
+                os.kill(pid, signal.SIGSTOP)
+
+        # A C call holding the GIL for 4 x the timeout: the watcher beats on, the run succeeds.
+        wait_until(
+            lambda: status_of(instance, gil) in (S.SUCCESS, S.FAILURE), 120, "the GIL run's end"
+        )
+        assert status_of(instance, gil) == S.SUCCESS
+        assert not any("heartbeat" in m for m in messages(instance, gil))
+
+        # Max runtime: the failure says where the worker was.
+        wait_until(lambda: status_of(instance, too_long) == S.FAILURE, 60, "max runtime")
+        message = next(m for m in messages(instance, too_long) if m.startswith("Exceeded"))
+        assert "The run worker (host" in message
+        assert "in wait_for_partner_api" in message
+        # ... and with the multiprocess executor, where its step worker was.
+        wait_until(lambda: status_of(instance, step_too_long) == S.FAILURE, 60, "max runtime")
+        message = next(m for m in messages(instance, step_too_long) if m.startswith("Exceeded"))
+        assert "The step worker of 'load' (host" in message
+        assert "in wait_for_partner_api" in message
+
+        # Hang detection: blocked on a lock, hung; a busy loop writing no events, not hung.
+        wait_until(lambda: status_of(instance, hung) == S.FAILURE, 60, "the hang's failure")
+        assert tags_of(instance, hung)[c.REASON_TAG] == c.REASON_HUNG
+        message = next(m for m in messages(instance, hung) if m.startswith("Run hung"))
+        assert "in wait_for_partner_api" in message
+        wait_until(lambda: status_of(instance, busy) in (S.SUCCESS, S.FAILURE), 60, "the spin")
+        assert status_of(instance, busy) == S.SUCCESS
+
+        # The partition heals after the monitor failed the run: the worker stops itself.
+        if storage == "postgres":
+            heal(instance, cut_off, away.pid, partitioned)
+
+        # A lost host: the code server, its run worker and the watcher die at once.
+        doomed = tree(parent_of(beat.pid))
+        for pid in doomed:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: status_of(instance, lost) == S.FAILURE, 30, "the lost run's failure")
+
+    message = failure_message(instance, lost)
+    where = f"the run worker (host {socket.gethostname()}, pid {beat.pid})"
+    assert f"Detected run worker status FAILED: 'no heartbeat from {where} for" in message
+    assert "last seen in step 'load'" in message
+    assert "in wait_for_partner_api" in message
+    print(message)
+    tags = tags_of(instance, lost)
+    assert tags[c.REASON_TAG] == c.REASON_WORKER_LOST
+    assert tags[c.CRASH_CAUSE_TAG] == "worker_lost"
+    assert run_worker_beat(instance, lost).fenced  # a worker coming back would stop itself
