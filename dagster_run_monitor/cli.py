@@ -12,6 +12,7 @@ from dagster_run_monitor.core.limit_table import LIMITS, clock_start
 from dagster_run_monitor.core.model import RunFacts
 from dagster_run_monitor.core.policy import decide, limits_of
 from dagster_run_monitor.core.settings import MonitorSettings
+from dagster_run_monitor.daemon.heartbeats import where_workers_were
 from dagster_run_monitor.daemon.observe import observe
 
 
@@ -47,6 +48,8 @@ def explain(run_id: str) -> None:
         state = found.status.value if found else "not found"
         raise click.ClickException(f"Run {run_id} is not monitored ({state}).")
     click.echo(describe(run, settings, now))
+    if run.workers:  # what its workers are doing now, from their last beats
+        click.echo(where_workers_were(instance, {run_id: run.workers}, now).get(run_id, ""))
     actions = decide(run, settings, now)
     if settings.dry_run:
         click.echo("dry_run is on: the daemon logs these actions and changes nothing.")
@@ -69,6 +72,10 @@ def describe(run: RunFacts, settings: MonitorSettings, now: float) -> str:
             if settings.uncounted_resumes:
                 budget += f", {uncounted} of {settings.uncounted_resumes} uncounted"
             lines.append(budget)
+    for sight in run.workers:
+        beat = sight.beat
+        steps = f", in {', '.join(beat.steps)}" if beat.steps else ""
+        lines.append(f"  {beat.name}: host {beat.host}, pid {beat.pid}, beat {beat.seq}{steps}")
     for kind in LIMITS:  # the limits a rule may set, and the one of the run's status
         limit = limits[kind.key]
         if not limit.seconds or not (kind.by_rule or kind.status == run.status):

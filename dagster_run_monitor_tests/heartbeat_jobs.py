@@ -28,6 +28,20 @@ def waits_in_step_worker():
 
 
 @op
+def block_the_first_time():
+    """Blocks in its first worker; returns at once in the worker of a resume."""
+    flag = os.environ["BLOCK_ONCE_FLAG"]
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        wait_for_partner_api()
+
+
+@job(executor_def=in_process_executor)
+def blocks_once():
+    block_the_first_time()
+
+
+@op
 def hold_the_gil():
     seconds = int(os.environ.get("HOLD_THE_GIL_SECONDS", "12"))
     ctypes.PyDLL(None).sleep(seconds)  # a C call that keeps the GIL: no Python thread runs
@@ -50,4 +64,4 @@ def spins():
     spin()
 
 
-defs = Definitions(jobs=[waits, waits_in_step_worker, holds_the_gil, spins])
+defs = Definitions(jobs=[waits, waits_in_step_worker, blocks_once, holds_the_gil, spins])

@@ -7,6 +7,8 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.heartbeats import RUN_WORKER, Beat
+from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor.storage.heartbeats import read_beats
 from dagster_run_monitor_tests.support.home import load_instance
 from dagster_run_monitor_tests.support.postgres import pg_url
@@ -87,7 +90,10 @@ def heal(instance, run_id: str, worker: int, partitioned: list[int]) -> None:
     for pid in partitioned:
         os.kill(pid, signal.SIGCONT)
     wait_until(lambda: zombie(worker), 10, "the returning worker to stop")
-    later = [(e.pid, e.message) for e in instance.all_logs(run_id)[written:]]
+    later = [
+        (e.dagster_event.pid if e.dagster_event else None, e.message)
+        for e in instance.all_logs(run_id)[written:]
+    ]
     assert [(pid, message) for pid, message in later if pid == worker] == [], later
 
 
@@ -156,6 +162,15 @@ def test_default_launcher_lost_host_stacks_and_a_gil_holding_call(tmp_path, stor
         if storage == "postgres":
             heal(instance, cut_off, away.pid, partitioned)
 
+        # `explain` shows what a live run's workers are doing now.
+        def explained() -> str:
+            args = [str(BIN / "dagster-run-monitor"), "explain", lost]
+            done = subprocess.run(args, env=process_env(home), capture_output=True, text=True)
+            return done.stdout if "in wait_for_partner_api" in done.stdout else ""
+
+        output = wait_until(explained, 30, "explain to show the stack")
+        assert f"run worker: host {socket.gethostname()}, pid {beat.pid}" in output
+
         # A lost host: the code server, its run worker and the watcher die at once.
         doomed = tree(parent_of(beat.pid))
         for pid in doomed:
@@ -172,3 +187,71 @@ def test_default_launcher_lost_host_stacks_and_a_gil_holding_call(tmp_path, stor
     assert tags[c.REASON_TAG] == c.REASON_WORKER_LOST
     assert tags[c.CRASH_CAUSE_TAG] == "worker_lost"
     assert run_worker_beat(instance, lost).fenced  # a worker coming back would stop itself
+
+
+PROCESS_LAUNCHER = {"module": "dagster_run_monitor", "class": "ProcessRunLauncher"}
+LAUNCH_FROM_OTHER_HOST = """
+import sys
+from dagster import DagsterInstance
+from dagster._core.definitions.reconstruct import ReconstructableRepository
+repo = ReconstructableRepository.for_module(sys.argv[1], "defs")
+recon = repo.get_reconstructable_job("blocks_once")
+with DagsterInstance.get() as instance:
+    run = instance.create_run_for_job(
+        job_def=recon.get_definition(),
+        job_code_origin=recon.get_python_origin(),
+        run_id=sys.argv[2],
+    )
+    instance.launch_run(run.run_id, workspace=None)
+"""
+
+
+def test_a_process_worker_on_another_host_is_alive_while_it_beats_then_lost_and_resumed(
+    tmp_path, storage, monkeypatch, workspace_context
+):
+    """ProcessRunLauncher cannot see a worker on another host (UNKNOWN): its beats keep it
+    alive; once they stop, the run is resumed, here on this host, and succeeds."""
+    monkeypatch.setenv("BLOCK_ONCE_FLAG", str(tmp_path / "blocked-once"))
+    monitoring = {
+        "poll_interval_seconds": 1,
+        "worker_unknown_grace_seconds": 0,  # UNKNOWN alone would count as a crash at once
+        "max_resume_run_attempts": 1,
+        "worker_heartbeats": BEATS,
+    }
+    url = pg_url() if storage == "postgres" else None
+    launcher = {**PROCESS_LAUNCHER, "config": {"log_dir": str(tmp_path / "logs")}}
+    home = write_dagster_yaml(tmp_path / "home", instance_config(monitoring, launcher, url))
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("PYTHONPATH", process_env(home)["PYTHONPATH"])  # the resume's worker
+    instance = load_instance(home)
+    if storage == "postgres":
+        instance.wipe()
+    run_id = str(uuid.uuid4())
+    launch_there = f"exec {sys.executable} -c '{LAUNCH_FROM_OTHER_HOST}' {MODULE} {run_id}"
+    script = f"hostname other-host && {launch_there}"
+    subprocess.run(["unshare", "-u", "sh", "-c", script], env=process_env(home), check=True)
+    daemon = RunMonitorDaemon.from_instance(instance)
+    with workspace_context(instance) as context:
+
+        def passes_until(done, timeout, what):
+            def one_pass():
+                errors = [e for e in daemon.monitor_runs(context) if e is not None]
+                assert errors == [], errors
+                return done()
+
+            return wait_until(one_pass, timeout, what, interval=0.5)
+
+        # (no pass yet: a STARTING run's UNKNOWN worker fails at once with no grace)
+        beat = wait_until(lambda: run_worker_beat(instance, run_id), 60, "the worker's beat")
+        assert beat.host == "other-host" and status_of(instance, run_id) == S.STARTED
+        assert tags_of(instance, run_id)[c.WORKER_HOST_TAG] == "other-host"
+        deadline = time.monotonic() + 3 * BEATS["interval_seconds"]
+        passes_until(lambda: time.monotonic() > deadline, 30, "passes while it beats")
+        assert status_of(instance, run_id) == S.STARTED  # UNKNOWN, but beating
+        os.killpg(beat.pid, signal.SIGKILL)  # the worker and its watcher: the host is gone
+        passes_until(lambda: status_of(instance, run_id) == S.SUCCESS, 90, "the resumed run")
+    log = messages(instance, run_id)
+    lost = [m for m in log if "no heartbeat from the run worker (host other-host" in m]
+    assert len(lost) == 1 and "Resuming run" in lost[0]
+    assert log.count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    assert tags_of(instance, run_id)[c.CRASH_CAUSE_TAG] == "worker_lost"

@@ -82,6 +82,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="experiment: pooled Postgres connections for both monitors (default 0: Dagster's"
         " NullPool, a new connection per statement group, as in dagster-daemon)",
     )
+    p.add_argument(
+        "--beats",
+        action="store_true",
+        help="a heartbeat (and its stacks) in the kvs table for every STARTED/STARTING run",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--show-statements", action="store_true", help="list each pass's SQL statements")
     p.add_argument("--output", default=None, help="also write the report to this file")

@@ -179,6 +179,8 @@ def build_population(
             if k and k % 2000 == 0:
                 say(f"  filler events for {k} runs")
         writer.close()
+        if getattr(args, "beats", False):
+            write_beats(instance, by_status)
     if writer.postgres:
         import psycopg2
 
@@ -189,6 +191,32 @@ def build_population(
     reference_ids = {i for ids in reference.values() for i in ids}
     candidates = [i for i in by_status[DagsterRunStatus.STARTED] if i not in reference_ids]
     return Population(n, by_status, reference, candidates, args.events_per_run)
+
+
+def write_beats(instance: DagsterInstance, by_status: dict) -> None:
+    """A heartbeat and 20 lines of stacks for every STARTED and STARTING run, as their
+    watchers write them (``worker.watcher``)."""
+    import json
+
+    from dagster_run_monitor.core.heartbeats import beat_key, stack_key
+    from dagster_run_monitor.integration.internals import KVS
+
+    stacks = "\n".join(f'  File "/app/etl.py", line {i}, in step_{i}' for i in range(20))
+    rows = []
+    for status in (DagsterRunStatus.STARTED, DagsterRunStatus.STARTING):
+        for run_id in by_status.get(status, []):
+            body = {"seq": 1, "host": "worker-host", "pid": 4242, "cpu": 1.5, "hash": "ab"}
+            rows.append(
+                {
+                    "key": beat_key(run_id),
+                    "value": "tok|" + json.dumps({**body, "steps": ["step_1"]}),
+                }
+            )
+            rows.append({"key": stack_key(run_id), "value": stacks})
+    with instance.run_storage.connect() as conn:
+        for start in range(0, len(rows), 1000):
+            conn.execute(KVS.insert(), rows[start : start + 1000])
+    say(f"  {len(rows) // 2} heartbeats written")
 
 
 def verify_population(instance: DagsterInstance, population: Population) -> None:
