@@ -15,6 +15,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor_tests.support.home import load_instance, write_home
+from dagster_run_monitor_tests.support.runs import first_lines
 from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT, daemon, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.postgres]
@@ -209,7 +210,7 @@ def test_max_runtime_stops_the_container(docker_home, docker_client):
     with daemon(home):
         run = launch(instance, "docker_sleeps", tags={c.MAX_RUNTIME_TAG: "5"})
         wait_until(lambda: status(instance, run.run_id) == S.FAILURE, 120, "FAILURE")
-    assert "Exceeded maximum runtime of 5 seconds." in log(instance, run.run_id)
+    assert "Exceeded maximum runtime of 5 seconds." in first_lines(log(instance, run.run_id))
     assert run_containers(docker_client, run.run_id, running_only=True) == []
     (container,) = run_containers(docker_client, run.run_id)
     assert container.status == "exited"

@@ -28,7 +28,7 @@ from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor_tests.support.home import load_instance, write_home
-from dagster_run_monitor_tests.support.runs import monitor_pass
+from dagster_run_monitor_tests.support.runs import first_lines, monitor_pass
 from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT, daemon, wait_until
 
 pytestmark = [pytest.mark.k8s_cluster, pytest.mark.slow, pytest.mark.postgres]
@@ -449,7 +449,7 @@ def test_max_runtime_deletes_the_worker_and_step_jobs(k8s_home, cluster):
         assert_ends(instance, run.run_id, S.FAILURE, timeout=180)
     messages = log(instance, run.run_id)
     assert "Canceling due to exceeding maximum runtime of 20 seconds." in messages
-    assert "Exceeded maximum runtime of 20 seconds." in messages
+    assert "Exceeded maximum runtime of 20 seconds." in first_lines(messages)
     assert instance.get_run_by_id(run.run_id).tags[c.REASON_TAG] == c.REASON_MAX_RUNTIME
     cluster.nothing_left(run.run_id)
 

@@ -23,7 +23,7 @@ from dagster_run_monitor.daemon.observe import observe
 from dagster_run_monitor.launchers.process.executor import recorded_step_processes
 from dagster_run_monitor.launchers.process.processes import is_alive
 from dagster_run_monitor_tests.support.home import monitor_instance
-from dagster_run_monitor_tests.support.runs import messages, status_of, tags_of
+from dagster_run_monitor_tests.support.runs import first_lines, messages, status_of, tags_of
 from dagster_run_monitor_tests.support.subprocesses import wait_until
 
 # Real processes on a 2-core machine, with no retry: a failure here is a race to find.
@@ -135,7 +135,7 @@ def test_killed_worker_group_is_resumed_and_finished_steps_do_not_run_again(
         assert (
             f"Detected run worker status FAILED: 'Run worker process {pid} was killed by signal"
             f" SIGKILL.' (cause: signal, SIGKILL). Resuming run {run.run_id} with a new worker."
-        ) in log
+        ) in first_lines(log)
         assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "signal"
         assert not is_alive(pid)
 
@@ -268,7 +268,8 @@ def test_max_runtime_stops_the_worker_and_its_steps(process_instance, workspace_
         pid = worker_pid(instance, run.run_id)
         (step,) = recorded_step_processes(instance, run.run_id).values()
         watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE, 60)
-        assert "Exceeded maximum runtime of 2 seconds." in messages(instance, run.run_id)
+        log = first_lines(messages(instance, run.run_id))
+        assert "Exceeded maximum runtime of 2 seconds." in log
         assert not is_alive(pid), "run worker left behind"
         assert not is_alive(step.pid, step.start_ticks), "step process left behind"
 

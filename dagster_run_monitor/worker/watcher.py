@@ -155,7 +155,8 @@ class Watcher:
 
     def loop(self, stdin: int) -> None:
         interval, parent = float(self.s["interval"]), int(self.s["pid"])
-        next_beat, pending, open_pipe = 0.0, b"", True
+        # the first beat after the worker's first sample has come in (its stacks with it)
+        next_beat, pending, open_pipe = time.monotonic() + min(TICK, interval) / 2, b"", True
         while True:
             if os.getppid() != parent:  # the worker's process is gone
                 self.beat(ended=True)

@@ -210,6 +210,12 @@ def messages(instance: DagsterInstance, run_id: str) -> list[str]:
     return [message for _, message in events(instance, run_id)]
 
 
+def first_lines(log: list[str]) -> list[str]:
+    """Each message's first line: an action on a run whose workers beat appends where they
+    were (their stacks) below it."""
+    return [m.split("\n", 1)[0] for m in log]
+
+
 def status_of(instance: DagsterInstance, run_id: str) -> DagsterRunStatus:
     return instance.get_run_by_id(run_id).status
 
