@@ -17,7 +17,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
 from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
 from dagster_run_monitor.core import constants as c
-from dagster_run_monitor.core.heartbeats import RUN_WORKER, Beat
+from dagster_run_monitor.core.heartbeats import RUN_WORKER, Beat, beat_key
 from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor.storage.heartbeats import read_beats
 from dagster_run_monitor_tests.support.home import load_instance
@@ -255,3 +255,58 @@ def test_a_process_worker_on_another_host_is_alive_while_it_beats_then_lost_and_
     assert len(lost) == 1 and "Resuming run" in lost[0]
     assert log.count(c.RESUME_RUN_LOG_MESSAGE) == 1
     assert tags_of(instance, run_id)[c.CRASH_CAUSE_TAG] == "worker_lost"
+
+
+def test_a_storage_outage_twice_the_timeout_fails_no_run(tmp_path):
+    """PostgreSQL stopped for 2 x the timeout under 20 beating runs (real watcher processes):
+    neither the beats nor the daemon reach it; afterwards no run is failed."""
+    from dagster_run_monitor.core.heartbeats import stack_key
+    from dagster_run_monitor.worker.beats import WATCHER
+    from dagster_run_monitor_tests.support.postgres import private_postgres
+    from dagster_run_monitor_tests.support.runs import make_run
+
+    monitoring = {"poll_interval_seconds": 1, "worker_heartbeats": BEATS}
+    with private_postgres() as cluster:
+        home = write_dagster_yaml(tmp_path / "home", instance_config(monitoring, None, cluster.url))
+        instance = load_instance(home)
+        runs = [make_run(instance, S.STARTED) for _ in range(20)]
+        watchers = []
+        for run in runs:
+            settings = {
+                "database": "postgres",
+                "target": cluster.url,
+                "key": beat_key(run.run_id),
+                "stack_key": stack_key(run.run_id),
+                "token": run.run_id[:8],
+                "pid": os.getpid(),  # this test stands in for the workers
+                "host": "worker-host",
+                "interval": BEATS["interval_seconds"],
+            }
+            watcher = subprocess.Popen([sys.executable, WATCHER], stdin=subprocess.PIPE)
+            watcher.stdin.write((json.dumps(settings) + "\n").encode())
+            watcher.stdin.flush()
+            watchers.append(watcher)
+        try:
+            with running([str(BIN / "dagster-daemon"), "run", "--empty-workspace"], home, "d.log"):
+                for run in runs:
+                    wait_until(lambda r=run: run_worker_beat(instance, r.run_id), 30, "beats")
+                cluster.stop()
+                time.sleep(2 * BEATS["timeout_seconds"])  # the outage
+                cluster.start()
+                seq = {r.run_id: run_worker_beat(instance, r.run_id).seq for r in runs}
+                wait_until(
+                    lambda: all(run_worker_beat(instance, i).seq > s for i, s in seq.items()),
+                    30,
+                    "beats again",
+                )
+                until = time.monotonic() + BEATS["timeout_seconds"] + 3  # passes after it
+                wait_until(lambda: time.monotonic() > until, 30, "passes after the outage")
+            assert [status_of(instance, r.run_id) for r in runs] == [S.STARTED] * 20
+            assert not any("heartbeat" in m for r in runs for m in messages(instance, r.run_id))
+            assert "RunMonitorDaemon - ERROR" in (home / "d.log").read_text()  # it saw the outage
+        finally:
+            for watcher in watchers:
+                watcher.stdin.write(b"stop\n")
+                watcher.stdin.close()
+                watcher.wait(10)
+        instance.dispose()

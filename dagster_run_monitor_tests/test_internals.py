@@ -106,6 +106,10 @@ def test_the_launchers_clients():
         f"DockerRunLauncher._get_client(container_context) is gone; {WHY} keeping one docker"
         " client instead of a new one (and a GET /version) per call"
     )
+    assert callable(getattr(K8sRunLauncher, "_get_resume_attempt_number", None)), (
+        f"K8sRunLauncher._get_resume_attempt_number is gone; {WHY} naming the Job of a lost"
+        " worker to stop before its run is resumed"
+    )
     init = inspect.getsource(K8sRunLauncher.__init__)
     assert "self._api_client" in init, (
         f"K8sRunLauncher no longer keeps _api_client; {WHY} reading the run worker's pods"

@@ -4,6 +4,7 @@ Runs are launched for real (the launcher builds and creates the first Job), so r
 debug info go through dagster-k8s's own code. See ``fake_k8s.py`` for what is faked.
 """
 
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -190,6 +191,57 @@ def test_a_run_resumed_by_another_daemon_during_the_pass_is_not_resumed_again(
 
 
 # --- disruptions one node cannot produce: preemption, a lost node, eviction -------------------
+
+
+def test_a_lost_node_is_fenced_then_resumed_before_kubernetes_notices(
+    k8s_instance, cluster, workspace_context
+):
+    """The worker's node is gone, but its pod still reads Running and its Job active (the
+    ~5 minutes before Kubernetes notices): its heartbeats stop, so the monitor deletes that Job
+    (its pods with it) and resumes the run with a new Job, without a second live worker."""
+    from dagster_run_monitor.core.heartbeats import beat_key, stack_key
+    from dagster_run_monitor.integration.internals import run_storage_database
+    from dagster_run_monitor.worker.watcher import Watcher
+
+    beats = {"worker_heartbeats": {"interval_seconds": 30, "timeout_seconds": 180}}
+    node_worker = subprocess.Popen(["sleep", "300"])  # stands in for the worker on the node
+    with k8s_instance(**beats) as instance, workspace_context(instance) as ctx:
+        run = start(instance)
+        database, target = run_storage_database(instance)
+        watcher = Watcher(  # the beats the worker's watcher writes, from the node
+            {
+                "database": database,
+                "target": target,
+                "key": beat_key(run.run_id),
+                "stack_key": stack_key(run.run_id),
+                "token": "on-the-node",
+                "pid": node_worker.pid,
+                "host": "node-1",
+                "interval": 30,
+            }
+        )
+        watcher.beat()
+        daemon = RunMonitorDaemon.from_instance(instance)
+        assert monitor_pass(instance, ctx, T0, daemon) == []
+        assert monitor_pass(instance, ctx, T0 + 179, daemon) == []  # (the node goes at T0)
+        assert resumes(instance, run) == 0
+        assert monitor_pass(instance, ctx, T0 + 180, daemon) == []
+        assert cluster.state(job_name(run)) is None  # deleted, before...
+        assert cluster.state(job_name(run, 1)) == "active"  # ...the resume's Job
+        assert cluster.count(run.run_id)["delete_namespaced_job"] == 1
+        assert resumes(instance, run) == 1
+        assert status_of(instance, run.run_id) == S.STARTED
+        detected = next(m for m in messages(instance, run.run_id) if m.startswith("Detected"))
+        assert detected.startswith(
+            "Detected run worker status FAILED: 'no heartbeat from the run worker (host node-1,"
+            f" pid {node_worker.pid}) for 180 seconds' (cause: worker_lost). Resuming run"
+        )
+        assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "worker_lost"
+        assert monitor_pass(instance, ctx, T0 + 240, daemon) == []  # the new Job is running
+        assert resumes(instance, run) == 1
+        assert not watcher.beat()  # the old worker, back: its row is taken over, it stops
+        assert node_worker.wait(10) == -9  # (SIGKILL)
+
 
 PREEMPTED = ("", "PreemptionByScheduler", "Preempted by a higher priority pod")
 NODE_LOST = ("", "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")

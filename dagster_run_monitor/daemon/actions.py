@@ -7,6 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData, JobFailureData
+from dagster._core.launcher import RunLauncher
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
 from dagster._core.workspace.context import BaseWorkspaceRequestContext
 from dagster._time import get_current_timestamp
@@ -29,6 +30,10 @@ from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon import resumes
 from dagster_run_monitor.daemon.debug_info import worker_debug_info
 from dagster_run_monitor.daemon.heartbeats import where_workers_were
+from dagster_run_monitor.integration.internals import docker_container
+from dagster_run_monitor.launchers.docker.launcher import is_docker_launcher
+from dagster_run_monitor.launchers.kubernetes import launcher as k8s_launcher
+from dagster_run_monitor.launchers.kubernetes.pods import is_k8s_launcher
 from dagster_run_monitor.metrics import action_labels
 from dagster_run_monitor.storage.claims import claims
 from dagster_run_monitor.storage.eventlog import resume_history
@@ -224,10 +229,9 @@ def _apply(
         elif isinstance(action, TerminateAndFail):
             terminate_and_fail(instance, run, action)
         elif isinstance(action, ResumeRun):
-            if prepared is None:  # a stalled run: its worker stopped first
-                kill = getattr(instance.run_launcher, "kill_worker", None)
-                if action.kill_first and kill is not None:
-                    kill(run)
+            if prepared is None:  # a stalled or lost run: its worker stopped first
+                if action.kill_first:
+                    stop_worker(instance.run_launcher, run)
                 prepared = resumes.tag(instance, [(record, action)])[run.run_id]
                 resumes.announce(instance, [(prepared, action)])
             if run.run_id in beating:  # the old worker's beats go; it stops if it returns
@@ -237,6 +241,21 @@ def _apply(
         if alert is not None:
             alerts.send(alert)
     return actions
+
+
+def stop_worker(launcher: RunLauncher, run: DagsterRun) -> None:
+    """Stop the run's worker without canceling the run, where the launcher can:
+    ``ProcessRunLauncher.kill_worker``, a Kubernetes Job deleted, a Docker container killed.
+    Elsewhere the worker stops itself when it finds its run taken over (``worker.watcher``)."""
+    kill = getattr(launcher, "kill_worker", None)
+    if kill is not None:
+        kill(run)
+    elif is_k8s_launcher(launcher):
+        k8s_launcher.stop_worker(launcher, run)
+    elif is_docker_launcher(launcher):
+        container = docker_container(launcher, run)
+        if container is not None:
+            container.kill()
 
 
 def log_action(logger: logging.Logger, run: DagsterRun, action: Action) -> None:

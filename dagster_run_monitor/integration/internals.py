@@ -93,6 +93,15 @@ def k8s_client(launcher: RunLauncher) -> Any:
     return launcher._api_client  # type: ignore[attr-defined]
 
 
+def k8s_worker_job_name(launcher: RunLauncher, run: DagsterRun) -> str:
+    """The name of the run's current run worker Job, as ``K8sRunLauncher.terminate`` names it
+    (the run id and its resume attempt number)."""
+    from dagster_k8s.job import get_job_name_from_run_id
+
+    attempt = launcher._get_resume_attempt_number(run)  # type: ignore[attr-defined]
+    return get_job_name_from_run_id(run.run_id, resume_attempt_number=attempt)
+
+
 def k8s_context_tags() -> tuple[str, ...]:
     """The run tags a ``K8sRunLauncher``'s container context reads (``create_for_run`` reads
     tags only through ``get_user_defined_k8s_config``): ``dagster-k8s/config`` and the older

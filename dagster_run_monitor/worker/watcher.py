@@ -9,8 +9,10 @@ database, the key, the token, the worker's pid, the interval; a password stays o
 command line), then whenever it samples, ``{"stacks": [...], "hash": ..., "steps": [...]}``,
 and ``stop`` when it ends cleanly. The row format is ``core.heartbeats``'s.
 
-Each beat is one statement: an UPDATE of the worker's own row (its token), or at the first
-beat an upsert; the stacks' row is written only when they change. A beat that cannot be
+Each beat is one statement on a connection of its own, closed after it (like Dagster's own
+processes outside the webserver, no connection is held, so 1,000 workers do not take 1,000 of
+PostgreSQL's connections): an UPDATE of the worker's own row (its token), or at the first beat
+an upsert; the stacks' row is written only when they change. A beat that cannot be
 written is tried again at the next interval. A row found taken over (another token, or
 ``fenced``: the monitor gave the run to a new worker) stops the worker with SIGKILL, so a
 worker cut off by a partition writes nothing more once it is back; a row found deleted (the run
@@ -132,6 +134,8 @@ class Watcher:
                 self.stacks_written = self.sample["hash"]
         except Exception:
             pass  # storage down or locked: the next interval tries again
+        finally:
+            self.rows.close()  # no connection held between beats (PostgreSQL's are few)
         return True
 
     def lost_row(self) -> bool:

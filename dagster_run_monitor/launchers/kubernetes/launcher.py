@@ -23,7 +23,11 @@ from typing import Any
 from dagster._core.launcher import RunLauncher
 from dagster._core.storage.dagster_run import DagsterRun
 
-from dagster_run_monitor.integration.internals import k8s_client, k8s_context_tags
+from dagster_run_monitor.integration.internals import (
+    k8s_client,
+    k8s_context_tags,
+    k8s_worker_job_name,
+)
 from dagster_run_monitor.storage import answers
 
 REMEMBERED = 20_000  # runs whose context is kept (then all are forgotten, and rebuilt)
@@ -66,6 +70,14 @@ def prepare(launcher: RunLauncher) -> None:
     launcher.get_container_context_for_run = get_container_context_for_run  # type: ignore[attr-defined]
     client.get_job_status = get_job_status
     setattr(launcher, _MARK, True)
+
+
+def stop_worker(launcher: RunLauncher, run: DagsterRun) -> None:
+    """Delete the run's current run worker Job (its pods with it) without canceling the run,
+    as ``terminate`` would: the fence before a lost worker's run is resumed."""
+    namespace = launcher.get_container_context_for_run(run).namespace  # type: ignore[attr-defined]
+    name = k8s_worker_job_name(launcher, run)
+    k8s_client(launcher).delete_job(job_name=name, namespace=namespace)
 
 
 def job_statuses(launcher: RunLauncher, runs: Iterable[DagsterRun]) -> dict[tuple[str, str], Any]:
