@@ -47,7 +47,7 @@ def server_cpu() -> float:
     return total
 
 
-def measure(workers: int, seconds: float, interval: float, threads: int) -> str:
+def measure(workers: int, seconds: float, interval: float, threads: int, hold: bool) -> str:
     watchers = [
         Watcher(
             {
@@ -65,6 +65,8 @@ def measure(workers: int, seconds: float, interval: float, threads: int) -> str:
     ]
     for w in watchers:  # the first beat of each (its upsert), before measuring
         w.beat()
+        if hold:  # keep a connection open (as behind a pooler), not one per beat
+            w.rows.close = lambda: None  # type: ignore[method-assign]
     rate = workers / interval  # beats a second
     done = [0]
     lock = threading.Lock()
@@ -91,7 +93,8 @@ def measure(workers: int, seconds: float, interval: float, threads: int) -> str:
     elapsed = time.monotonic() - began
     used = server_cpu() - cpu
     return (
-        f"{workers:,} workers, a beat each {interval:g} s: {done[0] / elapsed:.0f} beats/s"
+        f"{workers:,} workers{' (connections held)' if hold else ''}, a beat each"
+        f" {interval:g} s: {done[0] / elapsed:.0f} beats/s"
         f" (wanted {rate:.0f}), PostgreSQL CPU {used:.1f} s in {elapsed:.0f} s ="
         f" {100 * used / elapsed:.1f}% of a core"
     )
@@ -103,6 +106,11 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--interval", type=float, default=30)
     p.add_argument("--threads", type=int, default=16)
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep each watcher's connection open (needs workers < max_connections)",
+    )
     args = p.parse_args()
     admin = psycopg2.connect(dbname="postgres", user="postgres", host="127.0.0.1")
     admin.autocommit = True
@@ -111,7 +119,7 @@ def main() -> None:
     try:
         with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": URL}}}):
             for n in args.workers:
-                print(measure(n, args.seconds, args.interval, args.threads), flush=True)
+                print(measure(n, args.seconds, args.interval, args.threads, args.hold), flush=True)
     finally:
         admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE}")
 

@@ -198,3 +198,33 @@ def test_the_defaults():
     assert settings.heartbeats == Heartbeats(True, 30, 180)
     assert (settings.breaker.fraction, settings.breaker.min_runs) == (0.5, 10)
     assert settings.hang_timeout_seconds == 0
+
+
+def test_a_lost_step_worker_is_one_warning_and_the_run_is_left_to_its_executor():
+    from dagster_run_monitor.core.model import Notice
+
+    step = Beat("r1", "step:load", "steptok", 1, "h", 8, steps=("load",))
+    workers = sights_after((NOW, [beat(1), step]), (NOW + TIMEOUT, [beat(2), step]))["r1"]
+    run = RunFacts("r1", "job", S.STARTED, NOW - 500, NOW - 500, workers=workers)
+    [notice] = plan([run], SETTINGS, NOW + TIMEOUT).due[0][1]
+    assert isinstance(notice, Notice)
+    assert notice.message == (
+        "Step worker lost: no heartbeat from the step worker of 'load' (host h, pid 8) for 180"
+        " seconds. The executor and the run's limits decide the run's fate."
+    )
+    warned = RunFacts(
+        "r1",
+        "job",
+        S.STARTED,
+        NOW - 500,
+        NOW - 500,
+        tags={notice.tag: notice.value},
+        workers=workers,
+    )
+    assert plan([warned], SETTINGS, NOW + TIMEOUT).due == []  # once
+    # The run worker lost too (the host went): the run's own verdict, no step warning.
+    gone = sights_after((NOW, [beat(1), step]), (NOW + TIMEOUT, [beat(1), step]))["r1"]
+    health = lost_health(gone, NOW + TIMEOUT)
+    run = RunFacts("r1", "job", S.STARTED, NOW - 500, NOW - 500, workers=gone, health=health)
+    [action] = plan([run], SETTINGS, NOW + TIMEOUT).due[0][1]
+    assert isinstance(action, ResumeRun)

@@ -310,3 +310,39 @@ def test_a_storage_outage_twice_the_timeout_fails_no_run(tmp_path):
                 watcher.stdin.close()
                 watcher.wait(10)
         instance.dispose()
+
+
+def test_a_step_worker_lost_while_its_run_worker_beats_is_one_warning(tmp_path, postgres_database):
+    """The multiprocess executor's step worker and its watcher stop (SIGSTOP: on PostgreSQL,
+    since a frozen SQLite writer would hold the database's lock) while the run worker beats on:
+    one warning naming the step, with its stack; the run is left to its executor."""
+    home = default_launcher_home(tmp_path / "home", "postgres")
+    instance = load_instance(home)
+    instance.wipe()
+    with running([str(BIN / "dagster-daemon"), "run", "-m", MODULE], home, "daemon.log"):
+        run_id = launch(home, "waits_in_step_worker")
+
+        def step_beat() -> Beat | None:
+            beats = read_beats(instance) or []
+            return next((b for b in beats if b.run_id == run_id and b.worker == "step:load"), None)
+
+        step = wait_until(step_beat, 90, "the step worker's beat")
+        stopped = tree(step.pid)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            warned = wait_until(
+                lambda: [m for m in messages(instance, run_id) if m.startswith("Step worker lost")],
+                30,
+                "the warning",
+            )
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
+        assert status_of(instance, run_id) == S.STARTED
+    [message] = warned
+    assert message.startswith(
+        f"Step worker lost: no heartbeat from the step worker of 'load' (host"
+        f" {socket.gethostname()}, pid {step.pid}) for 5 seconds."
+    )
+    assert "in wait_for_partner_api" in message

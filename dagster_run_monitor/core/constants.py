@@ -15,6 +15,7 @@ HANG_TIMEOUT_TAG = "run_monitor/hang_timeout"
 TAG_PREFIX = "run_monitor/"
 REASON_TAG = f"{TAG_PREFIX}reason"  # why the monitor ended or resumed the run
 WARNED_TAG_PREFIX = f"{TAG_PREFIX}warned/"  # one warning per cause: warned/<cause> = value
+STEP_WORKER_LOST_TAG_PREFIX = f"{WARNED_TAG_PREFIX}step_worker_lost/"  # + step worker = token
 CRASH_CAUSE_TAG = f"{TAG_PREFIX}crash_cause"  # the latest crash's cause (crash_cause.CAUSES)
 UNCOUNTED_RESUMES_TAG = f"{TAG_PREFIX}uncounted_resumes"  # "2,3": attempts that did not count
 PAGERDUTY_TAG = f"{TAG_PREFIX}pagerduty"  # the run's open incidents (Alert.subject, by spaces)
@@ -129,6 +130,10 @@ def step_timeout_message(step: str, elapsed: float, limit: float, source: str) -
         f"Step {step} has run for {_num(int(elapsed))} seconds, longer than its limit of"
         f" {_num(limit)} seconds ({source})."
     )
+
+
+def step_worker_lost_message(why: str) -> str:
+    return f"Step worker lost: {why}. The executor and the run's limits decide the run's fate."
 
 
 def hang_message(seconds: float, quiet: float, source: str) -> str:

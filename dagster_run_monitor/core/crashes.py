@@ -10,10 +10,19 @@ from dagster._core.events import RunFailureReason
 from dagster._core.launcher import WorkerStatus
 
 from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.alert_settings import WARNING
 from dagster_run_monitor.core.crash_cause import OOM_KILLED, UNKNOWN, WORKER_LOST, CrashCause
 from dagster_run_monitor.core.heartbeats import Sight, lost, lost_message, run_worker, steps_of
 from dagster_run_monitor.core.memory import raised_memory
-from dagster_run_monitor.core.model import Action, FailRun, Health, Notice, ResumeRun, RunFacts
+from dagster_run_monitor.core.model import (
+    Action,
+    Alert,
+    FailRun,
+    Health,
+    Notice,
+    ResumeRun,
+    RunFacts,
+)
 from dagster_run_monitor.core.settings import FAIL, RESUME, RESUME_UNCOUNTED, MonitorSettings
 
 
@@ -93,6 +102,24 @@ def _reason(run: RunFacts, reason: str = c.REASON_WORKER_CRASH) -> str:
     """A lost worker's crash has its own reason tag (worker_lost)."""
     lost_worker = reason == c.REASON_WORKER_CRASH and cause_of(run).kind == WORKER_LOST
     return c.REASON_WORKER_LOST if lost_worker else reason
+
+
+def lost_step_workers(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
+    """One warning per step worker lost while its run worker beats on (the executor and the
+    limits decide the run's fate)."""
+    timeout = settings.heartbeats.timeout_seconds
+    beating = run_worker(run.workers)
+    if beating is None or lost(beating, now, timeout):
+        return []
+    notices: list[Action] = []
+    for sight in run.workers:
+        why = lost(sight, now, timeout) if sight is not beating else None
+        tag = f"{c.STEP_WORKER_LOST_TAG_PREFIX}{sight.beat.worker}"
+        if why and run.tags.get(tag) != sight.beat.token:
+            message = c.step_worker_lost_message(why)
+            alert = Alert(run.run_id, run.job_name, WARNING, message, reason="step_worker_lost")
+            notices.append(Notice(message, tag, sight.beat.token, alert=alert))
+    return notices
 
 
 def with_heartbeats(

@@ -155,7 +155,8 @@ def lost(sight: Sight, now: float, timeout: float) -> str | None:
     beat = sight.beat
     where = f"the {beat.name} (host {beat.host}, pid {beat.pid})"
     if beat.ended:
-        return f"{where} ended without finishing the run"
+        unfinished = "the run" if beat.worker == RUN_WORKER else "its step"
+        return f"{where} ended without finishing {unfinished}"
     if sight.age(now) >= timeout:
         return f"no heartbeat from {where} for {int(sight.age(now))} seconds"
     return None

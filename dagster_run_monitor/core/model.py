@@ -204,6 +204,8 @@ def with_where(action: Action, where: str) -> Action:
         return replace(action, failure_message=f"{action.failure_message}\n{where}")
     if isinstance(action, (FailRun, ResumeRun)):
         return replace(action, message=f"{action.message}\n{where}")
+    if isinstance(action, Notice) and action.tag.startswith(c.STEP_WORKER_LOST_TAG_PREFIX):
+        return replace(action, message=f"{action.message}\n{where}")
     return action
 
 

@@ -9,7 +9,7 @@ from dagster._core.events import RunFailureReason
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import WARNING
-from dagster_run_monitor.core.crashes import start_failure, worker_crash
+from dagster_run_monitor.core.crashes import lost_step_workers, start_failure, worker_crash
 from dagster_run_monitor.core.durations import parse_duration
 from dagster_run_monitor.core.limit_table import (
     BY_KEY,
@@ -59,6 +59,7 @@ def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]
             or step_timeout(run, limits[STEP_RUNTIME.key], now)
             or stalled(run, limits[STALL_TIMEOUT.key], settings, now)
             or hung(run, limits[HANG_TIMEOUT.key], settings, now)
+            or lost_step_workers(run, settings, now)
         )
     elif status == SUSPENDED:  # (None before Dagster 1.13: no run has it)
         actions += runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
