@@ -32,6 +32,7 @@ from dagster_run_monitor.integration.internals import run_storage_database
 WATCHER = str(Path(__file__).with_name("watcher.py"))
 LINES = 30  # of stacks in a beat
 FRAMES_PER_THREAD = 12
+FIRST_SAMPLE_SECONDS = 1.0
 STEP_ENDS = frozenset({"STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED", "STEP_UP_FOR_RETRY"})
 _STDLIB = tuple(
     p for p in {sysconfig.get_paths().get("stdlib"), sysconfig.get_paths().get("platstdlib")} if p
@@ -78,12 +79,13 @@ class Heartbeat:
             self._stop.set()
 
     def _sample(self) -> None:
-        while not self._stop.is_set():
+        wait = min(FIRST_SAMPLE_SECONDS, self.interval)  # once the worker is under way
+        while not self._stop.wait(wait):
             try:
                 self._send(json.dumps(sample(threading.get_ident(), self.steps)))
             except Exception:
                 pass
-            self._stop.wait(self.interval)
+            wait = self.interval
 
     def stop(self) -> None:
         self._stop.set()
