@@ -145,6 +145,11 @@ def test_killed_run_worker_container_is_resumed_and_finished_steps_do_not_run_ag
     )
     assert starts == {"extract": 1, "transform": 1, "load": 1, "report": 1}
     assert log(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    # The engine's verdict acted (the container's exit), once; the worker's heartbeats, from
+    # inside the container, gave where it was and did not act a second time.
+    detected = next(m for m in log(instance, run.run_id) if m.startswith("Detected"))
+    assert "(cause: signal" in detected and "The run worker (host" in detected
+    assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "signal"
     assert instance.get_run_by_id(run.run_id).tags[CONTAINER_TAG] != first
     assert run_containers(docker_client, run.run_id, running_only=True) == []
 

@@ -26,6 +26,7 @@ import sys
 import time
 
 TICK = 1.0  # how often the worker's liveness is checked
+FIRST_BEAT = 1.5  # seconds after the start (the worker samples its stacks first after 1 s)
 
 
 class Rows:
@@ -159,8 +160,8 @@ class Watcher:
 
     def loop(self, stdin: int) -> None:
         interval, parent = float(self.s["interval"]), int(self.s["pid"])
-        # the first beat after the worker's first sample has come in (its stacks with it)
-        next_beat, pending, open_pipe = time.monotonic() + min(TICK, interval) / 2, b"", True
+        # the first beat once the worker's first sample (after a second) is in: its stacks
+        next_beat, pending, open_pipe = time.monotonic() + min(FIRST_BEAT, interval), b"", True
         while True:
             if os.getppid() != parent:  # the worker's process is gone
                 self.beat(ended=True)
