@@ -9,6 +9,7 @@ in the cluster.
 """
 
 import os
+import signal
 import sys
 import time
 from collections import Counter
@@ -391,6 +392,40 @@ def test_a_killed_run_worker_container_is_resumed(k8s_home, cluster):
     assert cluster.jobs(run.run_id)[job(run, 1)] == "succeeded"
     resumed_after = event_time(instance, run.run_id, c.RESUME_RUN_LOG_MESSAGE) - killed_at
     print(f"\ncontainer killed -> resume event: {resumed_after:.1f} s (poll 2 s)")
+
+
+def test_a_lost_node_is_fenced_and_resumed_within_the_heartbeat_timeout(k8s_home, cluster):
+    """A lost node: the kubelet frozen (SIGSTOP: the API still shows the pod Running and the
+    Job active, as for ~5 minutes after a real node goes) and the worker's container killed.
+    The worker's heartbeats stop: the monitor deletes its Job and resumes the run within the
+    timeout plus a poll interval; once the kubelet is back, the run succeeds, every step once."""
+    beats = {"interval_seconds": 2, "timeout_seconds": 10}
+    home, instance = k8s_home(max_resume_run_attempts=2, worker_heartbeats=beats)
+    kubelet = int((CLUSTER_DIR / "kubelet.pid").read_text())
+    with daemon(home):
+        run = launch(instance, "k8s_steps")
+        wait_for_step(instance, run.run_id, "transform")
+        os.kill(kubelet, signal.SIGSTOP)
+        try:
+            killed_at = time.time()
+            cluster.worker_container(run.run_id).kill()
+            wait_until(
+                lambda: c.RESUME_RUN_LOG_MESSAGE in log(instance, run.run_id), 60, "the resume"
+            )
+            resumed_after = event_time(instance, run.run_id, c.RESUME_RUN_LOG_MESSAGE) - killed_at
+            assert job(run) not in cluster.jobs(run.run_id)  # fenced: deleted before the resume
+        finally:
+            os.kill(kubelet, signal.SIGCONT)
+        assert_ends(instance, run.run_id, S.SUCCESS)
+    messages = log(instance, run.run_id)
+    assert messages.count(c.RESUME_RUN_LOG_MESSAGE) == 1
+    detected = next(m for m in messages if m.startswith("Detected run worker status"))
+    assert (
+        "no heartbeat from the run worker (host" in detected and "(cause: worker_lost)" in detected
+    )
+    assert step_starts(instance, run.run_id) == ALL_STEPS
+    assert resumed_after < beats["timeout_seconds"] + 2 + 5  # timeout + poll, + the pass's work
+    print(f"\nlost node (kubelet frozen, container killed) -> resume event: {resumed_after:.1f} s")
 
 
 # --- 3. Dagster's test_k8s_run_monitoring_startup_fail: the pod cannot start ----------------

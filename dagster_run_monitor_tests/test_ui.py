@@ -20,7 +20,10 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._time import get_current_timestamp
 
 from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.heartbeats import beat_key, stack_key
 from dagster_run_monitor.demo_job import crash_demo
+from dagster_run_monitor.integration.internals import run_storage_database
+from dagster_run_monitor.worker.watcher import Watcher
 from dagster_run_monitor_tests.support.home import SCRIPTED_LAUNCHER, load_instance, write_home
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
 from dagster_run_monitor_tests.support.runs import make_run, messages, status_of
@@ -47,6 +50,7 @@ SETTINGS = {
     "poll_interval_seconds": 5,
 }
 UI_TIMEOUT_MS = 30_000
+STACK_LINE = '  File "/srv/etl/partners.py", line 42, in wait_for_partner_api'
 
 
 def require_browser():
@@ -93,6 +97,22 @@ def test_daemons_page_and_run_pages_show_the_monitor_at_work(tmp_path):
         tags={MAX_RUNTIME_SECONDS_TAG: "600"},
         job_def=crash_demo,
     )
+    # The max-runtime run's worker beats (as its watcher writes them): its failure says where.
+    where = {"stacks": ["Thread MainThread:", STACK_LINE], "hash": "h1", "steps": ["load"]}
+    watcher = Watcher(
+        {
+            "database": "sqlite",
+            "target": run_storage_database(instance)[1],
+            "key": beat_key(max_runtime.run_id),
+            "stack_key": stack_key(max_runtime.run_id),
+            "token": "ui",
+            "pid": os.getpid(),  # (never signaled: the run is not taken over)
+            "host": "worker-1",
+            "interval": 30,
+        }
+    )
+    watcher.sample = where
+    watcher.beat()
     expected = {
         resumed.run_id: (
             S.STARTED,
@@ -105,14 +125,18 @@ def test_daemons_page_and_run_pages_show_the_monitor_at_work(tmp_path):
         start_timeout.run_id: (S.FAILURE, [c.start_timeout_message(60)]),
         max_runtime.run_id: (
             S.FAILURE,
-            [c.max_runtime_canceling_message(600), c.max_runtime_failed_message(600)],
+            [
+                c.max_runtime_canceling_message(600),
+                c.max_runtime_failed_message(600),
+                STACK_LINE.strip(),
+            ],
         ),
     }
 
     def acted() -> bool:  # in storage first: then the UI's turn
         return all(
             status_of(instance, run_id) == status
-            and all(any(m.startswith(s) for m in messages(instance, run_id)) for s in shown)
+            and all(any(s in m for m in messages(instance, run_id)) for s in shown)
             for run_id, (status, shown) in expected.items()
         )
 
