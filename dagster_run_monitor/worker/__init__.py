@@ -1,6 +1,9 @@
-"""Code that runs inside users' run and step workers (empty for now).
+"""Code that runs inside users' run and step workers: their heartbeats.
 
-A guest in someone else's process: small, never raising into the run, bounded in memory and
-CPU, and inert when its feature is off. It imports only ``core`` and ``config``, never the
-daemon, storage readers, launchers or alerts (``dagster_run_monitor_tests/test_layers.py``).
+``beats`` starts, in each run or step worker, a watcher process (``watcher``, a script that
+loads only the standard library and the database driver) and a thread that samples where the
+worker's threads are. A guest in someone else's process: small, never raising into the run,
+bounded in memory and CPU (``benchmarks/watcher_cost.py``), and inert when ``worker_heartbeats``
+is off. It imports only ``core``, ``config`` and Dagster's internals
+(``dagster_run_monitor_tests/test_structure.py``).
 """
