@@ -413,7 +413,12 @@ def test_a_lost_node_is_fenced_and_resumed_within_the_heartbeat_timeout(k8s_home
                 lambda: c.RESUME_RUN_LOG_MESSAGE in log(instance, run.run_id), 60, "the resume"
             )
             resumed_after = event_time(instance, run.run_id, c.RESUME_RUN_LOG_MESSAGE) - killed_at
-            assert job(run) not in cluster.jobs(run.run_id)  # fenced: deleted before the resume
+            fenced = cluster.batch.list_namespaced_job(
+                cluster.namespace, field_selector=f"metadata.name={job(run)}"
+            ).items
+            assert not fenced or fenced[0].metadata.deletion_timestamp, (  # deleted (its pods
+                f"the lost worker's Job is not being deleted: {story(instance, run.run_id)}"
+            )  # wait for the frozen kubelet)
         finally:
             os.kill(kubelet, signal.SIGCONT)
         assert_ends(instance, run.run_id, S.SUCCESS)
