@@ -8,6 +8,7 @@ this pid: the multiprocess executor's children, ``dagster api execute_step``); s
 that instance is disposed. One per process; inert unless ``worker_heartbeats`` is on, and
 nothing here ever raises into the run."""
 
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import sys
 import sysconfig
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,19 @@ def _users(filename: str) -> bool:
 _BEATING: dict[int, Heartbeat] = {}  # pid -> this process's heartbeat
 
 
+def guest(hook: Callable[..., None]) -> Callable[..., None]:
+    """A hook the instance calls in a user's process: whatever goes wrong stays here."""
+
+    @functools.wraps(hook)
+    def never_raising(*args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            pass
+
+    return never_raising
+
+
 def _interval(instance: Any) -> float | None:
     """The beat interval, None where heartbeats are off or the storage has no watcher."""
     config = instance.get_settings("run_monitoring") or {}
@@ -142,16 +157,14 @@ def _interval(instance: Any) -> float | None:
 
 def start(instance: Any, run_id: str, worker: str) -> None:
     """Beat for ``worker`` of ``run_id`` from this process, once."""
-    try:
-        if os.getpid() in _BEATING:
-            return
-        interval = _interval(instance)
-        if interval is not None:
-            _BEATING[os.getpid()] = Heartbeat(instance, run_id, worker, interval)
-    except Exception:
-        pass
+    if os.getpid() in _BEATING:
+        return
+    interval = _interval(instance)
+    if interval is not None:
+        _BEATING[os.getpid()] = Heartbeat(instance, run_id, worker, interval)
 
 
+@guest
 def run_worker_started(instance: Any, run_id: str, metadata: Any) -> None:
     """After an engine event: "Started process for run" with this process's pid."""
     pid = metadata.get("pid") if metadata else None
@@ -160,6 +173,7 @@ def run_worker_started(instance: Any, run_id: str, metadata: Any) -> None:
             start(instance, run_id, RUN_WORKER)
 
 
+@guest
 def event_handled(instance: Any, event: Any) -> None:
     """After each event this process stores: a step worker's start, a step's start or end."""
     dagster_event = getattr(event, "dagster_event", None)
@@ -177,6 +191,7 @@ def event_handled(instance: Any, event: Any) -> None:
         beating.steps.discard(dagster_event.step_key)
 
 
+@guest
 def disposed(instance: Any) -> None:
     """The instance is disposed: the heartbeat it started stops."""
     beating = _BEATING.get(os.getpid())

@@ -98,14 +98,19 @@ def running(args: list[str], home: Path, log_name: str) -> Iterator[subprocess.P
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
+    """SIGTERM the process group, then SIGKILL what is left of it: nothing a test started (a
+    code server waiting for a blocked run, its run workers, their watchers) outlives it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
     try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
 
 
 @contextmanager

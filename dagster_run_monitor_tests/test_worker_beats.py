@@ -1,0 +1,82 @@
+"""The worker side: which processes beat, inert when off, never raising, the watcher's end."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from dagster import MetadataValue
+
+from dagster_run_monitor.core.heartbeats import RUN_WORKER
+from dagster_run_monitor.storage.heartbeats import read_beats
+from dagster_run_monitor.worker import beats
+from dagster_run_monitor_tests.support.home import load_instance, write_home
+from dagster_run_monitor_tests.support.subprocesses import process_env, wait_until
+
+QUICK = {"worker_heartbeats": {"interval_seconds": 1, "timeout_seconds": 5}}
+
+
+def started(pid: int) -> dict:
+    return {"pid": MetadataValue.text(str(pid))}
+
+
+def rows(instance, run_id: str) -> list:
+    return [b for b in read_beats(instance) or [] if b.run_id == run_id]
+
+
+def test_only_this_process_as_a_run_worker_beats_and_a_clean_end_leaves_nothing(make_instance):
+    with make_instance(run_monitoring=QUICK) as instance:
+        beats.run_worker_started(instance, "other", started(os.getpid() + 1))  # another pid
+        beats.run_worker_started(instance, "step", {**started(os.getpid()), "step_keys": "[a]"})
+        assert os.getpid() not in beats._BEATING
+        beats.run_worker_started(instance, "r1", started(os.getpid()))
+        beats.run_worker_started(instance, "r2", started(os.getpid()))  # one per process
+        watcher = beats._BEATING[os.getpid()].process
+        beat = wait_until(lambda: rows(instance, "r1"), 10, "the beat")[0]
+        assert (beat.worker, beat.pid) == (RUN_WORKER, os.getpid())
+        assert rows(instance, "r2") == [] and rows(instance, "other") == []
+        beats.disposed(instance)
+        assert watcher.wait(10) == 0
+        assert rows(instance, "r1") == []  # a clean end removes its rows
+
+
+def test_inert_when_heartbeats_are_off(make_instance):
+    off = {"worker_heartbeats": {"enabled": False}}
+    with make_instance(run_monitoring=off) as instance:
+        beats.run_worker_started(instance, "r1", started(os.getpid()))
+        assert os.getpid() not in beats._BEATING
+
+
+def test_hooks_never_raise_into_the_run(make_instance):
+    with make_instance(run_monitoring=QUICK) as instance:
+        beats.run_worker_started(instance, "r1", None)
+        beats.run_worker_started(instance, "r1", {"pid": object()})
+        beats.event_handled(instance, object())
+        beats.disposed(None)
+        assert os.getpid() not in beats._BEATING
+
+
+WORKER = """
+import os, sys, time
+from dagster import DagsterInstance, MetadataValue
+from dagster_run_monitor.worker import beats
+instance = DagsterInstance.get()
+beats.run_worker_started(instance, sys.argv[1], {"pid": MetadataValue.text(str(os.getpid()))})
+print("beating", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_watcher_sees_its_worker_die_at_once(tmp_path):
+    home = write_home(tmp_path / "home", QUICK)
+    instance = load_instance(home)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, "r1"], env=process_env(home), stdout=subprocess.PIPE
+    )
+    assert worker.stdout.readline() == b"beating\n"
+    wait_until(lambda: rows(instance, "r1"), 10, "the beat")
+    os.kill(worker.pid, signal.SIGKILL)  # the worker alone: its watcher lives on
+    worker.wait(10)
+    [beat] = wait_until(lambda: [b for b in rows(instance, "r1") if b.ended], 5, "the end")
+    assert beat.pid == worker.pid
+    instance.dispose()
