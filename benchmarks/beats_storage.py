@@ -10,14 +10,13 @@ import os
 import threading
 import time
 
-import psycopg2
 from dagster import instance_for_test
 
+from benchmarks.monitor_pass.storage import scratch_database
 from dagster_run_monitor.core.heartbeats import beat_key, stack_key
 from dagster_run_monitor.worker.watcher import Watcher
 
 DATABASE = "run_monitor_beats_storage"
-URL = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{DATABASE}"
 
 
 def _stat(pid: int) -> list[str]:
@@ -47,12 +46,14 @@ def server_cpu() -> float:
     return total
 
 
-def measure(workers: int, seconds: float, interval: float, threads: int, hold: bool) -> str:
+def measure(
+    workers: int, url: str, seconds: float, interval: float, threads: int, hold: bool
+) -> str:
     watchers = [
         Watcher(
             {
                 "database": "postgres",
-                "target": URL,
+                "target": url,
                 "key": beat_key(f"run-{i}"),
                 "stack_key": stack_key(f"run-{i}"),
                 "token": f"t{i}",
@@ -112,16 +113,10 @@ def main() -> None:
         help="keep each watcher's connection open (needs workers < max_connections)",
     )
     args = p.parse_args()
-    admin = psycopg2.connect(dbname="postgres", user="postgres", host="127.0.0.1")
-    admin.autocommit = True
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-    admin.cursor().execute(f"CREATE DATABASE {DATABASE}")
-    try:
-        with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": URL}}}):
+    with scratch_database(DATABASE) as url:
+        with instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}):
             for n in args.workers:
-                print(measure(n, args.seconds, args.interval, args.threads, args.hold), flush=True)
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+                print(measure(n, url, args.seconds, args.interval, args.threads, args.hold))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,12 @@ and PostgreSQL on 127.0.0.1:5432 (a database of its own, dropped at the end)."""
 
 import argparse
 import os
-import tempfile
 import time
 import timeit
 
-import psycopg2
 from dagster import instance_for_test
 
+from benchmarks.monitor_pass.storage import scratch_database
 from dagster_run_monitor.worker.beats import Heartbeat, sample
 
 DATABASE = "run_monitor_watcher_cost"
@@ -35,10 +34,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(storage: str, seconds: float, interval: float) -> str:
+def measure(storage: str, url: str, seconds: float, interval: float) -> str:
     overrides = {}
     if storage == "postgres":
-        url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{DATABASE}"
         overrides = {"storage": {"postgres": {"postgres_url": url}}}
     overrides["run_monitoring"] = {"enabled": True}
     with instance_for_test(overrides=overrides) as instance:
@@ -64,16 +62,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=120)
     p.add_argument("--interval", type=float, default=30)
     args = p.parse_args()
-    admin = psycopg2.connect(dbname="postgres", user="postgres", host="127.0.0.1")
-    admin.autocommit = True
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE}")
-    admin.cursor().execute(f"CREATE DATABASE {DATABASE}")
-    try:
+    with scratch_database(DATABASE) as url:
         for storage in ("sqlite", "postgres"):
-            with tempfile.TemporaryDirectory():
-                print(measure(storage, args.seconds, args.interval), flush=True)
-    finally:
-        admin.cursor().execute(f"DROP DATABASE IF EXISTS {DATABASE}")
+            print(measure(storage, url, args.seconds, args.interval), flush=True)
     per_sample = min(timeit.repeat(lambda: sample(0, {"load"}), number=100, repeat=5)) / 100
     print(
         f"sampling thread: {per_sample * 1e3:.2f} ms a sample (this process's threads), once per"

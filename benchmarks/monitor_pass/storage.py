@@ -26,6 +26,19 @@ def pg_admin(statement: str) -> None:
     support_pg_admin(statement, dbname="postgres", connect_timeout=5)
 
 
+@contextlib.contextmanager
+def scratch_database(name: str) -> Iterator[str]:
+    """A PostgreSQL database of the benchmark's own on the local server, dropped after; its
+    URL."""
+    check_database_name(name)
+    pg_admin(f"DROP DATABASE IF EXISTS {name}")
+    pg_admin(f"CREATE DATABASE {name}")
+    try:
+        yield pg_url(name)
+    finally:
+        pg_admin(f"DROP DATABASE IF EXISTS {name}")
+
+
 def check_database_name(name: str) -> None:
     if name in ("test", "postgres", "template0", "template1") or name.startswith(
         "run_monitor_test_"
