@@ -157,11 +157,7 @@ def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) 
     if idle < limit.seconds:
         return []
     message = c.stall_message(limit.seconds, idle, limit.source)
-    if settings.stall_action == "resume" and run.resume_attempts < settings.resume_attempts:
-        attempt = run.resume_attempts + 1
-        message = f"{message} Resuming run {run.run_id} with a new worker."
-        return [ResumeRun(attempt, message, True, c.REASON_STALLED)]
-    return [TerminateAndFail(message, message, c.REASON_STALLED, limit.seconds, idle)]
+    return resume_or_stop(run, message, c.REASON_STALLED, limit.seconds, idle, settings)
 
 
 def hung(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> list[Action]:
@@ -171,10 +167,24 @@ def hung(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> 
         return []
     quiet = now - run.quiet_since
     message = c.hang_message(limit.seconds, quiet, limit.source)
+    return resume_or_stop(run, message, c.REASON_HUNG, limit.seconds, quiet, settings)
+
+
+def resume_or_stop(
+    run: RunFacts,
+    message: str,
+    reason: str,
+    limit: float,
+    observed: float,
+    settings: MonitorSettings,
+) -> list[Action]:
+    """A stuck worker (stalled, hung): killed and the run resumed where ``stall_action:
+    resume`` and the attempts allow, else Dagster's sequence: canceling, terminate, FAILURE."""
     if settings.stall_action == "resume" and run.resume_attempts < settings.resume_attempts:
+        attempt = run.resume_attempts + 1
         message = f"{message} Resuming run {run.run_id} with a new worker."
-        return [ResumeRun(run.resume_attempts + 1, message, True, c.REASON_HUNG)]
-    return [TerminateAndFail(message, message, c.REASON_HUNG, limit.seconds, quiet)]
+        return [ResumeRun(attempt, message, True, reason)]
+    return [TerminateAndFail(message, message, reason, limit, observed)]
 
 
 def cancel_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
