@@ -217,9 +217,7 @@ def _apply(
         elif isinstance(action, FailRun):
             fail(instance, run, action, logger)
             if action.reason == c.REASON_WORKER_LOST and run.run_id in beating:
-                take_over(
-                    instance, run.run_id, get_current_timestamp()
-                )  # a worker that comes back stops itself
+                take_over(instance, run.run_id, get_current_timestamp())  # it stops if back
         elif isinstance(action, CancelRun):
             message = action.message
             if action.debug_info:
