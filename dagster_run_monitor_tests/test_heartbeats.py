@@ -126,6 +126,8 @@ def test_default_launcher_lost_host_stacks_and_a_gil_holding_call(tmp_path, stor
         too_long = launch(home, "waits", {c.MAX_RUNTIME_TAG: "8"})
         step_too_long = launch(home, "waits_in_step_worker", {c.MAX_RUNTIME_TAG: "10"})
         hung = launch(home, "waits", {c.HANG_TIMEOUT_TAG: "6"})
+        step_timeout = launch(home, "waits", {c.MAX_STEP_RUNTIME_TAG: "6"})
+        stalled = launch(home, "waits", {c.STALL_TIMEOUT_TAG: "6"})
         busy = launch(home, "spins", {c.HANG_TIMEOUT_TAG: "6"})
         lost = launch(home, "waits")
         beat = wait_until(lambda: run_worker_beat(instance, lost), 90, "the run worker's beat")
@@ -155,6 +157,12 @@ def test_default_launcher_lost_host_stacks_and_a_gil_holding_call(tmp_path, stor
         message = next(m for m in messages(instance, step_too_long) if m.startswith("Exceeded"))
         assert "The step worker of 'load' (host" in message
         assert "in wait_for_partner_api" in message
+
+        # ... and under a step timeout, and a stall.
+        for run_id, starts in ((step_timeout, "Step load has run for"), (stalled, "Run stalled")):
+            wait_until(lambda r=run_id: status_of(instance, r) == S.FAILURE, 60, starts)
+            message = [m for m in messages(instance, run_id) if m.startswith(starts)][-1]
+            assert "in wait_for_partner_api" in message
 
         # Hang detection: blocked on a lock, hung; a busy loop writing no events, not hung.
         wait_until(lambda: status_of(instance, hung) == S.FAILURE, 60, "the hang's failure")
