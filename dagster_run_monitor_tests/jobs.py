@@ -51,4 +51,27 @@ def exits_three():
     exit_three()
 
 
-defs = Definitions(jobs=[crash_demo, always_dies, sleeps, hangs, exits_three])
+@op
+def main_thread_exits_first():
+    """The worker's main thread exits (its /proc entry reads zombie) while another thread runs
+    on for a second, then ends the process with code 3: as a killed worker with many threads
+    looks for a moment."""
+    import ctypes
+    import threading
+
+    def exit_later():
+        time.sleep(1)
+        os._exit(3)
+
+    threading.Thread(target=exit_later).start()
+    ctypes.CDLL(None).pthread_exit(None)
+
+
+@job(executor_def=in_process_executor)
+def main_thread_exits_first_job():
+    main_thread_exits_first()
+
+
+defs = Definitions(
+    jobs=[crash_demo, always_dies, sleeps, hangs, exits_three, main_thread_exits_first_job]
+)

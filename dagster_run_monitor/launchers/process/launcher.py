@@ -3,6 +3,7 @@
 import os
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,6 +36,8 @@ from dagster_run_monitor.launchers.process.processes import (
     stop_group,
 )
 from dagster_run_monitor.storage.bulk_writes import add_tags_while
+
+EXITING_SECONDS = 2.0  # at most, for a killed worker's threads to exit (``_exit_of_exiting``)
 
 
 class ProcessRunLauncher(RunLauncher, ConfigurableClass):
@@ -198,13 +201,22 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
                 self._exits[process.pid] = (returncode, oom_kills())
             return self._exits[process.pid]
 
+    def _exit_of_exiting(self, process: subprocess.Popen) -> tuple[int, int | None] | None:
+        """``_exited`` of a worker /proc already shows gone: its main thread is a zombie, but
+        a killed process becomes waitable only once all its threads have exited, a few
+        milliseconds later (found as "exit status was not recorded" in test_process_launcher)."""
+        deadline = time.monotonic() + EXITING_SECONDS
+        while (exited := self._exited(process)) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return exited
+
     def _exit_status(self, run: DagsterRun) -> tuple[int, int | None] | None:
         """(returncode, OOM kill count at the exit) of the run's current worker, if ended:
         from the process if it was started here, else from its tag, read again if ``run``
         was read before it was written (the reaper writes it, then forgets the process)."""
         pid = run.tags.get(c.WORKER_PID_TAG)
         process = self._workers.get(int(pid)) if pid and pid.isdigit() else None
-        if process is not None and (exited := self._exited(process)) is not None:
+        if process is not None and (exited := self._exit_of_exiting(process)) is not None:
             return exited
         if (recorded := _recorded_exit(run.tags)) is not None:
             return recorded
