@@ -103,6 +103,15 @@ def heal(instance, run_id: str, worker: int, partitioned: list[int]) -> None:
     assert [(pid, message) for pid, message in later if pid == worker] == [], later
 
 
+ENDED = (S.FAILURE, S.CANCELED)
+
+
+def stacked(instance, run_id: str, starts: str) -> str | None:
+    """The run's message that starts so and carries the worker's stack, once written."""
+    found = [m for m in messages(instance, run_id) if m.startswith(starts)]
+    return next((m for m in found if "in wait_for_partner_api" in m), None)
+
+
 def run_worker_beat(instance, run_id: str) -> Beat | None:
     beats = read_beats(instance) or []
     return next((b for b in beats if b.run_id == run_id and b.worker == RUN_WORKER), None)
@@ -147,28 +156,22 @@ def test_default_launcher_lost_host_stacks_and_a_gil_holding_call(tmp_path, stor
         assert status_of(instance, gil) == S.SUCCESS
         assert not any("heartbeat" in m for m in messages(instance, gil))
 
-        # Max runtime: the failure says where the worker was.
-        wait_until(lambda: status_of(instance, too_long) == S.FAILURE, 60, "max runtime")
-        message = next(m for m in messages(instance, too_long) if m.startswith("Exceeded"))
-        assert "The run worker (host" in message
-        assert "in wait_for_partner_api" in message
-        # ... and with the multiprocess executor, where its step worker was.
-        wait_until(lambda: status_of(instance, step_too_long) == S.FAILURE, 60, "max runtime")
-        message = next(m for m in messages(instance, step_too_long) if m.startswith("Exceeded"))
-        assert "The step worker of 'load' (host" in message
-        assert "in wait_for_partner_api" in message
+        # Max runtime, step timeout, stall, hang (blocked on a lock): each failure says where
+        # the worker was; with the multiprocess executor, where its step worker was.
+        for run_id, reason, starts, worker in (
+            (too_long, c.REASON_MAX_RUNTIME, "Exceeded", "The run worker (host"),
+            (step_too_long, c.REASON_MAX_RUNTIME, "Exceeded", "The step worker of 'load' (host"),
+            (step_timeout, c.REASON_STEP_TIMEOUT, "Step load has run for", "The run worker"),
+            (stalled, c.REASON_STALLED, "Run stalled", "The run worker"),
+            (hung, c.REASON_HUNG, "Run hung", "The run worker"),
+        ):
+            message = wait_until(lambda r=run_id, s=starts: stacked(instance, r, s), 60, starts)
+            assert worker in message
+            assert tags_of(instance, run_id)[c.REASON_TAG] == reason
+            # (ended: FAILURE, or CANCELED where the worker, told to stop, ended it first)
+            wait_until(lambda r=run_id: status_of(instance, r) in ENDED, 30, "its end")
 
-        # ... and under a step timeout, and a stall.
-        for run_id, starts in ((step_timeout, "Step load has run for"), (stalled, "Run stalled")):
-            wait_until(lambda r=run_id: status_of(instance, r) == S.FAILURE, 60, starts)
-            message = [m for m in messages(instance, run_id) if m.startswith(starts)][-1]
-            assert "in wait_for_partner_api" in message
-
-        # Hang detection: blocked on a lock, hung; a busy loop writing no events, not hung.
-        wait_until(lambda: status_of(instance, hung) == S.FAILURE, 60, "the hang's failure")
-        assert tags_of(instance, hung)[c.REASON_TAG] == c.REASON_HUNG
-        message = [m for m in messages(instance, hung) if m.startswith("Run hung")][-1]
-        assert "in wait_for_partner_api" in message
+        # A busy loop writing no events for longer than the hang timeout is not hung.
         wait_until(lambda: status_of(instance, busy) in (S.SUCCESS, S.FAILURE), 60, "the spin")
         assert status_of(instance, busy) == S.SUCCESS
 
