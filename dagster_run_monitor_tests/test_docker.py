@@ -151,7 +151,11 @@ def test_killed_run_worker_container_is_resumed_and_finished_steps_do_not_run_ag
     assert "(cause: signal" in detected and "The run worker (host" in detected
     assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "signal"
     assert instance.get_run_by_id(run.run_id).tags[CONTAINER_TAG] != first
-    assert run_containers(docker_client, run.run_id, running_only=True) == []
+    wait_until(  # a worker's container exits a moment after its run ended (its heartbeat stops)
+        lambda: run_containers(docker_client, run.run_id, running_only=True) == [],
+        30,
+        "the run's containers to exit",
+    )
 
 
 def test_a_container_that_keeps_dying_is_resumed_max_times_then_failed(docker_home):
