@@ -193,7 +193,7 @@ def test_a_worker_that_keeps_dying_is_resumed_max_times_then_failed(
         watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE)
         log = messages(instance, run.run_id)
         assert log.count(c.RESUME_RUN_LOG_MESSAGE) == 2
-        assert "was killed by signal SIGKILL" in log[-1]
+        assert "was killed by signal SIGKILL" in log[-1], "\n".join(log)
         assert "surpassed the configured maximum attempts to resume the run: 2" in log[-1]
 
 

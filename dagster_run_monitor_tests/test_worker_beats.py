@@ -5,10 +5,12 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from dagster import MetadataValue
 
 from dagster_run_monitor.core.heartbeats import RUN_WORKER
-from dagster_run_monitor.storage.heartbeats import read_beats
+from dagster_run_monitor.launchers.process.processes import is_alive
+from dagster_run_monitor.storage.heartbeats import read_beats, take_over
 from dagster_run_monitor.worker import beats
 from dagster_run_monitor_tests.support.home import load_instance, write_home
 from dagster_run_monitor_tests.support.subprocesses import process_env, wait_until
@@ -62,7 +64,7 @@ from dagster import DagsterInstance, MetadataValue
 from dagster_run_monitor.worker import beats
 instance = DagsterInstance.get()
 beats.run_worker_started(instance, sys.argv[1], {"pid": MetadataValue.text(str(os.getpid()))})
-print("beating", flush=True)
+print("beating", beats._BEATING[os.getpid()].process.pid, flush=True)
 time.sleep(600)
 """
 
@@ -73,10 +75,35 @@ def test_the_watcher_sees_its_worker_die_at_once(tmp_path):
     worker = subprocess.Popen(
         [sys.executable, "-c", WORKER, "r1"], env=process_env(home), stdout=subprocess.PIPE
     )
-    assert worker.stdout.readline() == b"beating\n"
+    assert worker.stdout.readline().startswith(b"beating ")
     wait_until(lambda: rows(instance, "r1"), 10, "the beat")
     os.kill(worker.pid, signal.SIGKILL)  # the worker alone: its watcher lives on
     worker.wait(10)
     [beat] = wait_until(lambda: [b for b in rows(instance, "r1") if b.ended], 5, "the end")
     assert beat.pid == worker.pid
+    instance.dispose()
+
+
+@pytest.mark.parametrize("taken_over", [False, True])
+def test_a_worker_dead_before_its_first_beat_never_writes_over_the_monitors_row(
+    tmp_path, taken_over
+):
+    """The monitor may see the worker dead and resume (fencing the row) before the watcher
+    notices: its late ``ended`` must not read as the new worker's loss (seen in CI)."""
+    home = write_home(tmp_path / "home", QUICK)
+    instance = load_instance(home)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", WORKER, "r1"], env=process_env(home), stdout=subprocess.PIPE
+    )
+    watcher_pid = int(worker.stdout.readline().split()[1])  # its first beat is 1.5 s away
+    if taken_over:
+        take_over(instance, "r1", 1000.0)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+    wait_until(lambda: not is_alive(watcher_pid), 10, "the watcher's end")
+    [beat] = rows(instance, "r1")
+    if taken_over:
+        assert beat.fenced and not beat.ended
+    else:
+        assert beat.ended and beat.pid == worker.pid
     instance.dispose()

@@ -44,6 +44,10 @@ def observe(
     judge heartbeats by the daemon's clock across passes (without: this pass is the first)."""
     records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
     storage = instance.event_log_storage
+    # Beats before the launcher's checks: a launcher that sees a worker running is never
+    # weighed against a later beat (a worker dying in between would read lost, not its cause).
+    beats = beats or HeartbeatSight()
+    workers = beats.read(instance, settings, now)
     checks = None
     if settings.can_check_health:  # the checks run while the event log is read
         checked = [r for r in records if r.dagster_run.status in HEALTH_CHECKED]
@@ -65,8 +69,6 @@ def observe(
             answers,
         )
         checks.submit([r.dagster_run for r in checked])
-    beats = beats or HeartbeatSight()
-    workers = beats.read(instance, settings, now)
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     if not crashes_only:
         beats.forget_ended(instance, set(runs), now)

@@ -122,7 +122,12 @@ class Watcher:
         self.seq += 1
         key = self.s["key"]
         try:
-            if not self.owned:
+            if not self.owned and ended:  # dead before its first beat: never over a row
+                self.rows.run(  # the monitor fenced, or a new worker's, when it acted first
+                    "INSERT INTO kvs (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (key, self.value(ended)),
+                )
+            elif not self.owned:
                 self.rows.upsert(key, self.value(ended))
                 self.owned = True
             elif not self.rows.run(
