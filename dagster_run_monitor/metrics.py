@@ -23,7 +23,9 @@ class NoMetrics:
 
     enabled = False
 
-    def observed(self, facts: Sequence[RunFacts], over_warning: int | None) -> None: ...
+    def observed(
+        self, facts: Sequence[RunFacts], over_warning: int | None, slower: int | None = None
+    ) -> None: ...
 
     def passed(self, kind: str, seconds: float) -> None: ...
 
@@ -72,7 +74,12 @@ class Metrics(NoMetrics):
             "Runs that have used warn_after_fraction of a limit (last full pass)",
             registry=r,
         )
-
+        self.slower_than_usual = Gauge(
+            f"{PREFIX}_runs_slower_than_usual",
+            "Runs past their learned warning: warn_factor x their job's usual runtime (last full"
+            " pass)",
+            registry=r,
+        )
         self.breaker_open = Gauge(
             f"{PREFIX}_breaker_open",
             "1 while the breaker is open (the last pass distrusted its own sight), else 0",
@@ -87,14 +94,17 @@ class Metrics(NoMetrics):
 
         start_http_server(port, addr=host, registry=self.registry)
 
-    def observed(self, facts: Sequence[RunFacts], over_warning: int | None) -> None:
-        """Record what a pass saw: the runs by status (full passes, ``over_warning`` given),
-        the health checks."""
+    def observed(
+        self, facts: Sequence[RunFacts], over_warning: int | None, slower: int | None = None
+    ) -> None:
+        """Record what a pass saw: the runs by status and past their thresholds (full passes,
+        ``over_warning`` given), the health checks."""
         if over_warning is not None:
             self.runs.clear()
             for status, count in Counter(f.status.value for f in facts).items():
                 self.runs.labels(status).set(count)
             self.over_warning.set(over_warning)
+            self.slower_than_usual.set(slower or 0)
         for f in facts:
             if f.health is not None:
                 self.health_check_seconds.observe(f.health.seconds)

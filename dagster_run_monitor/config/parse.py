@@ -19,6 +19,7 @@ from dagster_run_monitor.config.alerts import alert_settings
 from dagster_run_monitor.config.schema import DAGSTER_KEYS
 from dagster_run_monitor.core.crash_cause import CAUSES
 from dagster_run_monitor.core.durations import parse_duration
+from dagster_run_monitor.core.learned import FACTOR_KEYS, LearnedLimits
 from dagster_run_monitor.core.limit_table import RULE_KEYS
 from dagster_run_monitor.core.memory import OomMemory, parse_memory
 from dagster_run_monitor.core.settings import (
@@ -88,6 +89,7 @@ def settings_from_config(
     values["oom_memory"] = _oom_memory(config.get("oom_memory"))
     values["heartbeats"] = _heartbeats(config.get("worker_heartbeats"))
     values["breaker"] = _breaker(config.get("breaker"))
+    values["learned"] = _learned(config.get("learned_limits"))
     return MonitorSettings(**values, can_check_health=can_check_health, can_resume=can_resume)
 
 
@@ -149,6 +151,11 @@ def _rule(index: int, config: Mapping[str, AnyType]) -> Rule:
             why = "expected seconds or a duration"
             raise invalid_setting(f"rules[{index}].{key}", config[key], why) from None
     fraction = config.get("warn_after_fraction")
+    factors = {
+        key: _factor(f"rules[{index}].{key}", config[key])
+        for key in FACTOR_KEYS
+        if config.get(key) is not None
+    }
     return Rule(
         index=index,
         job=match.get("job"),
@@ -158,6 +165,7 @@ def _rule(index: int, config: Mapping[str, AnyType]) -> Rule:
         warn_after_fraction=(
             _fraction(f"rules[{index}].warn_after_fraction", fraction) if fraction else None
         ),
+        factors=factors,
     )
 
 
@@ -247,6 +255,36 @@ def _breaker(config: AnyType) -> Breaker:
     _number("breaker.fraction", breaker.fraction, 0, 1)
     _number("breaker.min_runs", breaker.min_runs, 1)
     return breaker
+
+
+def _learned(config: AnyType) -> LearnedLimits:
+    learned = LearnedLimits(**_block("learned_limits", config, LearnedLimits()))
+    key = "learned_limits."
+    for name in FACTOR_KEYS:
+        _factor(key + name, getattr(learned, name))
+    _integer(key + "min_runs", learned.min_runs, 2)
+    _integer(key + "runs", learned.runs, learned.min_runs)
+    percentile = learned.percentile
+    number = isinstance(percentile, (int, float)) and not isinstance(percentile, bool)
+    if not number or not 0 < percentile <= 100:
+        raise invalid_setting(key + "percentile", percentile, "expected a number in (0, 100]")
+    _number(key + "min_seconds", learned.min_seconds, 0)
+    _number(key + "refresh_seconds", learned.refresh_seconds, 1)
+    return learned
+
+
+def _factor(key: str, value: AnyType) -> float:
+    """0 (off), or a multiple of at least 1 of the learned percentile."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or (value != 0 and value < 1):
+        raise invalid_setting(key, value, "expected 0 (off) or a factor of at least 1, such as 3")
+    return float(value)
+
+
+def _integer(key: str, value: AnyType, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise invalid_setting(key, value, f"expected a whole number of at least {low}")
+    return value
 
 
 def invalid_setting(key: str, value: object, why: str) -> DagsterInvalidConfigError:

@@ -3,6 +3,7 @@
 from dagster import Any, Bool, Field, Map, Permissive, StringSource
 
 from dagster_run_monitor.core.alert_settings import ALERT_EVENTS, WARNING
+from dagster_run_monitor.core.learned import FACTOR_KEYS
 from dagster_run_monitor.core.limit_table import LIMITS, RULE_KEYS
 from dagster_run_monitor.core.settings import OUR_KEYS
 
@@ -61,6 +62,7 @@ def run_monitoring_config_field() -> Field:
             "oom_memory": Field(Any, is_required=False),
             "worker_heartbeats": Field(Any, is_required=False),
             "breaker": Field(Any, is_required=False),
+            "learned_limits": Field(Any, is_required=False),
             "rules": Field(
                 [
                     {
@@ -74,6 +76,7 @@ def run_monitoring_config_field() -> Field:
                         ),
                         **{key: Field(Any, is_required=False) for key in RULE_KEYS},
                         "warn_after_fraction": Field(float, is_required=False),
+                        **{key: Field(Any, is_required=False) for key in FACTOR_KEYS},
                     }
                 ],
                 is_required=False,

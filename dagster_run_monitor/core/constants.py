@@ -10,6 +10,7 @@ QUEUE_TIMEOUT_TAG = "run_monitor/queue_timeout"
 STALL_TIMEOUT_TAG = "run_monitor/stall_timeout"
 MAX_STEP_RUNTIME_TAG = "run_monitor/max_step_runtime"
 HANG_TIMEOUT_TAG = "run_monitor/hang_timeout"
+LEARNED_LIMITS_TAG = "run_monitor/learned_limits"  # "off": no limit learned for this run
 
 # Run tags we write.
 TAG_PREFIX = "run_monitor/"
@@ -19,6 +20,9 @@ STEP_WORKER_LOST_TAG_PREFIX = f"{WARNED_TAG_PREFIX}step_worker_lost/"  # + step 
 CRASH_CAUSE_TAG = f"{TAG_PREFIX}crash_cause"  # the latest crash's cause (crash_cause.CAUSES)
 UNCOUNTED_RESUMES_TAG = f"{TAG_PREFIX}uncounted_resumes"  # "2,3": attempts that did not count
 PAGERDUTY_TAG = f"{TAG_PREFIX}pagerduty"  # the run's open incidents (Alert.subject, by spaces)
+RESUMED_TAG = f"{TAG_PREFIX}resumed"  # the latest resume's attempt number (kept out of history)
+LIMIT_SOURCE_TAG = f"{TAG_PREFIX}limit_source"  # "learned": the limit that ended it was learned
+SLOWER_THAN_USUAL = "slower_than_usual"  # the warning's WARNED_TAG_PREFIX key and alert limit
 
 # Written by ProcessRunLauncher: where the run's current worker process is.
 WORKER_PID_TAG = f"{TAG_PREFIX}worker_pid"
@@ -54,12 +58,34 @@ def cancel_timeout_message(seconds: float) -> str:
     return f"Run timed out due to taking longer than {_num(seconds)} seconds to cancel."
 
 
-def max_runtime_canceling_message(seconds: float) -> str:
-    return f"Canceling due to exceeding maximum runtime of {int(seconds)} seconds."
+def max_runtime_canceling_message(seconds: float, note: str = "") -> str:
+    return f"Canceling due to exceeding maximum runtime of {int(seconds)} seconds{note}."
 
 
-def max_runtime_failed_message(seconds: float) -> str:
-    return f"Exceeded maximum runtime of {int(seconds)} seconds."
+def max_runtime_failed_message(seconds: float, note: str = "") -> str:
+    return f"Exceeded maximum runtime of {int(seconds)} seconds{note}."
+
+
+def slower_than_usual_message(
+    elapsed: float, factor: float, percentile: float, value: float, runs: int
+) -> str:
+    return (
+        f"Run is slower than usual: {_minutes(elapsed)} so far, past {factor:g} x"
+        f" p{percentile:g} ({_minutes(value)}) of its job's last {runs} successful runs."
+    )
+
+
+def invalid_learning_tag_message(value: str) -> str:
+    return (
+        f"Invalid value {value!r} for tag {LEARNED_LIMITS_TAG}: expected on or off."
+        " Learned limits apply."
+    )
+
+
+def _minutes(seconds: float) -> str:
+    if seconds < 120:
+        return f"{int(seconds)} seconds"
+    return f"{int(seconds // 60)} minutes"
 
 
 TERMINATE_EXCEPTION_MESSAGE = (

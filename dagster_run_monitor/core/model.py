@@ -14,6 +14,7 @@ from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import BREAKER, CANCELED, FAILED, RESUMED, WARNING
 from dagster_run_monitor.core.crash_cause import CrashCause
 from dagster_run_monitor.core.heartbeats import Sight
+from dagster_run_monitor.core.learned import History
 from dagster_run_monitor.core.limits import Limits
 
 HEALTHY = frozenset({WorkerStatus.RUNNING.value, WorkerStatus.SUCCESS.value})
@@ -89,6 +90,7 @@ class RunFacts:
     limits: "Limits | None" = None  # resolved once per pass (None: decide resolves them)
     workers: tuple[Sight, ...] = ()  # its workers' heartbeats as this daemon saw them
     quiet_since: float | None = None  # no event, same stacks, no CPU time since (hang clock)
+    history: History | None = None  # its job's recent successful runs (learned limits)
 
     @property
     def oldest_step_started_at(self) -> float | None:
@@ -131,6 +133,7 @@ class TerminateAndFail:
     reason: str
     limit: float | None = field(default=None, compare=False)
     observed: float | None = field(default=None, compare=False)
+    tags: Mapping[str, str] = field(default_factory=dict)  # written with the reason tag
 
 
 @dataclass(frozen=True)

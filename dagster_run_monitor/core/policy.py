@@ -10,7 +10,6 @@ from dagster._core.events import RunFailureReason
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import WARNING
 from dagster_run_monitor.core.crashes import lost_step_workers, start_failure, worker_crash
-from dagster_run_monitor.core.durations import parse_duration
 from dagster_run_monitor.core.limit_table import (
     BY_KEY,
     CANCEL_TIMEOUT,
@@ -19,11 +18,10 @@ from dagster_run_monitor.core.limit_table import (
     QUEUE_TIMEOUT,
     STALL_TIMEOUT,
     START_TIMEOUT,
-    STEP_RUNTIME,
     WARNED,
     clock_start,
 )
-from dagster_run_monitor.core.limits import Limit, Limits, resolve_limits
+from dagster_run_monitor.core.limits import Limit, Limits, resolve_limits, with_history
 from dagster_run_monitor.core.model import (
     SUSPENDED,
     Action,
@@ -55,18 +53,19 @@ def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]
     elif status == DagsterRunStatus.STARTED:
         actions += (
             worker_crash(run, settings, now)
-            or runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
-            or step_timeout(run, limits[STEP_RUNTIME.key], now)
+            or runtime_exceeded(run, limits[MAX_RUNTIME.key], now)
+            or step_timeout(run, limits, now)
             or stalled(run, limits[STALL_TIMEOUT.key], settings, now)
             or hung(run, limits[HANG_TIMEOUT.key], settings, now)
             or lost_step_workers(run, settings, now)
         )
     elif status == SUSPENDED:  # (None before Dagster 1.13: no run has it)
-        actions += runtime_exceeded(run, limits[MAX_RUNTIME.key].seconds, now)
+        actions += runtime_exceeded(run, limits[MAX_RUNTIME.key], now)
     elif status == DagsterRunStatus.CANCELING:
         actions += cancel_timeout(run, limits, now)
     if not any(isinstance(a, (FailRun, CancelRun, TerminateAndFail)) for a in actions):
         actions += threshold_warnings(run, limits, settings, now)
+        actions += slower_than_usual(run, limits, now)
     return actions
 
 
@@ -81,6 +80,12 @@ def bad_tag_notices(run: RunFacts, limits: Limits) -> list[Action]:
             )
             alert = Alert(run.run_id, run.job_name, "invalid_tag", message)
             notices.append(Notice(message, tag, bad.value, alert=alert))
+    bad = limits.bad_learning_tag
+    tag = f"{c.WARNED_TAG_PREFIX}{c.LEARNED_LIMITS_TAG}"
+    if bad is not None and run.tags.get(tag) != bad:
+        message = c.invalid_learning_tag_message(bad)
+        alert = Alert(run.run_id, run.job_name, "invalid_tag", message)
+        notices.append(Notice(message, tag, bad, alert=alert))
     return notices
 
 
@@ -114,39 +119,68 @@ def start_timeout(
     ]
 
 
-def runtime_exceeded(run: RunFacts, limit: float, now: float) -> list[Action]:
-    if not limit or run.started_at is None or now - run.started_at <= limit:
+def runtime_exceeded(run: RunFacts, limit: Limit, now: float) -> list[Action]:
+    seconds = limit.seconds
+    if not seconds or run.started_at is None or now - run.started_at <= seconds:
         return []
     return [
         TerminateAndFail(
-            c.max_runtime_canceling_message(limit),
-            c.max_runtime_failed_message(limit),
+            c.max_runtime_canceling_message(seconds, limit.note()),
+            c.max_runtime_failed_message(seconds, limit.note()),
             c.REASON_MAX_RUNTIME,
-            limit,
+            seconds,
             now - run.started_at,
+            _source_tags(limit),
         )
     ]
 
 
-def step_timeout(run: RunFacts, run_limit: Limit, now: float) -> list[Action]:
-    """A step running longer than its op's ``run_monitor/max_step_runtime`` tag, or than the
-    run's limit, fails the run, naming the step."""
+def step_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
+    """A step running longer than its limit (``Limits.step``: its op's tag, the run's, or
+    learned from the step's history) fails the run, naming the step."""
     for step, started in sorted(run.running_steps.items(), key=lambda item: item[1]):
-        limit = run_limit
-        if step in run.step_limits:
-            try:
-                limit = Limit(
-                    parse_duration(run.step_limits[step]), f"op tag {c.MAX_STEP_RUNTIME_TAG}"
-                )
-            except ValueError:
-                pass  # the run's limit applies; the tag is shown in `dagster-run-monitor explain`
+        limit = limits.step(step, run.step_limits.get(step))
         elapsed = now - started
         if limit.seconds and elapsed > limit.seconds:
             message = c.step_timeout_message(step, elapsed, limit.seconds, limit.source)
-            return [
-                TerminateAndFail(message, message, c.REASON_STEP_TIMEOUT, limit.seconds, elapsed)
-            ]
+            tags = _source_tags(limit)
+            reason = c.REASON_STEP_TIMEOUT
+            return [TerminateAndFail(message, message, reason, limit.seconds, elapsed, tags)]
     return []
+
+
+def _source_tags(limit: Limit) -> dict[str, str]:
+    return {c.LIMIT_SOURCE_TAG: "learned"} if limit.is_learned else {}
+
+
+def slower_than_usual(run: RunFacts, limits: Limits, now: float) -> list[Action]:
+    """One warning (and alert) when a started run has run longer than its job usually does:
+    ``warn_factor`` x the percentile of its last successful runs."""
+    learned = limits.slower_than
+    if not is_slower_than_usual(run, limits, now) or learned is None:
+        return []
+    tag = f"{c.WARNED_TAG_PREFIX}{c.SLOWER_THAN_USUAL}"
+    if tag in run.tags:
+        return []
+    elapsed = now - run.started_at  # type: ignore[operator]
+    sample = learned.sample
+    message = c.slower_than_usual_message(
+        elapsed, learned.factor, learned.percentile, sample.value, sample.count
+    )
+    alert = Alert(
+        run.run_id, run.job_name, WARNING, message, c.SLOWER_THAN_USUAL, learned.seconds, elapsed
+    )
+    return [Notice(message, tag, f"{learned.seconds:.0f}", alert=alert)]
+
+
+def is_slower_than_usual(run: RunFacts, limits: Limits, now: float) -> bool:
+    learned = limits.slower_than
+    return (
+        learned is not None
+        and run.status == DagsterRunStatus.STARTED
+        and run.started_at is not None
+        and now - run.started_at > learned.seconds
+    )
 
 
 def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> list[Action]:
@@ -236,7 +270,8 @@ def limits_of(run: RunFacts, settings: MonitorSettings) -> Limits:
     """The limits observed with the run, or resolved now (facts built by hand)."""
     if run.limits is not None:
         return run.limits
-    return resolve_limits(run.job_name, run.location, run.tags, settings)
+    limits = resolve_limits(run.job_name, run.location, run.tags, settings)
+    return with_history(limits, run.history, settings.learned)
 
 
 @dataclass(frozen=True)
@@ -248,6 +283,7 @@ class Plan:
     unhealthy_since: dict[str, float]  # the clocks to carry to the next pass
     unanswered: str | None  # the heartbeat's one error for health checks with no answer
     over_warning_threshold: int | None  # runs past warn_after_fraction (full passes only)
+    slower_than_usual: int | None = None  # runs past their learned warning (full passes only)
     breaker: str | None = None  # open: why no verdict of a blind monitor was acted on
 
 
@@ -286,9 +322,10 @@ def plan(
             f"{len(unanswered)} worker health check(s) had no answer; those runs are checked"
             f" again next pass (run {first.run_id}: {first.health.message})"  # type: ignore[union-attr]
         )
-    over = None
+    over = slower = None
     if count_warnings and not crashes_only:
         over = sum(over_warning_threshold(f, settings, now) for f in facts)
+        slower = sum(is_slower_than_usual(f, limits_of(f, settings), now) for f in facts)
     tripped = breaker(facts, settings)
     if tripped:  # decide as if those runs' workers had not been checked
         facts = [replace(f, health=None) if f.health and f.health.blind else f for f in facts]
@@ -303,7 +340,7 @@ def plan(
         if actions:
             due.append((run.run_id, actions))
     since = {f.run_id: f.unhealthy_since for f in facts if f.unhealthy_since is not None}
-    return Plan(due, errors, since, summary, over, tripped)
+    return Plan(due, errors, since, summary, over, slower, tripped)
 
 
 class Observed(Protocol):

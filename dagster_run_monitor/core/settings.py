@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from dagster_run_monitor.core.alert_settings import AlertSettings
 from dagster_run_monitor.core.crash_cause import CrashCause
+from dagster_run_monitor.core.learned import LearnedLimits
 from dagster_run_monitor.core.limit_table import (
     CANCEL_TIMEOUT,
     HANG_TIMEOUT,
@@ -88,6 +89,7 @@ class Rule:
     tags: Mapping[str, str] = field(default_factory=dict)  # all must be on the run
     limits: Mapping[str, float] = field(default_factory=dict)  # limit_table.RULE_KEYS -> seconds
     warn_after_fraction: float | None = None
+    factors: Mapping[str, float] = field(default_factory=dict)  # learned.FACTOR_KEYS -> factor
 
     def matches(self, job_name: str, location: str | None, tags: Mapping[str, str]) -> bool:
         return (
@@ -173,6 +175,7 @@ class MonitorSettings:
     oom_memory: OomMemory | None = None  # off unless configured
     heartbeats: Heartbeats = Heartbeats()
     breaker: Breaker = Breaker()
+    learned: LearnedLimits = LearnedLimits()
     # What the run launcher can do (facts about the instance, not configuration).
     can_check_health: bool = False
     can_resume: bool = False

@@ -311,7 +311,7 @@ def terminate_and_fail(
     instance: DagsterInstance, run: DagsterRun, action: TerminateAndFail
 ) -> None:
     """Dagster's max-runtime sequence, message for message."""
-    instance.add_run_tags(run.run_id, {c.REASON_TAG: action.reason})
+    instance.add_run_tags(run.run_id, {c.REASON_TAG: action.reason, **action.tags})
     instance.report_run_canceling(run, message=action.canceling_message)
     try:
         if instance.run_launcher.terminate(run_id=run.run_id):

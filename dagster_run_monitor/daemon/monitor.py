@@ -25,6 +25,7 @@ from dagster_run_monitor.core.policy import plan
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.actions import apply_due
 from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
+from dagster_run_monitor.daemon.history import JobHistories
 from dagster_run_monitor.daemon.observe import observe
 from dagster_run_monitor.integration.internals import concurrency_slots_iteration
 from dagster_run_monitor.launchers.docker.launcher import (
@@ -52,6 +53,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self._unhealthy_since: dict[str, float] = {}
         self._runs = RunReader()
         self._beats = HeartbeatSight()
+        self._histories = JobHistories()
         self._breaker_open = False
         self._prepared = False
         self._sender: AlertSender | None = None
@@ -100,6 +102,7 @@ class RunMonitorDaemon(IntervalDaemon):
                 crashes_only,
                 self._runs,
                 self._beats,
+                self._histories,
             )
         except Exception:
             self._beats.interrupted = True  # beats unchanged since are not stale
@@ -113,7 +116,10 @@ class RunMonitorDaemon(IntervalDaemon):
                 self._alerts(instance, settings).send(breaker_alert(decided.breaker))
         self._breaker_open = decided.breaker is not None
         self._unhealthy_since = decided.unhealthy_since
-        self.metrics.observed(facts, decided.over_warning_threshold)
+        self.metrics.observed(facts, decided.over_warning_threshold, decided.slower_than_usual)
+        if self._histories.error and not crashes_only:
+            self._logger.warning(self._histories.error)
+            yield SerializableErrorInfo(self._histories.error, stack=[], cls_name=None)
         if decided.unanswered:
             self._logger.warning(decided.unanswered)
             yield SerializableErrorInfo(decided.unanswered, stack=[], cls_name=None)

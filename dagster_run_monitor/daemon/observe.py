@@ -9,13 +9,20 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster_run_monitor.core.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.core.crashes import with_heartbeats
 from dagster_run_monitor.core.heartbeats import quiet_since
-from dagster_run_monitor.core.limit_table import HANG_TIMEOUT, STALL_TIMEOUT, STEP_RUNTIME
-from dagster_run_monitor.core.limits import location_of, run_limits
-from dagster_run_monitor.core.model import HEALTH_CHECKED, MONITORED_STATUSES, Health, RunFacts
+from dagster_run_monitor.core.limit_table import HANG_TIMEOUT, STALL_TIMEOUT
+from dagster_run_monitor.core.limits import location_of, run_limits, with_history
+from dagster_run_monitor.core.model import (
+    HEALTH_CHECKED,
+    MONITORED_STATUSES,
+    SUSPENDED,
+    Health,
+    RunFacts,
+)
 from dagster_run_monitor.core.policy import unhealthy_clock
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.health import HealthChecks
 from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
+from dagster_run_monitor.daemon.history import JobHistories
 from dagster_run_monitor.launchers.kubernetes import launcher as k8s_launcher
 from dagster_run_monitor.launchers.kubernetes.pods import is_k8s_launcher
 from dagster_run_monitor.storage.answers import PassAnswers
@@ -37,11 +44,13 @@ def observe(
     crashes_only: bool = False,
     reader: RunReader | None = None,
     beats: HeartbeatSight | None = None,
+    histories: JobHistories | None = None,
 ) -> list[RunFacts]:
     """Facts for each run in ``statuses`` (the actions act on the runs re-read under their
     claims). ``crashes_only`` leaves out what only the timeout policies need (stalls, steps); a
     daemon's ``reader`` re-reads only the runs that changed since its last pass, its ``beats``
-    judge heartbeats by the daemon's clock across passes (without: this pass is the first)."""
+    judge heartbeats by the daemon's clock across passes (without: this pass is the first), its
+    ``histories`` keep jobs' histories between their refreshes (without: read now)."""
     records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
     storage = instance.event_log_storage
     # Beats before the launcher's checks: a launcher that sees a worker running is never
@@ -91,13 +100,20 @@ def observe(
         limits = reader.limits(runs, settings)
     else:
         limits = {i: run_limits(run, settings) for i, run in runs.items()}
+    learned = {}
+    if not crashes_only:
+        histories = histories or JobHistories()
+        learning = {i: limits[i] for i in ids_in(DagsterRunStatus.STARTED, SUSPENDED)}
+        learned = histories.read(instance, settings.learned, runs, learning, now)
+        for i, found in learned.items():
+            limits[i] = with_history(limits[i], found, settings.learned)
     stall_watched = [i for i in started if limits[i][STALL_TIMEOUT.key].seconds]
     hang_watched = [i for i in started if limits[i][HANG_TIMEOUT.key].seconds and i in workers]
     last_event = latest_event_times(storage, sorted({*stall_watched, *hang_watched}), None)
     step_limits = {i: _step_limits(instance, runs[i]) for i in started}
     steps = running_steps(
         storage,
-        [i for i in started if step_limits[i] or limits[i][STEP_RUNTIME.key].seconds],
+        [i for i in started if step_limits[i] or limits[i].watches_steps],
     )
     health: dict[str, Health] = checks.results() if checks is not None else {}
     timeout = settings.heartbeats.timeout_seconds
@@ -142,6 +158,7 @@ def observe(
                 last_resume_at=last_resume_at,
                 workers=workers.get(run_id, ()),
                 quiet_since=quiet if run_id in hang_watched else None,
+                history=learned.get(run_id),
             )
         )
     return facts

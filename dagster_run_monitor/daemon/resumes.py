@@ -71,9 +71,15 @@ def healthy_again(
 def tag(
     instance: DagsterInstance, resumes: Sequence[tuple[RunRecord, ResumeRun]]
 ) -> dict[str, DagsterRun]:
-    """Write the resumes' tags (the cause, an uncounted attempt, raised memory), for all runs
-    at once; returns each run as written."""
-    return write_tags(instance, [(record, resume.tags) for record, resume in resumes])
+    """Write the resumes' tags (the attempt, the cause, an uncounted attempt, raised memory),
+    for all runs at once; returns each run as written."""
+    return write_tags(
+        instance,
+        [
+            (record, {**resume.tags, c.RESUMED_TAG: str(resume.attempt)})
+            for record, resume in resumes
+        ],
+    )
 
 
 def announce(instance: DagsterInstance, resumes: Sequence[tuple[DagsterRun, ResumeRun]]) -> None:

@@ -1,6 +1,6 @@
 """Batched event-log reads: a few queries per pass, however many runs are in progress."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import sqlalchemy as db
 from dagster._core.events import DagsterEventType
@@ -74,43 +74,70 @@ def running_steps(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str,
     types = {t.value for t in (*STEP_STARTS, *STEP_ENDS)}
     start_types = {t.value for t in STEP_STARTS}
 
-    def record(run_id: str, step_key: str | None, event_type: str, timestamp: float) -> None:
-        if step_key:
-            into = starts if event_type in start_types else ends
-            into[(run_id, step_key)] = max(timestamp, into.get((run_id, step_key), 0.0))
-
-    if not single_database(storage):
-        for run_id in run_ids:
-            of_type = {DagsterEventType(t) for t in types}
-            for r in storage.get_records_for_run(run_id, of_type=of_type).records:
-                event = r.event_log_entry.dagster_event
-                if event is not None:
-                    entry = r.event_log_entry
-                    record(run_id, event.step_key, event.event_type_value, entry.timestamp)
-    else:
-        table = EVENT_LOGS
-        with storage.index_connection() as conn:  # type: ignore[attr-defined]
-            for chunk in _chunks(run_ids, storage):
-                query = (
-                    db.select(
-                        table.c.run_id,
-                        table.c.step_key,
-                        table.c.dagster_event_type,
-                        db.func.max(table.c.timestamp),
-                    )
-                    .where(table.c.run_id.in_(chunk))
-                    .where(table.c.dagster_event_type.in_(types))
-                    .group_by(table.c.run_id, table.c.step_key, table.c.dagster_event_type)
-                )
-                for run_id, step_key, event_type, timestamp in conn.execute(query):
-                    record(
-                        run_id, step_key, event_type, utc_datetime_from_naive(timestamp).timestamp()
-                    )
+    for run_id, step_key, event_type, timestamp in _latest_step_events(storage, run_ids, types):
+        into = starts if event_type in start_types else ends
+        into[(run_id, step_key)] = max(timestamp, into.get((run_id, step_key), 0.0))
     running: dict[str, dict[str, float]] = {}
     for (run_id, step_key), started in starts.items():
         if started > ends.get((run_id, step_key), -1.0):
             running.setdefault(run_id, {})[step_key] = started
     return running
+
+
+def step_durations(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per run, each step that succeeded and how long its last attempt took (its latest
+    STEP_START or STEP_RESTARTED to its STEP_SUCCESS): one statement per 10,000 runs
+    (PostgreSQL), one per 500 (MySQL, consolidated SQLite), one per run (SQLite's shards)."""
+    starts: dict[tuple[str, str], float] = {}
+    successes: dict[tuple[str, str], float] = {}
+    success = DagsterEventType.STEP_SUCCESS.value
+    types = {t.value for t in STEP_STARTS} | {success}
+    for run_id, step_key, event_type, timestamp in _latest_step_events(storage, run_ids, types):
+        into = successes if event_type == success else starts
+        into[(run_id, step_key)] = max(timestamp, into.get((run_id, step_key), 0.0))
+    durations: dict[str, dict[str, float]] = {}
+    for (run_id, step_key), ended in successes.items():
+        started = starts.get((run_id, step_key))
+        if started is not None and ended >= started:
+            durations.setdefault(run_id, {})[step_key] = ended - started
+    return durations
+
+
+def _latest_step_events(
+    storage: EventLogStorage, run_ids: Sequence[str], types: set[str]
+) -> Iterator[tuple[str, str, str, float]]:
+    """(run id, step key, event type, latest timestamp) of the runs' step events of ``types``."""
+    if not single_database(storage):
+        of_type = {DagsterEventType(t) for t in types}
+        for run_id in run_ids:
+            for r in storage.get_records_for_run(run_id, of_type=of_type).records:
+                event = r.event_log_entry.dagster_event
+                if event is not None and event.step_key:
+                    timestamp = r.event_log_entry.timestamp
+                    yield run_id, event.step_key, event.event_type_value, timestamp
+        return
+    table = EVENT_LOGS
+    with storage.index_connection() as conn:  # type: ignore[attr-defined]
+        for chunk in _chunks(run_ids, storage):
+            query = (
+                db.select(
+                    table.c.run_id,
+                    table.c.step_key,
+                    table.c.dagster_event_type,
+                    db.func.max(table.c.timestamp),
+                )
+                .where(table.c.run_id.in_(chunk))
+                .where(table.c.dagster_event_type.in_(types))
+                .group_by(table.c.run_id, table.c.step_key, table.c.dagster_event_type)
+            )
+            for run_id, step_key, event_type, timestamp in conn.execute(query):
+                if step_key:
+                    yield (
+                        run_id,
+                        step_key,
+                        event_type,
+                        utc_datetime_from_naive(timestamp).timestamp(),
+                    )
 
 
 def count_resume_attempts(storage: EventLogStorage, run_ids: Sequence[str]) -> dict[str, int]:
