@@ -1,6 +1,7 @@
 """``dagster-run-monitor``: what the monitor sees and would do, from the same decision core."""
 
 import datetime
+from collections import Counter
 
 import click
 from dagster import DagsterInstance
@@ -8,11 +9,16 @@ from dagster._time import get_current_timestamp
 
 from dagster_run_monitor.config.parse import read_settings
 from dagster_run_monitor.core.crashes import counted_resumes, policy_entry
-from dagster_run_monitor.core.limit_table import LIMITS, clock_start
+from dagster_run_monitor.core.learned import history as learned_history
+from dagster_run_monitor.core.learned import percentile
+from dagster_run_monitor.core.limit_table import LIMITS, MAX_RUNTIME, clock_start
+from dagster_run_monitor.core.limits import Limit, resolve_limits, with_history
+from dagster_run_monitor.core.memory import memory_of
 from dagster_run_monitor.core.model import RunFacts
 from dagster_run_monitor.core.policy import decide, limits_of
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.heartbeats import where_workers_were
+from dagster_run_monitor.daemon.history import JobRecord, job_records
 from dagster_run_monitor.daemon.observe import observe
 
 
@@ -82,9 +88,79 @@ def describe(run: RunFacts, settings: MonitorSettings, now: float) -> str:
             continue
         start = clock_start(kind, run)
         left = f", {limit.seconds - (now - start):.0f}s left" if start is not None else ""
-        lines.append(f"  {kind.key}: {limit.seconds:g}s from {limit.source}{left}")
+        lines.append(f"  {kind.key}: {limit.seconds:g}s {origin(limit)}{left}")
+    if limits.slower_than is not None:
+        learned = limits.slower_than
+        lines.append(f"  slower than usual after: {learned.seconds:.0f}s ({learned.short()})")
+    for step in sorted(limits.steps):
+        limit = limits.step(step, run.step_limits.get(step))
+        lines.append(f"  step {step} max runtime: {limit.seconds:g}s {origin(limit)}")
     for bad in limits.bad_tags:
         lines.append(f"  ignored tag {bad.tag}={bad.value!r} (not a duration)")
     created = datetime.datetime.fromtimestamp(run.created_at, datetime.timezone.utc)
     lines.append(f"  created {created.isoformat(timespec='seconds')}")
+    return "\n".join(lines)
+
+
+def origin(limit: Limit) -> str:
+    """Where a limit comes from, with the learned part: ``(learned: 3 x p95 of 30 runs of job
+    etl = 600 s; configured 86400 s)``, or ``from rule 1 (learned 1800 s is larger)``."""
+    learned = limit.learned
+    if limit.configured is not None and learned is not None:
+        configured = f"{limit.configured.seconds:g} s" if limit.configured.seconds else "none"
+        return f"(learned: {learned.short()}; configured {configured})"
+    if learned is not None:
+        why = "the tag wins" if limit.from_tag else "is larger"
+        return f"from {limit.source} (learned {learned.seconds:.0f} s: {learned.short()}; {why})"
+    return f"from {limit.source}"
+
+
+@main.command()
+@click.argument("job", required=False)
+def history(job: str | None) -> None:
+    """Per job (or JOB only): its counted successful runs, the limits learned from them now,
+    and the memory its OOM-killed runs later succeeded with."""
+    instance = DagsterInstance.get()
+    settings = read_settings(instance)
+    config = settings.learned
+    records = job_records(instance, config.runs, job)
+    if not records:
+        raise click.ClickException(f"No successful runs{f' of job {job}' if job else ''}.")
+    for record in records:
+        click.echo(job_history(record, settings))
+        memories = Counter(memory_of(tags) or "unknown" for tags in record.oom_recovered)
+        for memory, count in sorted(memories.items()):
+            click.echo(
+                f"  OOM-killed, then succeeded with memory {memory} ({count} run(s)): set this"
+                " memory for good (the job's dagster-k8s/config tag) rather than raise it after"
+                " each kill"
+            )
+
+
+def job_history(record: JobRecord, settings: MonitorSettings) -> str:
+    """One job's block of ``history``."""
+    config, (job, label), steps = settings.learned, record.key, record.steps
+    seconds = record.durations
+    where = f" ({label})" if label else ""
+    lines = [f"job {job}{where}: {len(seconds)} successful run(s) counted"]
+    if seconds:
+        lines[0] += (
+            f", p50 {percentile(seconds, 50):.0f} s, p{config.percentile:g}"
+            f" {percentile(seconds, config.percentile):.0f} s, max {max(seconds):.0f} s"
+        )
+    location = label.rpartition("@")[2] if label else None
+    limits = resolve_limits(job, location, {}, settings)
+    limits = with_history(limits, learned_history(job, seconds, steps, config), config)
+    if len(seconds) < config.min_runs:
+        lines.append(f"  nothing learned: fewer than min_runs ({config.min_runs}) runs")
+    limit = limits[MAX_RUNTIME.key]
+    if limit.learned is not None:
+        lines.append(f"  max runtime: {limit.seconds:g} s {origin(limit)}")
+    if limits.slower_than is not None:
+        learned = limits.slower_than
+        lines.append(f"  slower than usual after: {learned.seconds:.0f} s ({learned.short()})")
+    for step, learned in sorted(limits.steps.items()):
+        lines.append(f"  step {step} max runtime: {learned.seconds:.0f} s ({learned.short()})")
+    if not limits.factors.runs and not limits.factors.max_step_runtime_factor:
+        lines.append("  no learned limit is on for this job (learned_limits factors are 0)")
     return "\n".join(lines)

@@ -1,20 +1,26 @@
 """Limits learned from each job's history: the pure rules (percentiles, precedence, min_runs,
 min_seconds, opting out), then real passes on SQLite and PostgreSQL over backdated runs."""
 
+import json
+
 import pytest
+from click.testing import CliRunner
 from dagster import DagsterEvent, DagsterRunStatus
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.events import DagsterEventType, StepSuccessData
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.storage.tags import RESUME_RETRY_TAG
 
+from dagster_run_monitor.cli import main as cli
 from dagster_run_monitor.config.parse import settings_from_config
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.learned import LearnedLimits, Sample, history, learn, percentile
 from dagster_run_monitor.core.limits import resolve_limits, with_history
+from dagster_run_monitor.core.memory import K8S_CONFIG_TAG
 from dagster_run_monitor.core.model import Alert, Notice, RunFacts, TerminateAndFail
 from dagster_run_monitor.core.policy import decide
 from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
+from dagster_run_monitor_tests.support.metrics import scrape
 from dagster_run_monitor_tests.support.runs import (
     T0,
     at,
@@ -25,6 +31,7 @@ from dagster_run_monitor_tests.support.runs import (
     status_of,
     tags_of,
 )
+from dagster_run_monitor_tests.support.subprocesses import free_port
 
 NOW = 100_000.0
 LEARN = {"min_runs": 10, "max_runtime_factor": 3}
@@ -312,3 +319,84 @@ def test_a_step_over_its_learned_limit_fails_the_run_naming_the_step(
         )
         assert c.step_timeout_message("load", 201, 200, source) in messages(instance, run.run_id)
         assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_STEP_TIMEOUT
+
+
+def test_cli_history_and_explain_show_what_was_learned(make_instance):
+    learned = {**LEARN, "warn_factor": 1.5, "max_step_runtime_factor": 2}
+    config = {"learned_limits": learned, "max_runtime_seconds": 86400}
+    k8s = json.dumps({"container_config": {"resources": {"limits": {"memory": "3Gi"}}}})
+    with make_instance(run_monitoring=config) as instance, at(T0):
+        history_of(instance, 30, steps=[("load", 100.0)])
+        oom = {c.CRASH_CAUSE_TAG: "oom_killed", K8S_CONFIG_TAG: k8s}
+        finished_run(instance, 500, job="big", tags=oom)
+        run = make_run(instance, S.STARTED, job_name="etl", location="loc", started=T0 - 1000)
+        runner = CliRunner()
+        shown = runner.invoke(cli, ["history"])
+        assert shown.exit_code == 0, shown.output
+        lines = shown.output.splitlines()
+        assert (
+            "job etl (__repository__@loc): 30 successful run(s) counted, p50 300 s, p95 600 s,"
+            " max 1200 s" in lines
+        )
+        assert (
+            "  max runtime: 1800 s (learned: 3 x p95 of 30 runs of job etl = 600 s;"
+            " configured 86400 s)" in lines
+        )
+        assert "  slower than usual after: 900 s (1.5 x p95 of 30 runs of job etl = 600 s)" in lines
+        assert (
+            "  step load max runtime: 200 s (2 x p95 of 30 executions of step load in job etl"
+            " = 100 s)" in lines
+        )
+        assert "  OOM-killed, then succeeded with memory 3Gi (1 run(s))" in shown.output
+        only = runner.invoke(cli, ["history", "big"])
+        assert "job etl" not in only.output and "nothing learned" in only.output
+        explain = runner.invoke(cli, ["explain", run.run_id])
+        assert explain.exit_code == 0, explain.output
+        assert (
+            "  max_runtime_seconds: 1800s (learned: 3 x p95 of 30 runs of job etl = 600 s;"
+            " configured 86400 s), 800s left" in explain.output
+        )
+        assert "Run is slower than usual: 16 minutes so far" in explain.output
+
+
+def test_a_daemon_reads_histories_again_only_every_refresh_seconds(
+    make_instance, workspace_context
+):
+    with make_instance(run_monitoring={"learned_limits": LEARN}) as instance:
+        history_of(instance, 30)  # p95 600 s: 1800 s
+        run = make_run(instance, S.STARTED, job_name="etl", location="loc", started=T0 - 400)
+        daemon = RunMonitorDaemon.from_instance(instance)
+        with workspace_context(instance) as ctx:
+            assert monitor_pass(instance, ctx, now=T0, daemon=daemon) == []
+            for i in range(30):  # the job got faster: p95 100 s, 300 s
+                finished_run(instance, 100, ended=T0 - 50_000 + i)
+            assert monitor_pass(instance, ctx, now=T0 + 599, daemon=daemon) == []
+            assert status_of(instance, run.run_id) == S.STARTED  # the history read at T0
+            assert monitor_pass(instance, ctx, now=T0 + 600, daemon=daemon) == []
+        assert status_of(instance, run.run_id) == S.FAILURE
+        expected = (
+            "Exceeded maximum runtime of 300 seconds (learned: 3 x p95 of the last 30"
+            " successful runs of job etl, 100 s)."
+        )
+        assert expected in messages(instance, run.run_id)
+
+
+def test_the_gauge_counts_runs_slower_than_usual(make_instance, workspace_context):
+    port = free_port()
+    config = {"learned_limits": {"warn_factor": 1.5}, "metrics": {"port": port}}
+    with make_instance(run_monitoring=config) as instance:
+        history_of(instance, 30)
+        for started in (T0 - 901, T0 - 899, T0 - 5000):
+            make_run(instance, S.STARTED, job_name="etl", location="loc", started=started)
+        make_run(instance, S.STARTED, job_name="new_job", location="loc", started=T0 - 5000)
+        daemon = RunMonitorDaemon.from_instance(instance)
+        with workspace_context(instance) as ctx:
+            assert monitor_pass(instance, ctx, daemon=daemon) == []
+        m = scrape(port)
+    assert m[("dagster_run_monitor_runs_slower_than_usual", ())] == 2
+    warned = (
+        ("action", "notice"),
+        ("cause", ""),
+        ("reason", "run_monitor/warned/slower_than_usual"),
+    )
+    assert m[("dagster_run_monitor_actions_total", warned)] == 2

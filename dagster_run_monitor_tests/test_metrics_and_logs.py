@@ -2,27 +2,15 @@
 
 import json
 import logging
-import urllib.request
 
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._utils.log import get_structlog_json_formatter
-from prometheus_client.parser import text_string_to_metric_families
 
 from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.launchers import HEALTH_RAISE_TAG, HEALTH_TAG
+from dagster_run_monitor_tests.support.metrics import scrape
 from dagster_run_monitor_tests.support.runs import T0, make_run, monitor_pass
 from dagster_run_monitor_tests.support.subprocesses import free_port
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    """Every sample on the endpoint, by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_the_metrics_endpoint_counts_a_known_pass(make_instance, workspace_context):

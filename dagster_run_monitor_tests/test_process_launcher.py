@@ -195,6 +195,7 @@ def test_a_worker_that_keeps_dying_is_resumed_max_times_then_failed(
         assert log.count(c.RESUME_RUN_LOG_MESSAGE) == 2
         assert "was killed by signal SIGKILL" in log[-1], "\n".join(log)
         assert "surpassed the configured maximum attempts to resume the run: 2" in log[-1]
+        assert instance.get_run_by_id(run.run_id).tags[c.RESUMED_TAG] == "2"  # not in history
 
 
 def test_terminate_cancels_the_run_stops_every_process_and_never_resumes(

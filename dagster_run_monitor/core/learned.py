@@ -71,6 +71,14 @@ class Learned:
     job: str
     step: str | None = None
 
+    def short(self) -> str:
+        """e.g. ``3 x p95 of 30 runs of job etl = 600 s`` (for ``explain``)."""
+        of = f"executions of step {self.step} in" if self.step else "runs of"
+        return (
+            f"{self.factor:g} x p{self.percentile:g} of {self.sample.count} {of} job"
+            f" {self.job} = {self.sample.value:.0f} s"
+        )
+
     def describe(self) -> str:
         """e.g. ``3 x p95 of the last 30 successful runs of job etl, 600 s``."""
         of = f"executions of step {self.step} in" if self.step else "runs of"

@@ -99,3 +99,12 @@ def raised_memory(
         " was OOMKilled."
     )
     return RaisedMemory({K8S_CONFIG_TAG: json.dumps(config, sort_keys=True)}, note)
+
+
+def memory_of(tags: Mapping[str, str]) -> str | None:
+    """The run worker's memory limit set in the run's ``dagster-k8s/config`` tag, if any."""
+    try:
+        config = json.loads(tags.get(K8S_CONFIG_TAG) or "{}")
+        return config["container_config"]["resources"]["limits"]["memory"]
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,14 +1,25 @@
 """The daemon's memory of jobs' histories (learned limits): read for every job with a run in
 progress that learns something, again every ``refresh_seconds``; a job seen for the first time
-is read on the pass it appears."""
+is read on the pass it appears. A finished run's steps never change: each counted run's step
+durations are read once, so a refresh reads the steps of the runs that ended since."""
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from dagster import DagsterInstance, DagsterRun
 
 from dagster_run_monitor.core.learned import History, LearnedLimits, history
 from dagster_run_monitor.core.limits import Limits
-from dagster_run_monitor.storage.history import JobKey, job_key, run_durations, step_history
+from dagster_run_monitor.storage.history import (
+    JobKey,
+    by_step,
+    job_key,
+    job_keys,
+    oom_recoveries,
+    run_durations,
+    step_durations,
+    step_history,
+)
 
 
 class JobHistories:
@@ -18,6 +29,7 @@ class JobHistories:
         self._known: dict[JobKey, History] = {}
         self._read_at: float | None = None
         self._read_for: LearnedLimits | None = None
+        self._steps: dict[str, dict[str, float]] = {}  # counted run id -> step -> seconds
         self.error: str | None = None  # why the last read failed (the known histories stand)
 
     def read(
@@ -41,7 +53,7 @@ class JobHistories:
         keys = set(learning.values()) if due else set(learning.values()) - set(self._known)
         if keys:
             try:
-                fresh = _read(instance, settings, keys, steps)
+                fresh = _read(instance, settings, keys, steps, self._steps, prune=due)
             except Exception as error:  # learned limits wait; every other check goes on
                 self.error = f"Reading jobs' histories failed: {type(error).__name__}: {error}"
                 fresh = {}
@@ -61,13 +73,50 @@ def _learns(limits: Limits) -> bool:
 
 
 def _read(
-    instance: DagsterInstance, settings: LearnedLimits, keys: set[JobKey], steps: set[JobKey]
+    instance: DagsterInstance,
+    settings: LearnedLimits,
+    keys: set[JobKey],
+    steps: set[JobKey],
+    known: dict[str, dict[str, float]],
+    prune: bool = True,
 ) -> dict[JobKey, History]:
-    """One statement for the runs of all ``keys``, one more for the steps of those in ``steps``."""
+    """One statement for the runs of all ``keys``; for those in ``steps``, the step durations
+    of their counted runs, read for the runs not ``known`` yet (and kept there; ``prune``:
+    ``keys`` are all the jobs, forget the runs no longer counted)."""
     runs = run_durations(instance, keys, settings.runs)
     step_runs = {key: [run_id for run_id, _ in runs[key]] for key in keys & steps}
-    by_step = step_history(instance, step_runs) if step_runs else {}
+    counted = {run_id for run_ids in step_runs.values() for run_id in run_ids}
+    known.update(step_durations(instance, sorted(counted - set(known))))
+    for run_id in set(known) - counted if prune else ():
+        del known[run_id]
     return {
-        key: history(key[0], [d for _, d in found], by_step.get(key, {}), settings)
+        key: history(
+            key[0],
+            [d for _, d in found],
+            by_step(known.get(run_id, {}) for run_id in step_runs.get(key, ())),
+            settings,
+        )
         for key, found in runs.items()
     }
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What ``dagster-run-monitor history`` shows of one job."""
+
+    key: JobKey
+    durations: list[float]  # its counted runs', newest first
+    steps: dict[str, list[float]]  # step key -> durations in those runs
+    oom_recovered: list[Mapping[str, str]]  # tags of its runs that succeeded after an OOM kill
+
+
+def job_records(instance: DagsterInstance, runs: int, job: str | None = None) -> list[JobRecord]:
+    """Every job with a successful run (or ``job``): four statements for all of them."""
+    keys = job_keys(instance, job)
+    durations = run_durations(instance, keys, runs)
+    steps = step_history(instance, {k: [i for i, _ in durations[k]] for k in keys})
+    ooms = oom_recoveries(instance)
+    return [
+        JobRecord(k, [d for _, d in durations[k]], steps.get(k, {}), ooms.get(k[0], []))
+        for k in keys
+    ]

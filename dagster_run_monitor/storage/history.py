@@ -1,6 +1,7 @@
 """Jobs' histories for learned limits: the durations of each job's last successful runs in one
-statement (Dagster's ``idx_runs_by_job`` and ``idx_run_tags_run_idx`` indexes), and of their
-steps in one more (``storage.eventlog``)."""
+statement (Dagster's ``idx_runs_by_job``, ``idx_run_tags_run_idx`` and ``idx_run_tags``
+indexes), and of their steps (``storage.eventlog``); what ``history`` adds: the jobs, and the
+runs that succeeded after an OOM kill."""
 
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -13,15 +14,19 @@ from dagster._core.storage.tags import (
     STEP_SELECTION_TAG,
 )
 
-from dagster_run_monitor.core.constants import RESUMED_TAG
+from dagster_run_monitor.core.constants import CRASH_CAUSE_TAG, RESUMED_TAG
+from dagster_run_monitor.core.crash_cause import OOM_KILLED
+from dagster_run_monitor.core.memory import K8S_CONFIG_TAG
 from dagster_run_monitor.integration.internals import RUN_TAGS, RUNS, SqlRunStorage
-from dagster_run_monitor.storage.eventlog import step_durations
+from dagster_run_monitor.storage import eventlog
 
 # A job's history is (job name, repository label "repo@location", or None without one).
 JobKey = tuple[str, str | None]
 # Runs whose duration is not the job's: resumed by the monitor (the crash and the wait are in
 # it), re-executed from a failure or with a step selection (a part of the job only).
 NOT_COUNTED = (RESUMED_TAG, RESUME_RETRY_TAG, ASSET_RESUME_RETRY_TAG, STEP_SELECTION_TAG)
+# PostgreSQL reads each job's newest CANDIDATES x runs runs of any kind, and counts from those.
+CANDIDATES = 4
 
 
 def job_key(run: DagsterRun) -> JobKey:
@@ -51,7 +56,7 @@ def run_durations(
     return found
 
 
-def _counted(runs: db.Table) -> list[db.ColumnElement]:
+def _counted(runs: db.FromClause) -> list[db.ColumnElement]:
     excluded = db.select(1).where(
         RUN_TAGS.c.run_id == runs.c.run_id, RUN_TAGS.c.key.in_(NOT_COUNTED)
     )
@@ -64,24 +69,36 @@ def _counted(runs: db.Table) -> list[db.ColumnElement]:
 
 
 def _per_job_lateral(wanted: Sequence[JobKey], limit: int) -> db.Select:
-    """PostgreSQL: for each job, its newest runs from the (job, id) index, ``limit`` each."""
+    """PostgreSQL: for each job, its newest ``CANDIDATES`` x ``limit`` runs read backwards from
+    the (job, id) index, a plan that stops early whatever the planner estimates; of those, the
+    newest ``limit`` counted runs of its code location."""
     jobs = db.values(db.column("job", db.Text), db.column("label", db.Text), name="wanted").data(
         list(wanted)
     )
-    label = db.select(RUN_TAGS.c.value).where(
-        RUN_TAGS.c.run_id == RUNS.c.run_id, RUN_TAGS.c.key == REPOSITORY_LABEL_TAG
-    )
     newest = (
-        db.select(RUNS.c.run_id, RUNS.c.start_time, RUNS.c.end_time)
-        .where(RUNS.c.pipeline_name == jobs.c.job, *_counted(RUNS))
-        .where(label.scalar_subquery().is_not_distinct_from(jobs.c.label))
+        db.select(RUNS.c.id, RUNS.c.run_id, RUNS.c.status, RUNS.c.start_time, RUNS.c.end_time)
+        .where(RUNS.c.pipeline_name == jobs.c.job)
         .order_by(RUNS.c.id.desc())
-        .limit(limit)
+        .limit(CANDIDATES * limit)
         .lateral("newest")
     )
-    return db.select(
-        jobs.c.job, jobs.c.label, newest.c.run_id, newest.c.start_time, newest.c.end_time
-    ).select_from(jobs.join(newest, db.true()))
+    label = RUN_TAGS.alias("label")
+    numbered = (
+        db.select(
+            jobs.c.job,
+            jobs.c.label,
+            newest.c.run_id,
+            newest.c.start_time,
+            newest.c.end_time,
+            db.func.row_number()
+            .over(partition_by=(jobs.c.job, jobs.c.label), order_by=newest.c.id.desc())
+            .label("n"),
+        )
+        .select_from(jobs.join(newest, db.true()).outerjoin(label, _label_of(label, newest)))
+        .where(label.c.value.is_not_distinct_from(jobs.c.label), *_counted(newest))
+        .subquery()
+    )
+    return _newest(numbered, limit)
 
 
 def _per_job_window(wanted: Sequence[JobKey], limit: int) -> db.Select:
@@ -98,39 +115,91 @@ def _per_job_window(wanted: Sequence[JobKey], limit: int) -> db.Select:
             .over(partition_by=(RUNS.c.pipeline_name, label.c.value), order_by=RUNS.c.id.desc())
             .label("n"),
         )
-        .select_from(
-            RUNS.outerjoin(
-                label,
-                db.and_(label.c.run_id == RUNS.c.run_id, label.c.key == REPOSITORY_LABEL_TAG),
-            )
-        )
+        .select_from(RUNS.outerjoin(label, _label_of(label, RUNS)))
         .where(RUNS.c.pipeline_name.in_(sorted({job for job, _ in wanted})), *_counted(RUNS))
         .subquery()
     )
-    return db.select(
-        numbered.c.job,
-        numbered.c.label,
-        numbered.c.run_id,
-        numbered.c.start_time,
-        numbered.c.end_time,
-    ).where(numbered.c.n <= limit)
+    return _newest(numbered, limit)
+
+
+def _label_of(label: db.FromClause, runs: db.FromClause) -> db.ColumnElement:
+    return db.and_(label.c.run_id == runs.c.run_id, label.c.key == REPOSITORY_LABEL_TAG)
+
+
+def _newest(numbered: db.Subquery, limit: int) -> db.Select:
+    c = numbered.c
+    return (
+        db.select(c.job, c.label, c.run_id, c.start_time, c.end_time)
+        .where(c.n <= limit)
+        .order_by(c.job, c.label, c.n)
+    )
+
+
+def step_durations(
+    instance: DagsterInstance, run_ids: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Per run, each step's duration (STEP_START to STEP_SUCCESS); every run is in the answer."""
+    found = eventlog.step_durations(instance.event_log_storage, run_ids) if run_ids else {}
+    return {run_id: found.get(run_id, {}) for run_id in run_ids}
 
 
 def step_history(
     instance: DagsterInstance, runs: Mapping[JobKey, Sequence[str]]
 ) -> dict[JobKey, dict[str, list[float]]]:
-    """Per job, each step's durations in the given runs (STEP_START to STEP_SUCCESS)."""
-    ids = [run_id for run_ids in runs.values() for run_id in run_ids]
-    durations = step_durations(instance.event_log_storage, ids)
-    return {
-        key: _by_step(durations.get(run_id, {}) for run_id in run_ids)
-        for key, run_ids in runs.items()
-    }
+    """Per job, each step's durations in the given runs."""
+    durations = step_durations(instance, [run_id for ids in runs.values() for run_id in ids])
+    return {key: by_step(durations[run_id] for run_id in ids) for key, ids in runs.items()}
 
 
-def _by_step(per_run: Iterable[Mapping[str, float]]) -> dict[str, list[float]]:
+def by_step(per_run: Iterable[Mapping[str, float]]) -> dict[str, list[float]]:
+    """Runs' step durations, by step."""
     steps: dict[str, list[float]] = {}
     for run in per_run:
         for step, seconds in run.items():
             steps.setdefault(step, []).append(seconds)
     return steps
+
+
+def job_keys(instance: DagsterInstance, job: str | None = None) -> list[JobKey]:
+    """Every (job, repository label) with a SUCCESS run, or those of ``job``."""
+    label = RUN_TAGS.alias("label")
+    query = (
+        db.select(RUNS.c.pipeline_name, label.c.value)
+        .distinct()
+        .select_from(RUNS.outerjoin(label, _label_of(label, RUNS)))
+        .where(RUNS.c.status == DagsterRunStatus.SUCCESS.value)
+    )
+    if job is not None:
+        query = query.where(RUNS.c.pipeline_name == job)
+    return sorted(_rows(instance, query), key=lambda k: (k[0], k[1] or ""))
+
+
+def oom_recoveries(instance: DagsterInstance) -> dict[str, list[Mapping[str, str]]]:
+    """Per job, the tags that matter of its SUCCESS runs whose latest crash was an OOM kill
+    (the memory they succeeded with): one statement."""
+    cause, config = RUN_TAGS.alias("cause"), RUN_TAGS.alias("config")
+    query = (
+        db.select(RUNS.c.pipeline_name, config.c.value)
+        .select_from(
+            RUNS.join(
+                cause,
+                db.and_(
+                    cause.c.run_id == RUNS.c.run_id,
+                    cause.c.key == CRASH_CAUSE_TAG,
+                    cause.c.value == OOM_KILLED,
+                ),
+            ).outerjoin(
+                config, db.and_(config.c.run_id == RUNS.c.run_id, config.c.key == K8S_CONFIG_TAG)
+            )
+        )
+        .where(RUNS.c.status == DagsterRunStatus.SUCCESS.value)
+    )
+    found: dict[str, list[Mapping[str, str]]] = {}
+    for job, value in _rows(instance, query):
+        found.setdefault(job, []).append({K8S_CONFIG_TAG: value} if value else {})
+    return found
+
+
+def _rows(instance: DagsterInstance, query: db.Select) -> list[tuple]:
+    with instance.run_storage.connect() as conn:  # type: ignore[attr-defined]
+        return [tuple(row) for row in conn.execute(query)]
