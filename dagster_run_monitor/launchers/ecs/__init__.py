@@ -1,1 +1,0 @@
-"""Dagster's ``EcsRunLauncher`` (dagster-aws), asked about thousands of runs a pass."""
