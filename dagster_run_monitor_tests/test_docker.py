@@ -14,7 +14,7 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
 from dagster_run_monitor.core import constants as c
-from dagster_run_monitor_tests.support.home import load_instance, write_home
+from dagster_run_monitor_tests.support.home import load_instance, write_container_home
 from dagster_run_monitor_tests.support.runs import first_lines
 from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT, daemon, wait_until
 
@@ -81,7 +81,7 @@ def docker_home(tmp_path, docker_client, postgres_database):
             "start_timeout_seconds": 120,
             **run_monitoring,
         }
-        home = write_home(home, settings, "postgres", launcher)
+        home = write_container_home(home, settings, launcher)
         instance = load_instance(home)
         instance.wipe()
         return home, instance

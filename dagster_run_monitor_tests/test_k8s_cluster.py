@@ -28,7 +28,7 @@ from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 
 from dagster_run_monitor.core import constants as c
-from dagster_run_monitor_tests.support.home import load_instance, write_home
+from dagster_run_monitor_tests.support.home import load_instance, write_container_home
 from dagster_run_monitor_tests.support.runs import first_lines, monitor_pass
 from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT, daemon, wait_until
 
@@ -245,7 +245,7 @@ def k8s_home(tmp_path, cluster, postgres_database) -> Iterator[Callable[..., tup
             "start_timeout_seconds": 300,
             **run_monitoring,
         }
-        home = write_home(home, settings, "postgres", launcher_config(home))
+        home = write_container_home(home, settings, launcher_config(home))
         config_map = k8s.V1ConfigMap(
             metadata=k8s.V1ObjectMeta(name=INSTANCE_CONFIG_MAP),
             data={"dagster.yaml": (home / "dagster.yaml").read_text()},

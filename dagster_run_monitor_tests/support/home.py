@@ -32,6 +32,24 @@ def write_home(
     return write_dagster_yaml(home, instance_config(run_monitoring, launcher, postgres_url))
 
 
+# A container's run worker is its PID 1, and Dagster mirrors captured output to it through a
+# `tail -F` child that dies with PID 1: a worker's last lines before it exits may never reach
+# the container's log. Without capture they are written to it directly (the Docker and
+# Kubernetes tests read the log tail in the failure message).
+NO_COMPUTE_LOG_CAPTURE = {
+    "module": "dagster._core.storage.noop_compute_log_manager",
+    "class": "NoOpComputeLogManager",
+}
+
+
+def write_container_home(
+    home: Path, run_monitoring: Mapping[str, Any], launcher: Mapping[str, Any]
+) -> Path:
+    """``write_home`` on PostgreSQL for run workers in containers (output not captured)."""
+    config = instance_config(run_monitoring, launcher, pg_url())
+    return write_dagster_yaml(home, {**config, "compute_logs": NO_COMPUTE_LOG_CAPTURE})
+
+
 def load_instance(home: Path) -> DagsterInstance:
     return DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
