@@ -39,6 +39,7 @@ setup(
         "postgres": [f"dagster-postgres>={INTEGRATIONS}"],
         "docker": [f"dagster-docker>={INTEGRATIONS}"],
         "k8s": [f"dagster-k8s>={INTEGRATIONS}"],
+        "ecs": [f"dagster-aws>={INTEGRATIONS}"],
         "metrics": ["prometheus_client>=0.17,<1"],
         "slack": ["slack_sdk>=3.19,<4"],
         "msteams": [],  # the standard library: an HTTPS POST of an Adaptive Card
@@ -47,6 +48,7 @@ setup(
         "test": [
             f"dagster-docker>={INTEGRATIONS}",
             f"dagster-k8s>={INTEGRATIONS}",
+            f"dagster-aws>={INTEGRATIONS}",
             f"dagster-postgres>={INTEGRATIONS}",
             "dagster-webserver>=1.12,<1.14",
             "dagster-dg-cli>=1.12,<1.14",

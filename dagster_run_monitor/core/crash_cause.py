@@ -228,3 +228,50 @@ def process_cause(returncode: int | None, oom_kills: tuple[int, int] | None = No
         )
         return CrashCause(OOM_KILLED, detail, returncode)
     return exit_cause(returncode, "", shell_convention=False)
+
+
+# --- Amazon ECS (EcsRunLauncher: the stopped task, as describe_tasks returns it) -------------
+
+ECS_PREEMPTION_STOP_CODES = frozenset({"SpotInterruption", "TerminationNotice"})
+ECS_DELETION_STOP_CODES = frozenset({"UserInitiated", "ServiceSchedulerInitiated"})
+ECS_CONFIG_ERRORS = ("ResourceInitializationError", "CannotStartContainerError")
+ECS_NODE_LOST = ("Host EC2", "Container instance deregistration", "instance terminated")
+
+
+def ecs_cause(
+    task: Mapping[str, Any] | None, container: str | None, transient: bool = False
+) -> CrashCause:
+    """From the stopped task's document (None: ECS no longer knows it). ``container``: the run
+    worker's container (else the first that failed); ``transient``: dagster-aws reads the
+    stopped reason as a failure to retry (``is_transient_task_stopped_reason``)."""
+    if task is None:
+        return CrashCause(DELETED, "ECS no longer knows the run worker's task")
+    code, reason = task.get("stopCode") or "", task.get("stoppedReason") or ""
+    containers = task.get("containers") or []
+    worker = next((c for c in containers if c.get("name") == container), None) or next(
+        (c for c in containers if c.get("exitCode") not in (None, 0)), {}
+    )
+    exit_code, said = worker.get("exitCode"), worker.get("reason") or ""
+    detail = _joined(
+        f"task {str(task.get('taskArn', '')).rsplit('/', 1)[-1]} {code}".strip(),
+        reason,
+        f"container '{worker['name']}': {said}" if said and worker.get("name") else said,
+        f"exit code {exit_code}" if exit_code is not None else "",
+    )
+    reasons = f"{reason} {said} " + " ".join(c.get("reason") or "" for c in containers)
+    if "OutOfMemoryError" in reasons:
+        memory = {k: str(task[k]) for k in ("memory", "cpu") if task.get(k)}
+        return CrashCause(OOM_KILLED, detail, exit_code, memory)
+    if any(lost in reasons for lost in ECS_NODE_LOST):  # a host terminated (whatever its code)
+        return CrashCause(NODE_LOST, detail, exit_code)
+    if code in ECS_PREEMPTION_STOP_CODES:
+        return CrashCause(PREEMPTED, detail, exit_code)
+    if "CannotPullContainerError" in reasons and not transient:
+        return CrashCause(IMAGE_PULL, detail)
+    if any(error in reasons for error in ECS_CONFIG_ERRORS):
+        return CrashCause(CONFIG_ERROR, detail)
+    if code in ECS_DELETION_STOP_CODES:
+        return CrashCause(DELETED, detail, exit_code)
+    if exit_code:
+        return exit_cause(int(exit_code), detail, shell_convention=True)
+    return CrashCause(UNKNOWN, detail)

@@ -14,6 +14,8 @@ from dagster_run_monitor.core.crash_cause import CrashCause, docker_cause
 from dagster_run_monitor.core.model import Health
 from dagster_run_monitor.integration.internals import docker_container
 from dagster_run_monitor.launchers.docker.launcher import is_docker_launcher
+from dagster_run_monitor.launchers.ecs import launcher as ecs_launcher
+from dagster_run_monitor.launchers.ecs.launcher import is_ecs_launcher
 from dagster_run_monitor.storage.answers import PassAnswers, answering
 
 DOCKER_CONTAINER_ID_TAG = "docker/container_id"  # dagster_docker's DOCKER_CONTAINER_ID_TAG
@@ -128,7 +130,8 @@ def check_worker(launcher: RunLauncher, run: DagsterRun, explain: bool = True) -
 
 def with_cause(launcher: RunLauncher, run: DagsterRun, health: Health) -> Health:
     """``health`` with why the worker died, from what its launcher can see: the pods of a
-    ``K8sRunLauncher``'s Job, a ``DockerRunLauncher``'s container, or the launcher's own
+    ``K8sRunLauncher``'s Job, a ``DockerRunLauncher``'s container, an ``EcsRunLauncher``'s
+    stopped task, or the launcher's own
     ``crash_cause(run)`` (``ProcessRunLauncher``, or yours). None otherwise, or if the read
     fails: the cause is ``unknown`` and the message is Dagster's, word for word."""
     from dagster_run_monitor.launchers.kubernetes import pods as k8s_pods
@@ -138,16 +141,18 @@ def with_cause(launcher: RunLauncher, run: DagsterRun, health: Health) -> Health
     if health.healthy or not health.answered:
         return health
     try:
-        cause = _launcher_cause(launcher, run)
+        cause = _launcher_cause(launcher, run, health)
     except Exception:
         cause = None
     return replace(health, cause=cause)
 
 
-def _launcher_cause(launcher: RunLauncher, run: DagsterRun) -> CrashCause | None:
+def _launcher_cause(launcher: RunLauncher, run: DagsterRun, health: Health) -> CrashCause | None:
     reader = getattr(launcher, "crash_cause", None)
     if callable(reader):
         return reader(run)
+    if is_ecs_launcher(launcher):
+        return ecs_launcher.crash_cause(launcher, run, health.transient)
     if is_docker_launcher(launcher):
         if DOCKER_CONTAINER_ID_TAG not in run.tags:
             return None

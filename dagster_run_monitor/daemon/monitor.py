@@ -32,6 +32,8 @@ from dagster_run_monitor.launchers.docker.launcher import (
     is_docker_launcher,
     remember_docker_clients,
 )
+from dagster_run_monitor.launchers.ecs import launcher as ecs_launcher
+from dagster_run_monitor.launchers.ecs.launcher import is_ecs_launcher
 from dagster_run_monitor.launchers.kubernetes import launcher as k8s_launcher
 from dagster_run_monitor.launchers.kubernetes.pods import is_k8s_launcher
 from dagster_run_monitor.metrics import Metrics, NoMetrics
@@ -159,6 +161,8 @@ class RunMonitorDaemon(IntervalDaemon):
             launcher = instance.run_launcher
             if is_k8s_launcher(launcher):
                 steps.append(lambda: k8s_launcher.prepare(launcher))
+            if is_ecs_launcher(launcher):
+                steps.append(lambda: ecs_launcher.prepare(launcher))
             if is_docker_launcher(launcher):
                 threads = settings.health_check_threads
                 steps.append(lambda: remember_docker_clients(launcher, threads))

@@ -23,6 +23,8 @@ from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.health import HealthChecks
 from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
 from dagster_run_monitor.daemon.history import JobHistories
+from dagster_run_monitor.launchers.ecs import launcher as ecs_launcher
+from dagster_run_monitor.launchers.ecs.launcher import is_ecs_launcher
 from dagster_run_monitor.launchers.kubernetes import launcher as k8s_launcher
 from dagster_run_monitor.launchers.kubernetes.pods import is_k8s_launcher
 from dagster_run_monitor.storage.answers import PassAnswers
@@ -71,6 +73,10 @@ def observe(
             )
             jobs = k8s_launcher.job_statuses(launcher, [r.dagster_run for r in checked])
             answers = PassAnswers(counts, jobs)
+        elif is_ecs_launcher(launcher):  # it reads the run and describes its one task
+            runs_checked = [r.dagster_run for r in checked]
+            tasks = ecs_launcher.task_documents(launcher, runs_checked)
+            answers = PassAnswers(ecs_tasks=tasks, runs={r.run_id: r for r in runs_checked})
         checks = HealthChecks(
             launcher,
             settings.health_check_threads,

@@ -2,11 +2,12 @@
 
 A launcher asked about one run at a time can cost a query or an API call per run per pass:
 ``K8sRunLauncher`` counts the run's resumes (an event-log query, to name its Job) and reads
-the Job's status (an API call). The pass reads both for every run at once (one query, one
-list of Jobs per namespace) and, in its health-check threads only, the instance's
-``count_resume_run_attempts`` and the launcher's Job-status read answer from these.
-Everything else (a resume, a terminate, a question about a run the pass did not read) asks
-storage or the API server, as Dagster does.
+the Job's status (an API call); ``EcsRunLauncher`` reads the run again (a query) and
+describes its task (an API call, where the API takes 100 tasks). The pass reads these for
+every run at once (one query, one list of Jobs per namespace, a description per 100 tasks)
+and, in its health-check threads only, the launchers' reads answer from them. Everything
+else (a resume, a terminate, a question about a run the pass did not read) asks storage or
+the API, as Dagster does.
 
 While a launcher resumes a run for the daemon, the daemon knows the run as it just wrote it
 (under the run's claim): a tag write that changes nothing is left out (``K8sRunLauncher``
@@ -24,6 +25,10 @@ from typing import Any
 class PassAnswers:
     resume_counts: Mapping[str, int] = field(default_factory=dict)  # run id -> resumes
     job_statuses: Mapping[tuple[str, str], Any] = field(default_factory=dict)  # (ns, Job)
+    ecs_tasks: Mapping[tuple[str, str], Any] = field(default_factory=dict)  # (cluster, task ARN)
+    runs: Mapping[str, Any] = field(
+        default_factory=dict
+    )  # run id -> DagsterRun, as the pass read it
 
 
 _PASS = threading.local()
@@ -56,6 +61,20 @@ def job_status(namespace: str, job_name: str) -> tuple[bool, Any]:
     if answers is None or (namespace, job_name) not in answers.job_statuses:
         return False, None
     return True, answers.job_statuses[(namespace, job_name)]
+
+
+def ecs_task(cluster: str, arn: str) -> tuple[bool, Any]:
+    """(known, the task's document) if this thread answers it from the pass's descriptions."""
+    answers: PassAnswers | None = getattr(_PASS, "answers", None)
+    if answers is None or (cluster, arn) not in answers.ecs_tasks:
+        return False, None
+    return True, answers.ecs_tasks[(cluster, arn)]
+
+
+def run_of(run_id: str) -> Any:
+    """The run as the pass read it, if this thread answers from the pass (else None)."""
+    answers: PassAnswers | None = getattr(_PASS, "answers", None)
+    return answers.runs.get(run_id) if answers is not None else None
 
 
 def resuming(run: Any) -> contextlib.AbstractContextManager[None]:

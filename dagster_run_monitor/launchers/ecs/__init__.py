@@ -1,0 +1,1 @@
+"""Dagster's ``EcsRunLauncher`` (dagster-aws), asked about thousands of runs a pass."""
