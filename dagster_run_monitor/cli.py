@@ -128,12 +128,13 @@ def history(job: str | None) -> None:
         raise click.ClickException(f"No successful runs{f' of job {job}' if job else ''}.")
     for record in records:
         click.echo(job_history(record, settings))
-        memories = Counter(memory_of(tags) or "unknown" for tags in record.oom_recovered)
-        for memory, count in sorted(memories.items()):
+        memories = Counter(memory_of(tags) or ("", "") for tags in record.oom_recovered)
+        for (memory, tag), count in sorted(memories.items()):
             click.echo(
                 f"  OOM-killed, then succeeded with memory {memory} ({count} run(s)): set this"
-                " memory for good (the job's dagster-k8s/config tag) rather than raise it after"
-                " each kill"
+                f" memory for good (the job's {tag} tag) rather than raise it after each kill"
+                if tag
+                else f"  OOM-killed, then succeeded ({count} run(s)); no memory set in its tags"
             )
 
 

@@ -32,12 +32,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--latency", type=float, default=0.02, help="API call seconds (0.02)")
     p.add_argument(
         "--launcher",
-        choices=("harness", "k8s", "docker"),
+        choices=("harness", "k8s", "docker", "ecs"),
         default="harness",
         help="harness: the test launcher; k8s: Dagster's K8sRunLauncher, its API faked;"
         " docker: Dagster's DockerRunLauncher, one real container per STARTED/STARTING run on"
         " the local engine (DOCKER_HOST, default scripts/docker-engine's) up to"
-        " --docker-real-max-n, its docker client faked beyond",
+        " --docker-real-max-n, its docker client faked beyond; ecs: Dagster's EcsRunLauncher,"
+        " its ECS and CloudWatch Logs clients faked",
     )
     p.add_argument(
         "--docker-real-max-n",

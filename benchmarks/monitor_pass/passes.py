@@ -99,11 +99,14 @@ def api_calls(launcher) -> int:
 
 
 def launcher_kind(instance: DagsterInstance) -> str:
-    """``k8s``, ``docker`` or ``harness``: the benchmark launcher the instance runs."""
+    """``k8s``, ``docker``, ``ecs`` or ``harness``: the benchmark launcher the instance runs."""
     module = type(instance.run_launcher).__module__
-    return {"benchmarks.k8s_launcher": "k8s", "benchmarks.docker_launcher": "docker"}.get(
-        module, "harness"
-    )
+    kinds = {
+        "benchmarks.k8s_launcher": "k8s",
+        "benchmarks.docker_launcher": "docker",
+        "benchmarks.ecs_launcher": "ecs",
+    }
+    return kinds.get(module, "harness")
 
 
 def fingerprint(instance: DagsterInstance) -> tuple:
@@ -133,7 +136,8 @@ def fingerprint(instance: DagsterInstance) -> tuple:
 
 def mark_crashed(instance: DagsterInstance, run_ids: Sequence[str]) -> None:
     """The workers of ``run_ids`` (none resumed before) die: the harness reads a tag; on the
-    fake Kubernetes API their Jobs fail, their pods OOMKilled; Docker: ``docker_workers``."""
+    fake Kubernetes API their Jobs fail, their pods OOMKilled; on the fake ECS their tasks
+    stop (exit code 137); Docker: ``docker_workers``."""
     kind = launcher_kind(instance)
     if kind == "docker":
         from benchmarks.monitor_pass.docker_workers import crash_workers
@@ -147,6 +151,12 @@ def mark_crashed(instance: DagsterInstance, run_ids: Sequence[str]) -> None:
 
         for run_id in run_ids:
             CLUSTER.put_job(get_job_name_from_run_id(run_id), K8S_NAMESPACE, "failed")
+        return
+    if kind == "ecs":
+        from benchmarks.ecs_launcher import ECS
+
+        runs = instance.get_runs(RunsFilter(run_ids=list(run_ids)))
+        ECS.stopped.update(run.tags["ecs/task_arn"] for run in runs)
         return
     with cached_schema_checks(instance):
         for run_id in run_ids:
@@ -180,6 +190,10 @@ def count_resumed(instance: DagsterInstance, run_ids: Sequence[str], before: dic
             healthy = run_id in running
         elif kind == "k8s":
             healthy = CLUSTER.state(get_job_name_from_run_id(run_id, after[run_id])) == "active"
+        elif kind == "ecs":  # a new task (the launcher's tag), running
+            from benchmarks.ecs_launcher import ECS
+
+            healthy = run is not None and run.tags["ecs/task_arn"] not in ECS.stopped
         else:
             healthy = run is not None and run.tags.get(HEALTH_TAG) == "RUNNING"
         if (

@@ -75,6 +75,7 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float, version: str)
         "harness": "the test launcher (benchmarks/launcher.py; its health check is one 'API call'"
         " and issues no SQL)",
         "k8s": "Dagster's K8sRunLauncher, only its Kubernetes API objects faked",
+        "ecs": "Dagster's EcsRunLauncher (dagster-aws), only its boto3 ECS and Logs clients faked",
         "docker": docker_description(rows, args),
     }[args.launcher]
     out.append(
@@ -269,6 +270,16 @@ def report(rows: list[Row], args: argparse.Namespace, wall: float, version: str)
             " ours also checks the worker once more under its claim and reads the container"
             " for its cause: two more clients, four more calls than the built-in. Real engine:"
             " every HTTP request counted; faked: the same requests, each --latency."
+        )
+    if args.launcher == "ecs":
+        notes.append(
+            "ECS API calls: EcsRunLauncher's health check reads the run (_get_run_tags: a query)"
+            " and describes its one task (describe_tasks); for a stopped task with a failed"
+            " container it reads the task definition and, where it has a log configuration,"
+            " the log (none here), describing the task once more. A resume: describe and"
+            " register the task definition, run_task. Ours describes the pass's tasks 100 a"
+            " call per cluster and answers the health checks' reads from those and from the"
+            " runs it read; the re-check of a crashed run under its claim reads afresh."
         )
     out += [f"- {n}" for n in notes]
     return "\n".join(out) + "\n"

@@ -75,6 +75,8 @@ def bench_one(storage: str, n: int, args: argparse.Namespace, counter: SqlCounte
         worker_tags = workers.enter_context(docker_workers(args, n, worker_count))
         if args.launcher == "k8s":
             from benchmarks.k8s_launcher import worker_tags
+        elif args.launcher == "ecs":
+            from benchmarks.ecs_launcher import worker_tags
         population = build_population(instance, n, args, rng, worker_tags)
         verify_population(instance, population)
         if args.launcher == "k8s":

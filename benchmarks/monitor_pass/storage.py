@@ -69,6 +69,15 @@ LAUNCHERS = {
             "load_incluster_config": False,
         },
     },
+    "ecs": lambda latency: {  # a task definition per run, as without task_definition
+        "module": "benchmarks.ecs_launcher",
+        "class": "LatencyEcsRunLauncher",
+        "config": {
+            "latency_seconds": latency,
+            "use_current_ecs_task_config": False,
+            "secrets_tag": None,
+        },
+    },
 }
 
 

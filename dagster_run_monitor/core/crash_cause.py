@@ -34,8 +34,9 @@ CAUSES = (
 
 @dataclass(frozen=True)
 class CrashCause:
-    """One cause, with what showed it (``detail``) and, for Kubernetes, the memory the
-    worker's container had (``memory``: ``limits`` / ``requests`` -> quantity)."""
+    """One cause, with what showed it (``detail``) and, after an OOM kill, the memory the
+    worker had (``memory``: Kubernetes ``limits`` / ``requests`` -> quantity; ECS ``memory``,
+    ``cpu``, ``launch_type``)."""
 
     kind: str  # one of CAUSES
     detail: str = ""
@@ -260,8 +261,7 @@ def ecs_cause(
     )
     reasons = f"{reason} {said} " + " ".join(c.get("reason") or "" for c in containers)
     if "OutOfMemoryError" in reasons:
-        memory = {k: str(task[k]) for k in ("memory", "cpu") if task.get(k)}
-        return CrashCause(OOM_KILLED, detail, exit_code, memory)
+        return CrashCause(OOM_KILLED, detail, exit_code, _ecs_size(task))
     if any(lost in reasons for lost in ECS_NODE_LOST):  # a host terminated (whatever its code)
         return CrashCause(NODE_LOST, detail, exit_code)
     if code in ECS_PREEMPTION_STOP_CODES:
@@ -275,3 +275,12 @@ def ecs_cause(
     if exit_code:
         return exit_cause(int(exit_code), detail, shell_convention=True)
     return CrashCause(UNKNOWN, detail)
+
+
+def _ecs_size(task: Mapping[str, Any]) -> dict[str, str]:
+    """The task's ``memory`` (MiB) and ``cpu`` (units), and ``launch_type`` (Fargate's sizes
+    are a fixed table; FARGATE_SPOT is Fargate)."""
+    provider = str(task.get("capacityProviderName") or "")
+    fargate = task.get("launchType") == "FARGATE" or provider.startswith("FARGATE")
+    size = {k: str(task[k]) for k in ("memory", "cpu") if task.get(k)}
+    return {**size, "launch_type": "FARGATE" if fargate else "EC2"}

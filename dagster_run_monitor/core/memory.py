@@ -1,5 +1,6 @@
-"""More memory for a Kubernetes run worker the OOM killer ended: its ``dagster-k8s/config``
-run tag, which ``K8sRunLauncher`` reads when it builds the resumed Job. Pure."""
+"""More memory for a run worker the OOM killer ended, in the run tags its launcher reads when
+it starts the resumed worker: ``dagster-k8s/config`` (``K8sRunLauncher``), ``ecs/memory`` and
+``ecs/cpu`` (``EcsRunLauncher``). Pure."""
 
 import json
 import math
@@ -8,6 +9,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster_k8s's USER_DEFINED_K8S_CONFIG_KEY
+ECS_MEMORY_TAG, ECS_CPU_TAG = "ecs/memory", "ecs/cpu"  # MiB and CPU units (EcsRunLauncher)
+MIB = 2**20
+# Fargate's task sizes: CPU units -> the memory (MiB) each admits (AWS's table of valid
+# CPU and memory combinations). EC2 tasks take any memory.
+FARGATE_SIZES: Mapping[int, tuple[int, ...]] = {
+    256: (512, 1024, 2048),
+    512: tuple(range(1024, 4097, 1024)),
+    1024: tuple(range(2048, 8193, 1024)),
+    2048: tuple(range(4096, 16385, 1024)),
+    4096: tuple(range(8192, 30721, 1024)),
+    8192: tuple(range(16384, 61441, 4096)),
+    16384: tuple(range(32768, 122881, 8192)),
+}
 _UNITS = {
     "": 1,
     "k": 10**3,
@@ -66,6 +80,16 @@ class RaisedMemory:
 def raised_memory(
     tags: Mapping[str, str], memory: Mapping[str, str], oom: OomMemory
 ) -> RaisedMemory | None:
+    """The raised memory for the killed worker's platform (what ``memory`` holds: an ECS
+    task's ``memory``/``cpu``/``launch_type``, or a Kubernetes container's ``limits``)."""
+    if "launch_type" in memory:
+        return raised_ecs_memory(memory, oom)
+    return raised_k8s_memory(tags, memory, oom)
+
+
+def raised_k8s_memory(
+    tags: Mapping[str, str], memory: Mapping[str, str], oom: OomMemory
+) -> RaisedMemory | None:
     """The run's ``dagster-k8s/config`` tag with the worker container's memory limit and
     request (``memory``: what the killed container had) multiplied, up to the cap; None if
     the container had no limit (the node ran out, not the container) or the tag is not
@@ -101,10 +125,60 @@ def raised_memory(
     return RaisedMemory({K8S_CONFIG_TAG: json.dumps(config, sort_keys=True)}, note)
 
 
-def memory_of(tags: Mapping[str, str]) -> str | None:
-    """The run worker's memory limit set in the run's ``dagster-k8s/config`` tag, if any."""
+def raised_ecs_memory(memory: Mapping[str, str], oom: OomMemory) -> RaisedMemory | None:
+    """The run's ``ecs/memory`` tag multiplied, up to the cap; on Fargate, the smallest valid
+    size at or above that memory, its CPU in ``ecs/cpu`` when it grows (None: the task's size
+    is unknown)."""
+    try:
+        old, cpu = int(memory["memory"]), int(memory.get("cpu") or 0)
+    except (KeyError, ValueError):
+        return None
+    cap = oom.max_bytes // MIB
+    wanted = min(cap, math.ceil(old * oom.multiplier))
+    fargate = memory["launch_type"] == "FARGATE"
+    size = fargate_size(cpu, old, wanted, cap) if fargate else (cpu, wanted)
+    if size is None or size[1] <= old:
+        within = " (no larger Fargate size within it)" if fargate else ""
+        note = (
+            f"The worker was OOM-killed with memory {old} MiB, at the cap of oom_memory.max"
+            f" ({oom.max}){within}: resuming with the same memory."
+        )
+        return RaisedMemory({}, note)
+    new_cpu, new = size
+    tags = {ECS_MEMORY_TAG: str(new)}
+    grown = ""
+    if new_cpu != cpu:
+        tags[ECS_CPU_TAG] = str(new_cpu)
+        grown = f" and CPU {new_cpu} units (was {cpu}: Fargate's smallest size for it)"
+    note = f"Resuming with memory {new} MiB (was {old} MiB){grown} after the worker was OOM-killed."
+    return RaisedMemory(tags, note)
+
+
+def fargate_size(cpu: int, old: int, wanted: int, cap: int) -> tuple[int, int] | None:
+    """The Fargate (CPU, memory) with the least memory at or above ``wanted`` and then the
+    least CPU, no less CPU than ``cpu`` and memory in (``old``, ``cap``]; without one at
+    ``wanted``, the most memory under the cap; None if no size has more than ``old``."""
+    sizes = [
+        (mib, units)
+        for units, memories in FARGATE_SIZES.items()
+        if units >= cpu
+        for mib in memories
+        if old < mib <= cap
+    ]
+    if not sizes:
+        return None
+    enough = [size for size in sizes if size[0] >= wanted]
+    mib, units = min(enough) if enough else max(sizes, key=lambda size: (size[0], -size[1]))
+    return units, mib
+
+
+def memory_of(tags: Mapping[str, str]) -> tuple[str, str] | None:
+    """The run worker's memory set in the run's tags, if any, and the tag that sets it:
+    ``dagster-k8s/config``'s container limit or ``ecs/memory``."""
+    if tags.get(ECS_MEMORY_TAG):
+        return f"{tags[ECS_MEMORY_TAG]} MiB", ECS_MEMORY_TAG
     try:
         config = json.loads(tags.get(K8S_CONFIG_TAG) or "{}")
-        return config["container_config"]["resources"]["limits"]["memory"]
+        return config["container_config"]["resources"]["limits"]["memory"], K8S_CONFIG_TAG
     except (ValueError, KeyError, TypeError):
         return None

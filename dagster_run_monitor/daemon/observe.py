@@ -76,6 +76,7 @@ def observe(
         elif is_ecs_launcher(launcher):  # it reads the run and describes its one task
             runs_checked = [r.dagster_run for r in checked]
             tasks = ecs_launcher.task_documents(launcher, runs_checked)
+            ecs_launcher.forget_contexts(launcher, [r.run_id for r in runs_checked])
             answers = PassAnswers(ecs_tasks=tasks, runs={r.run_id: r for r in runs_checked})
         checks = HealthChecks(
             launcher,

@@ -16,7 +16,7 @@ from dagster._core.storage.tags import (
 
 from dagster_run_monitor.core.constants import CRASH_CAUSE_TAG, RESUMED_TAG
 from dagster_run_monitor.core.crash_cause import OOM_KILLED
-from dagster_run_monitor.core.memory import K8S_CONFIG_TAG
+from dagster_run_monitor.core.memory import ECS_MEMORY_TAG, K8S_CONFIG_TAG
 from dagster_run_monitor.integration.internals import RUN_TAGS, RUNS, SqlRunStorage
 from dagster_run_monitor.storage import eventlog
 
@@ -25,6 +25,7 @@ JobKey = tuple[str, str | None]
 # Runs whose duration is not the job's: resumed by the monitor (the crash and the wait are in
 # it), re-executed from a failure or with a step selection (a part of the job only).
 NOT_COUNTED = (RESUMED_TAG, RESUME_RETRY_TAG, ASSET_RESUME_RETRY_TAG, STEP_SELECTION_TAG)
+MEMORY_TAGS = (K8S_CONFIG_TAG, ECS_MEMORY_TAG)  # where a run's worker memory is set
 # PostgreSQL reads each job's newest CANDIDATES x runs runs of any kind, and counts from those.
 CANDIDATES = 4
 
@@ -175,11 +176,11 @@ def job_keys(instance: DagsterInstance, job: str | None = None) -> list[JobKey]:
 
 
 def oom_recoveries(instance: DagsterInstance) -> dict[str, list[Mapping[str, str]]]:
-    """Per job, the tags that matter of its SUCCESS runs whose latest crash was an OOM kill
-    (the memory they succeeded with): one statement."""
-    cause, config = RUN_TAGS.alias("cause"), RUN_TAGS.alias("config")
+    """Per job, the tags that set the memory (``MEMORY_TAGS``) of its SUCCESS runs whose latest
+    crash was an OOM kill (the memory they succeeded with): one statement."""
+    cause, memory = RUN_TAGS.alias("cause"), RUN_TAGS.alias("memory")
     query = (
-        db.select(RUNS.c.pipeline_name, config.c.value)
+        db.select(RUNS.c.run_id, RUNS.c.pipeline_name, memory.c.key, memory.c.value)
         .select_from(
             RUNS.join(
                 cause,
@@ -189,14 +190,19 @@ def oom_recoveries(instance: DagsterInstance) -> dict[str, list[Mapping[str, str
                     cause.c.value == OOM_KILLED,
                 ),
             ).outerjoin(
-                config, db.and_(config.c.run_id == RUNS.c.run_id, config.c.key == K8S_CONFIG_TAG)
+                memory, db.and_(memory.c.run_id == RUNS.c.run_id, memory.c.key.in_(MEMORY_TAGS))
             )
         )
         .where(RUNS.c.status == DagsterRunStatus.SUCCESS.value)
     )
+    runs: dict[str, tuple[str, dict[str, str]]] = {}
+    for run_id, job, key, value in _rows(instance, query):
+        tags = runs.setdefault(run_id, (job, {}))[1]
+        if key and value:
+            tags[key] = value
     found: dict[str, list[Mapping[str, str]]] = {}
-    for job, value in _rows(instance, query):
-        found.setdefault(job, []).append({K8S_CONFIG_TAG: value} if value else {})
+    for job, tags in runs.values():
+        found.setdefault(job, []).append(tags)
     return found
 
 

@@ -11,6 +11,7 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.test_utils import instance_for_test
 
 from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.integration.internals import storage_engine
 from dagster_run_monitor_tests.support.postgres import pg_url
 
 
@@ -73,4 +74,17 @@ def monitor_instance(
         if storage == "postgres":
             instance.wipe()
             instance.wipe_daemon_heartbeats()
-        yield instance
+        try:
+            yield instance
+        finally:
+            close_pools(instance)
+
+
+def close_pools(instance: DagsterInstance) -> None:
+    """Close the connections of the pools our daemon gave the instance's storages (Dagster's
+    storages never dispose their engine, and a pool would hold its connections until garbage
+    collection: a suite's leftover pools reached PostgreSQL's max_connections)."""
+    for storage in (instance.run_storage, instance.event_log_storage):
+        engine = storage_engine(storage)
+        if engine is not None:
+            engine.dispose()
