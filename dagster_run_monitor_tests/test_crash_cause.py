@@ -350,6 +350,52 @@ def test_an_oom_killed_worker_is_resumed_with_more_memory_up_to_the_cap():
     assert plain.note is None and "dagster-k8s/config" not in plain.tags
 
 
+def ecs_oom(memory: int, cpu: int, launch_type: str = "FARGATE") -> CrashCause:
+    size = {"memory": str(memory), "cpu": str(cpu), "launch_type": launch_type}
+    return CrashCause("oom_killed", "OutOfMemoryError", 137, size)
+
+
+@pytest.mark.parametrize(
+    "memory, cpu, multiplier, cap, tags",
+    [
+        # 2048 x 1.5 = 3072: 1024 units admit it
+        (2048, 1024, 1.5, "16Gi", {"ecs/memory": "3072"}),
+        # 2048 x 5 = 10240: past 1024 units' 8192, the smallest size is 2048 units
+        (2048, 1024, 5, "16Gi", {"ecs/memory": "10240", "ecs/cpu": "2048"}),
+        # 512 x 1.5 = 768: 256 units admit 1024 next
+        (512, 256, 1.5, "16Gi", {"ecs/memory": "1024"}),
+        # 30720 x 1.5 = 46080: 8192 units, in steps of 4096 MiB
+        (30720, 4096, 1.5, "60Gi", {"ecs/memory": "49152", "ecs/cpu": "8192"}),
+        # x 1.5 = 9216 is past the 9000 MiB cap: the most under it, 8192
+        (6144, 1024, 1.5, "9000Mi", {"ecs/memory": "8192"}),
+    ],
+)
+def test_an_oom_killed_fargate_task_gets_the_smallest_valid_size(
+    memory, cpu, multiplier, cap, tags
+):
+    config = settings(oom_memory={"multiplier": multiplier, "max": cap})
+    (resume,) = decide(crashed(ecs_oom(memory, cpu)), config, NOW)
+    assert {k: v for k, v in resume.tags.items() if k.startswith("ecs/")} == tags
+
+
+def test_an_oom_killed_ecs_task_on_ec2_and_at_the_cap():
+    config = settings(oom_memory={"multiplier": 1.5, "max": "4Gi"})
+    (ec2,) = decide(crashed(ecs_oom(1000, 512, "EC2")), config, NOW)
+    assert ec2.tags["ecs/memory"] == "1500" and "ecs/cpu" not in ec2.tags  # EC2: any memory
+    assert (
+        ec2.note == "Resuming with memory 1500 MiB (was 1000 MiB) after the worker was OOM-killed."
+    )
+    (at_cap,) = decide(crashed(ecs_oom(4096, 2048)), config, NOW)
+    assert "ecs/memory" not in at_cap.tags
+    assert at_cap.note == (
+        "The worker was OOM-killed with memory 4096 MiB, at the cap of oom_memory.max (4Gi) (no"
+        " larger Fargate size within it): resuming with the same memory."
+    )
+    # 16384 units admit no less than 32768 MiB: nothing above 3072 fits a 4Gi cap from there
+    (no_size,) = decide(crashed(ecs_oom(3072, 16384)), config, NOW)
+    assert "ecs/memory" not in no_size.tags and "no larger Fargate size" in no_size.note
+
+
 def test_at_the_cap_crash_policy_decides():
     config = settings(
         oom_memory={"max": "4Gi"}, crash_policy=[{"causes": ["oom_killed"], "action": "fail"}]

@@ -329,6 +329,8 @@ def test_cli_history_and_explain_show_what_was_learned(make_instance):
         history_of(instance, 30, steps=[("load", 100.0)])
         oom = {c.CRASH_CAUSE_TAG: "oom_killed", K8S_CONFIG_TAG: k8s}
         finished_run(instance, 500, job="big", tags=oom)
+        ecs = {c.CRASH_CAUSE_TAG: "oom_killed", "ecs/memory": "3072", "ecs/cpu": "1024"}
+        finished_run(instance, 500, job="big", tags=ecs)
         run = make_run(instance, S.STARTED, job_name="etl", location="loc", started=T0 - 1000)
         runner = CliRunner()
         shown = runner.invoke(cli, ["history"])
@@ -347,7 +349,14 @@ def test_cli_history_and_explain_show_what_was_learned(make_instance):
             "  step load max runtime: 200 s (2 x p95 of 30 executions of step load in job etl"
             " = 100 s)" in lines
         )
-        assert "  OOM-killed, then succeeded with memory 3Gi (1 run(s))" in shown.output
+        assert (
+            "  OOM-killed, then succeeded with memory 3Gi (1 run(s)): set this memory for good"
+            " (the job's dagster-k8s/config tag) rather than raise it after each kill" in lines
+        )
+        assert (
+            "  OOM-killed, then succeeded with memory 3072 MiB (1 run(s)): set this memory for"
+            " good (the job's ecs/memory tag) rather than raise it after each kill" in lines
+        )
         only = runner.invoke(cli, ["history", "big"])
         assert "job etl" not in only.output and "nothing learned" in only.output
         explain = runner.invoke(cli, ["explain", run.run_id])
