@@ -95,7 +95,7 @@ def _remember_container_contexts() -> None:
 def forget_contexts(launcher: Any, run_ids: Iterable[str]) -> None:
     """Keep the remembered container contexts of ``run_ids`` (the pass's runs) only."""
     contexts: dict[str, Any] = getattr(launcher, _CONTEXTS, {})
-    for run_id in set(contexts) - set(run_ids):
+    for run_id in contexts.copy().keys() - set(run_ids):  # a late check may still add one
         contexts.pop(run_id, None)
 
 
