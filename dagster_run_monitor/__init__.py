@@ -24,6 +24,9 @@ _PUBLIC = {
     "process_step_executor": "dagster_run_monitor.launchers.process",
     "Alert": "dagster_run_monitor.core.model",  # what an alerts.callable function receives
     "CrashCause": "dagster_run_monitor.core.crash_cause",  # a launcher's crash_cause(run)
+    "pause": "dagster_run_monitor.daemon.pause",  # pause(instance, "30m", reason): a sensor's
+    "unpause": "dagster_run_monitor.daemon.pause",
+    "current_pause": "dagster_run_monitor.daemon.pause",
 }
 
 

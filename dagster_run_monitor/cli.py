@@ -20,6 +20,7 @@ from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.heartbeats import where_workers_were
 from dagster_run_monitor.daemon.history import JobRecord, job_records
 from dagster_run_monitor.daemon.observe import observe
+from dagster_run_monitor.daemon.pause import current_pause, pause, unpause
 
 
 @click.group()
@@ -33,11 +34,34 @@ def status() -> None:
     instance = DagsterInstance.get()
     settings = read_settings(instance)
     now = get_current_timestamp()
+    paused = current_pause(instance, now)
+    if paused is not None:
+        click.echo(f"The monitor is {paused.describe(now)}: it observes and acts on nothing.")
     facts = observe(instance, settings, now, {})
     if not facts:
         click.echo("No runs in progress.")
     for run in facts:
         click.echo(describe(run, settings, now))
+
+
+@main.command("pause")
+@click.option("--for", "duration", required=True, help="How long: 30m, 2h, 90s, PT1H.")
+@click.option("--reason", default="", help="Why, for the others (shown by status).")
+def pause_command(duration: str, reason: str) -> None:
+    """Every daemon of the instance observes and acts on nothing for DURATION (it ends by
+    itself; unpause ends it sooner)."""
+    try:
+        paused = pause(DagsterInstance.get(), duration, reason)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--for") from error
+    click.echo(f"The monitor is {paused.describe(get_current_timestamp())}.")
+
+
+@main.command("unpause")
+def unpause_command() -> None:
+    """End the pause now: the next pass judges every run afresh."""
+    ended = unpause(DagsterInstance.get())
+    click.echo("Pause ended." if ended is not None else "The monitor was not paused.")
 
 
 @main.command()

@@ -33,6 +33,8 @@ class NoMetrics:
 
     def breaker(self, is_open: bool) -> None: ...
 
+    def paused(self, is_paused: bool) -> None: ...
+
 
 class Metrics(NoMetrics):
     """The monitor's metrics, in a registry of their own."""
@@ -86,8 +88,18 @@ class Metrics(NoMetrics):
             registry=r,
         )
 
+        self.paused_gauge = Gauge(
+            f"{PREFIX}_paused",
+            "1 while the monitor is paused (dagster-run-monitor pause): it observes, acts on"
+            " nothing",
+            registry=r,
+        )
+
     def breaker(self, is_open: bool) -> None:
         self.breaker_open.set(1 if is_open else 0)
+
+    def paused(self, is_paused: bool) -> None:
+        self.paused_gauge.set(1 if is_paused else 0)
 
     def serve(self, host: str, port: int) -> None:
         from prometheus_client import start_http_server

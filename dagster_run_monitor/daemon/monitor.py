@@ -27,6 +27,7 @@ from dagster_run_monitor.daemon.actions import apply_due
 from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
 from dagster_run_monitor.daemon.history import JobHistories
 from dagster_run_monitor.daemon.observe import observe
+from dagster_run_monitor.daemon.pause import current_pause
 from dagster_run_monitor.integration.internals import concurrency_slots_iteration
 from dagster_run_monitor.launchers.docker.launcher import (
     is_docker_launcher,
@@ -114,7 +115,7 @@ class RunMonitorDaemon(IntervalDaemon):
         if decided.breaker:
             self._logger.warning(decided.breaker)
             yield SerializableErrorInfo(decided.breaker, stack=[], cls_name=None)
-            if not self._breaker_open and not settings.dry_run:
+            if not self._breaker_open and not settings.dry_run:  # an alert even when paused
                 self._alerts(instance, settings).send(breaker_alert(decided.breaker))
         self._breaker_open = decided.breaker is not None
         self._unhealthy_since = decided.unhealthy_since
@@ -128,9 +129,18 @@ class RunMonitorDaemon(IntervalDaemon):
         for run_id, error in decided.errors:
             yield self._error(run_id, error)
         seen = {f.run_id: f for f in facts}
-        yield from self._apply(context, settings, [(seen[i], a) for i, a in decided.due], now)
+        paused = current_pause(instance, now)
+        self.metrics.paused(paused is not None)
+        if paused is not None:  # observe only; the first pass after it judges every run afresh
+            held = paused.holding(sum(len(actions) for _, actions in decided.due), now)
+            self._logger.warning(held)
+            yield SerializableErrorInfo(held, stack=[], cls_name=None)
+        else:
+            due = [(seen[i], a) for i, a in decided.due]
+            yield from self._apply(context, settings, due, now)
         alerts = self._alerts(instance, settings)
-        if settings.alerts.pagerduty is not None and not crashes_only and not settings.dry_run:
+        active = not (settings.dry_run or paused)
+        if settings.alerts.pagerduty is not None and not crashes_only and active:
             for run_id, subjects in incidents.over(instance, facts).items():
                 alerts.resolve(run_id, subjects)
         for failure in alerts.flush():  # the heartbeat shows them

@@ -26,9 +26,7 @@ class PassAnswers:
     resume_counts: Mapping[str, int] = field(default_factory=dict)  # run id -> resumes
     job_statuses: Mapping[tuple[str, str], Any] = field(default_factory=dict)  # (ns, Job)
     ecs_tasks: Mapping[tuple[str, str], Any] = field(default_factory=dict)  # (cluster, task ARN)
-    runs: Mapping[str, Any] = field(
-        default_factory=dict
-    )  # run id -> DagsterRun, as the pass read it
+    runs: Mapping[str, Any] = field(default_factory=dict)  # run id -> DagsterRun, as read
 
 
 _PASS = threading.local()

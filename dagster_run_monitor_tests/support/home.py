@@ -11,6 +11,7 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.test_utils import instance_for_test
 
 from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor.core.pause import PAUSE_KEY
 from dagster_run_monitor.integration.internals import storage_engine
 from dagster_run_monitor_tests.support.postgres import pg_url
 
@@ -71,9 +72,10 @@ def monitor_instance(
     postgres_url = pg_url() if storage == "postgres" else None
     overrides = instance_config(run_monitoring, launcher, postgres_url)
     with instance_for_test(overrides=overrides) as instance:
-        if storage == "postgres":
+        if storage == "postgres":  # the session's database: what earlier tests left
             instance.wipe()
             instance.wipe_daemon_heartbeats()
+            instance.run_storage.set_cursor_values({PAUSE_KEY: ""})  # wipe() keeps the kvs
         try:
             yield instance
         finally:
