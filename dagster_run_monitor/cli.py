@@ -9,6 +9,7 @@ from dagster._time import get_current_timestamp
 
 from dagster_run_monitor.config.parse import read_settings
 from dagster_run_monitor.core.crashes import counted_resumes, policy_entry
+from dagster_run_monitor.core.durations import parse_duration
 from dagster_run_monitor.core.learned import history as learned_history
 from dagster_run_monitor.core.learned import percentile
 from dagster_run_monitor.core.limit_table import LIMITS, MAX_RUNTIME, clock_start
@@ -16,11 +17,13 @@ from dagster_run_monitor.core.limits import Limit, resolve_limits, with_history
 from dagster_run_monitor.core.memory import memory_of
 from dagster_run_monitor.core.model import RunFacts
 from dagster_run_monitor.core.policy import decide, limits_of
+from dagster_run_monitor.core.report import render
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.heartbeats import where_workers_were
 from dagster_run_monitor.daemon.history import JobRecord, job_records
 from dagster_run_monitor.daemon.observe import observe
 from dagster_run_monitor.daemon.pause import current_pause, pause, unpause
+from dagster_run_monitor.daemon.report import recovery_report
 
 
 @click.group()
@@ -62,6 +65,19 @@ def unpause_command() -> None:
     """End the pause now: the next pass judges every run afresh."""
     ended = unpause(DagsterInstance.get())
     click.echo("Pause ended." if ended is not None else "The monitor was not paused.")
+
+
+@main.command()
+@click.option("--since", "since", default="7d", show_default=True, help="How far back: 7d, 24h.")
+@click.option("--format", "form", type=click.Choice(["text", "markdown", "json"]), default="text")
+def report(since: str, form: str) -> None:
+    """Did resuming help? Per reason and cause: runs acted on, the recovery rate, time from
+    a crash to the new worker, how long ended runs were stuck, the jobs that crashed most."""
+    try:
+        seconds = parse_duration(since)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--since") from error
+    click.echo(render(recovery_report(DagsterInstance.get(), seconds), form), nl=False)
 
 
 @main.command()

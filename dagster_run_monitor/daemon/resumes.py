@@ -71,12 +71,15 @@ def healthy_again(
 def tag(
     instance: DagsterInstance, resumes: Sequence[tuple[RunRecord, ResumeRun]]
 ) -> dict[str, DagsterRun]:
-    """Write the resumes' tags (the attempt, the cause, an uncounted attempt, raised memory),
-    for all runs at once; returns each run as written."""
+    """Write the resumes' tags (the attempt, the reason, the cause, an uncounted attempt,
+    raised memory), for all runs at once; returns each run as written."""
     return write_tags(
         instance,
         [
-            (record, {**resume.tags, c.RESUMED_TAG: str(resume.attempt)})
+            (
+                record,
+                {**resume.tags, c.RESUMED_TAG: str(resume.attempt), c.REASON_TAG: resume.reason},
+            )
             for record, resume in resumes
         ],
     )

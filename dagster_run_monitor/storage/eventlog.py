@@ -45,7 +45,7 @@ def latest_event_times(
     table = EVENT_LOGS
     times = {}
     with storage.index_connection() as conn:  # type: ignore[attr-defined]
-        for chunk in _chunks(run_ids, storage):
+        for chunk in chunks(run_ids, storage):
             query = (
                 db.select(table.c.run_id, db.func.max(table.c.timestamp))
                 .where(table.c.run_id.in_(chunk))
@@ -118,7 +118,7 @@ def _latest_step_events(
         return
     table = EVENT_LOGS
     with storage.index_connection() as conn:  # type: ignore[attr-defined]
-        for chunk in _chunks(run_ids, storage):
+        for chunk in chunks(run_ids, storage):
             query = (
                 db.select(
                     table.c.run_id,
@@ -168,7 +168,7 @@ def resume_history(
         return history
     table = EVENT_LOGS
     with storage.index_connection() as conn:  # type: ignore[attr-defined]
-        for chunk in _chunks(run_ids, storage):
+        for chunk in chunks(run_ids, storage):
             query = (
                 db.select(table.c.run_id, table.c.event)
                 .where(table.c.run_id.in_(chunk))
@@ -180,7 +180,7 @@ def resume_history(
     return history
 
 
-def _chunks(items: Sequence[str], storage: EventLogStorage | None = None) -> list[Sequence[str]]:
+def chunks(items: Sequence[str], storage: EventLogStorage | None = None) -> list[Sequence[str]]:
     size = CHUNK
     if storage is not None and type(storage).__module__.startswith("dagster_postgres"):
         size = POSTGRES_CHUNK
