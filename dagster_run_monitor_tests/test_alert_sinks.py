@@ -328,3 +328,12 @@ def test_a_secret_from_a_missing_variable_fails_at_start_up_naming_key_and_varia
     with pytest.raises(DagsterInvalidConfigError) as raised:
         settings_from_config({"alerts": {"on": ["warning", "page me"]}})
     assert "run_monitoring.alerts.on" in "".join(str(e.message) for e in raised.value.errors)
+
+
+@pytest.mark.parametrize("to", [True, 5, {"a": "b@example.com"}, [], ["nobody"]])
+def test_email_recipients_that_are_not_addresses_fail_at_start_up_naming_the_key(to):
+    """Found by the fuzz test: ``to: true`` raised a TypeError instead."""
+    mail = {"smtp_host": "127.0.0.1", "from": "monitor@example.com", "to": to}
+    with pytest.raises(DagsterInvalidConfigError) as raised:
+        settings_from_config({"alerts": {"email": mail}})
+    assert "run_monitoring.alerts.email.to" in "".join(str(e.message) for e in raised.value.errors)

@@ -93,7 +93,7 @@ def alert_settings(config: Mapping[str, Any], invalid: Any) -> AlertSettings:
 
 def _email(mail: Mapping[str, Any], secret: Any, invalid: Any) -> Email:
     to = mail.get("to") or []
-    to = [to] if isinstance(to, str) else list(to)
+    to = [to] if isinstance(to, str) else list(to) if isinstance(to, (list, tuple)) else [to]
     if not to or not all(isinstance(a, str) and "@" in a for a in to):
         raise invalid("alerts.email.to", mail.get("to"), "expected one or more addresses")
     password = mail.get("password")
