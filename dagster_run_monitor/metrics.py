@@ -2,7 +2,7 @@
 (``pip install dagster-run-monitor[metrics]``)."""
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from dagster_run_monitor.core.model import (
     Action,
@@ -35,13 +35,17 @@ class NoMetrics:
 
     def paused(self, is_paused: bool) -> None: ...
 
+    def resumed_ended(self, ended: Mapping[str, int]) -> None: ...
+
+    def alerts(self, sent: Mapping[str, int], failed: Mapping[str, int]) -> None: ...
+
 
 class Metrics(NoMetrics):
     """The monitor's metrics, in a registry of their own."""
 
     enabled = True
 
-    def __init__(self) -> None:
+    def __init__(self, poll_interval_seconds: float = 120) -> None:
         from prometheus_client import CollectorRegistry, Gauge, Histogram
         from prometheus_client import Counter as PromCounter
 
@@ -95,8 +99,42 @@ class Metrics(NoMetrics):
             registry=r,
         )
 
+        self.poll_interval = Gauge(
+            f"{PREFIX}_poll_interval_seconds",
+            "The configured poll_interval_seconds (a full pass is due this often)",
+            registry=r,
+        )
+        self.poll_interval.set(poll_interval_seconds)
+        self.last_pass = Gauge(
+            f"{PREFIX}_last_pass_timestamp_seconds",
+            "When the last pass of each kind ended (Unix time)",
+            ["kind"],
+            registry=r,
+        )
+        self.ended_after_resume = PromCounter(
+            f"{PREFIX}_resumed_runs_ended",
+            "Runs the monitor resumed that have finished since, by final status",
+            ["status"],
+            registry=r,
+        )
+        self.alert_deliveries = PromCounter(
+            f"{PREFIX}_alerts",
+            "Alert deliveries by sink and outcome (sent, failed)",
+            ["sink", "outcome"],
+            registry=r,
+        )
+
     def breaker(self, is_open: bool) -> None:
         self.breaker_open.set(1 if is_open else 0)
+
+    def resumed_ended(self, ended: Mapping[str, int]) -> None:
+        for status, count in ended.items():
+            self.ended_after_resume.labels(status).inc(count)
+
+    def alerts(self, sent: Mapping[str, int], failed: Mapping[str, int]) -> None:
+        for outcome, counts in (("sent", sent), ("failed", failed)):
+            for sink, count in counts.items():
+                self.alert_deliveries.labels(sink, outcome).inc(count)
 
     def paused(self, is_paused: bool) -> None:
         self.paused_gauge.set(1 if is_paused else 0)
@@ -125,6 +163,7 @@ class Metrics(NoMetrics):
 
     def passed(self, kind: str, seconds: float) -> None:
         self.pass_seconds.labels(kind).observe(seconds)
+        self.last_pass.labels(kind).set_to_current_time()
 
     def applied(self, actions: Sequence[Action]) -> None:
         for action in actions:

@@ -16,6 +16,7 @@ from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
 from dagster_run_monitor_tests.support.runs import T0, make_run, messages, monitor_pass, report
 from dagster_run_monitor_tests.support.sink_servers import closed_port, http_sink, smtp_sink
+from dagster_run_monitor_tests.support.subprocesses import free_port
 
 UI = "http://dagster.example.com"
 WARNING = "Run has used 50% of its max runtime (50 of 100 seconds)."
@@ -37,9 +38,10 @@ def warn_config(alerts: dict) -> dict:
     }
 
 
-def warned_run(make_instance, workspace_context, config: dict, passes: int = 2):
+def warned_run(make_instance, workspace_context, config: dict, passes: int = 2, daemons=None):
     """One run past the warning threshold, ``passes`` passes (a new daemon each: as if
-    restarted); returns the run, the pass errors, and the instance's events for checks."""
+    restarted, added to ``daemons``); returns the run, the pass errors, and the instance's
+    events for checks."""
     with make_instance(run_monitoring=config) as instance:
         run = make_run(instance, S.STARTED, started=T0 - 50)
         errors = []
@@ -47,6 +49,7 @@ def warned_run(make_instance, workspace_context, config: dict, passes: int = 2):
             for i in range(passes):
                 daemon = RunMonitorDaemon.from_instance(instance)
                 errors += monitor_pass(instance, ctx, now=T0 + i, daemon=daemon)
+                (daemons if daemons is not None else []).append(daemon)
         log = messages(instance, run.run_id)
     assert log.count(WARNING) == 1
     return run, errors, log
@@ -265,7 +268,9 @@ def test_a_sink_that_is_down_or_slow_stops_neither_the_others_nor_the_pass(
                 "webhook": {"url": f"{hook.url}/alerts", "timeout_seconds": 2, "retries": 0},
             }
         )
-        run, errors, log = warned_run(make_instance, workspace_context, config, passes=1)
+        config["metrics"] = {"port": free_port()}
+        daemons: list = []
+        run, errors, log = warned_run(make_instance, workspace_context, config, 1, daemons)
         assert len(teams.requests) == 1 and teams.answered == 0  # the pass did not wait for it
         assert len(hook.requests) == 1
     reported = sorted(e.message for e in errors)
@@ -275,6 +280,18 @@ def test_a_sink_that_is_down_or_slow_stops_neither_the_others_nor_the_pass(
     assert reported[1].startswith(f"Alert sink slack failed for run {run.run_id}: ")
     assert "Connection refused" in reported[1]
     assert SECRET not in caplog.text + "".join(reported)
+    deliveries = {
+        (sink, outcome): daemons[0].metrics.registry.get_sample_value(
+            "dagster_run_monitor_alerts_total", {"sink": sink, "outcome": outcome}
+        )
+        for sink in ("slack", "msteams", "webhook")
+        for outcome in ("sent", "failed")
+    }
+    assert {k: v for k, v in deliveries.items() if v} == {
+        ("slack", "failed"): 1,
+        ("msteams", "failed"): 1,
+        ("webhook", "sent"): 1,
+    }
 
 
 def test_the_monitors_actions_alert_once_per_run_and_cause(make_instance, workspace_context):

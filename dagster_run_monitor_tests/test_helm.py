@@ -148,3 +148,30 @@ def test_only_the_instance_class_added_keeps_the_charts_settings(tmp_path):
     settings = read_settings(instance)
     assert settings.start_timeout_seconds == 300
     assert settings.resume_attempts == 0  # the chart's maxResumeRunAttempts
+
+
+METRICS_OVERLAY = REPO_ROOT / "docs" / "observability" / "values-metrics.yaml"
+# The keys the chart's schema allows under dagsterDaemon (helm/dagster/schema: class Daemon,
+# extra forbidden); no container port, no Service.
+CHART_DAEMON_KEYS = {
+    "schedulerName", "volumeMounts", "volumes", "enabled", "image", "runCoordinator",
+    "heartbeatTolerance", "env", "envConfigMaps", "envSecrets", "deploymentLabels", "labels",
+    "nodeSelector", "affinity", "tolerations", "podSecurityContext", "securityContext",
+    "resources", "livenessProbe", "readinessProbe", "startupProbe", "annotations",
+    "runMonitoring", "runRetries", "sensors", "schedules",
+}  # fmt: skip
+
+
+def test_the_metrics_overlay_serves_the_metrics_on_the_pods_interfaces(tmp_path):
+    """After the run-monitor overlay (Helm merges maps): the daemon's metrics on 0.0.0.0:9464,
+    the pod annotated for Prometheus's pod discovery, every key one the chart's schema allows
+    and every annotation a string (Kubernetes' type)."""
+    metrics = yaml.safe_load(METRICS_OVERLAY.read_text())
+    assert set(metrics["dagsterDaemon"]) <= CHART_DAEMON_KEYS
+    annotations = metrics["dagsterDaemon"]["annotations"]
+    assert all(isinstance(v, str) for v in annotations.values())
+    assert annotations["prometheus.io/port"] == "9464"
+    values = merged(merged(CHART_DEFAULTS, overlay()), metrics)
+    settings = read_settings(load(values, tmp_path))
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 9464)
+    assert settings.resume_attempts == 3  # the first overlay's block is kept

@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -45,6 +46,8 @@ class AlertSender:
         self._logger = logger
         self._instance = instance
         self._failures: list[str] = []
+        self._sent: Counter[str] = Counter()  # sink -> deliveries since counts()
+        self._failed_by_sink: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._secrets = [v.value for v in _secrets(settings)]
         self._sinks: dict[str, tuple[Callable, float, queue.Queue]] = {}
@@ -94,6 +97,8 @@ class AlertSender:
             try:
                 if item[0] == "send":
                     deliver(item[1])
+                    with self._lock:
+                        self._sent[name] += 1
                     if name == "pagerduty" and item[1].event in RESOLVED_BY_THE_RUN:
                         self._open(item[1].run_id, [item[1].subject], add=True)
                 else:
@@ -129,6 +134,14 @@ class AlertSender:
         self._logger.warning(line)
         with self._lock:
             self._failures.append(line)
+            self._failed_by_sink[name] += 1
+
+    def counts(self) -> tuple[Counter[str], Counter[str]]:
+        """Deliveries sent and failed per sink since the last call (for the metrics)."""
+        with self._lock:
+            sent, failed = self._sent, self._failed_by_sink
+            self._sent, self._failed_by_sink = Counter(), Counter()
+        return sent, failed
 
 
 def _secrets(settings: AlertSettings) -> list[Secret]:

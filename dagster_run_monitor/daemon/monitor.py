@@ -62,7 +62,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self._sender: AlertSender | None = None
         self.metrics: NoMetrics = NoMetrics()
         if settings.metrics_port:
-            self.metrics = Metrics()
+            self.metrics = Metrics(poll)
             self.metrics.serve(settings.metrics_host, settings.metrics_port)
 
     @classmethod
@@ -145,6 +145,8 @@ class RunMonitorDaemon(IntervalDaemon):
                 alerts.resolve(run_id, subjects)
         for failure in alerts.flush():  # the heartbeat shows them
             yield SerializableErrorInfo(failure, stack=[], cls_name=None)
+        self.metrics.alerts(*alerts.counts())
+        self.metrics.resumed_ended(self._runs.take_ended())
         self.metrics.passed("crashes" if crashes_only else "full", time.monotonic() - began)
 
     def _alerts(self, instance: DagsterInstance, settings: MonitorSettings) -> AlertSender:

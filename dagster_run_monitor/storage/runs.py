@@ -1,19 +1,32 @@
 """Read in-progress runs: a page of run bodies costs more than the rest of a pass, so a daemon
 keeps the runs it has read and re-reads only those whose row changed since."""
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
+import sqlalchemy as db
 from dagster import DagsterInstance
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
+from dagster._core.storage.dagster_run import (
+    FINISHED_STATUSES as DAGSTER_FINISHED,
+)
+from dagster._core.storage.dagster_run import (
+    DagsterRun,
+    DagsterRunStatus,
+    RunRecord,
+    RunsFilter,
+)
 from dagster._core.storage.event_log.base import EventLogStorage
 from dagster._time import utc_datetime_from_naive
 
+from dagster_run_monitor.core.constants import RESUMED_TAG
 from dagster_run_monitor.core.limits import Limits, run_limits
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.integration.internals import RUNS, SqlRunStorage
 from dagster_run_monitor.storage.eventlog import count_resume_attempts
 
 PAGE_SIZE = 1000
+FINISHED_STATUSES = frozenset(s.value for s in DAGSTER_FINISHED)
+ENDED_SEEN_AT_MOST = 10_000  # resumed runs remembered as counted
 
 
 class RunReader:
@@ -26,6 +39,8 @@ class RunReader:
         self._counted: dict[str, tuple[object, int]] = {}  # run id -> (row's update time, count)
         self._limits: dict[str, tuple[DagsterRun, Limits]] = {}  # run id -> (run read, limits)
         self._limits_for: MonitorSettings | None = None
+        self._ended: Counter[str] = Counter()  # final status -> resumed runs that ended since
+        self._ended_seen: dict[str, None] = {}  # their ids (the newest ENDED_SEEN_AT_MOST)
 
     def limits(
         self, runs: Mapping[str, DagsterRun], settings: MonitorSettings
@@ -81,8 +96,32 @@ class RunReader:
             for record in instance.get_run_records(RunsFilter(run_ids=page)):
                 known[record.dagster_run.run_id] = record
         self._known[tuple(statuses)] = known
+        self._count_ended(storage, [r for i, r in before.items() if i not in current])
         wanted = set(statuses)  # a run may have moved on between the two queries
         return [r for r in known.values() if r.dagster_run.status in wanted]
+
+    def _count_ended(self, storage: SqlRunStorage, left: Sequence[RunRecord]) -> None:
+        """Of the runs no longer in the statuses read, those the monitor resumed that have
+        finished (one statement, only when there are any), counted once each."""
+        resumed = [
+            r.dagster_run.run_id
+            for r in left
+            if RESUMED_TAG in r.dagster_run.tags and r.dagster_run.run_id not in self._ended_seen
+        ]
+        if not resumed:
+            return
+        query = db.select(RUNS.c.run_id, RUNS.c.status).where(RUNS.c.run_id.in_(resumed))
+        for row in storage.fetchall(query):
+            if row["status"] in FINISHED_STATUSES:
+                self._ended[row["status"]] += 1
+                self._ended_seen[row["run_id"]] = None
+        while len(self._ended_seen) > ENDED_SEEN_AT_MOST:
+            del self._ended_seen[next(iter(self._ended_seen))]
+
+    def take_ended(self) -> Counter[str]:
+        """Resumed runs that finished since the last call, by final status."""
+        ended, self._ended = self._ended, Counter()
+        return ended
 
 
 def read_all(instance: DagsterInstance, statuses: Sequence[DagsterRunStatus]) -> list[RunRecord]:
