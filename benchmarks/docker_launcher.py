@@ -9,13 +9,10 @@ from collections import Counter
 from typing import Any
 
 import requests
-from dagster import Field, Float
-from dagster._core.launcher import CheckRunHealthResult
-from dagster._core.storage.dagster_run import DagsterRun
 from dagster_docker import DockerRunLauncher
 from docker.api.client import APIClient
 
-from benchmarks.launcher import DEFAULT_LATENCY_SECONDS
+from benchmarks.launcher import DEFAULT_LATENCY_SECONDS, CountedHealthChecks, latency_field
 from dagster_run_monitor_tests.support.fake_docker import (
     ENGINE,
     FakeDockerEngine,
@@ -58,19 +55,12 @@ class EngineRequests:
 ENGINE_REQUESTS = EngineRequests()
 
 
-class _Counted:
-    """Counts calls of ``check_run_worker_health`` (the launcher's own, called by super());
-    ``api_calls`` and ``api_by_call``: the API calls ``api`` counted (every launcher's)."""
+class _Counted(CountedHealthChecks):
+    """Counts calls of ``check_run_worker_health``; ``api_calls`` and ``api_by_call``: the API
+    calls ``api`` counted (every launcher's)."""
 
     def _count(self, api: EngineRequests | FakeDockerEngine) -> None:
         self._api = api
-        self._lock = threading.Lock()
-        self.health_checks = 0
-
-    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        with self._lock:
-            self.health_checks += 1
-        return super().check_run_worker_health(run)  # type: ignore[misc]
 
     @property
     def api_calls(self) -> int:
@@ -107,7 +97,5 @@ class LatencyDockerRunLauncher(_Counted, FakeEngineDockerRunLauncher):
     def config_type(cls) -> dict:
         return {
             **DockerRunLauncher.config_type(),
-            "latency_seconds": Field(
-                Float, is_required=False, default_value=DEFAULT_LATENCY_SECONDS
-            ),
+            "latency_seconds": latency_field(),
         }

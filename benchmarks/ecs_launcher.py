@@ -16,11 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
-from dagster import Field, Float
-from dagster._core.launcher import CheckRunHealthResult
-from dagster._core.storage.dagster_run import DagsterRun
 
-from benchmarks.launcher import DEFAULT_LATENCY_SECONDS
+from benchmarks.launcher import DEFAULT_LATENCY_SECONDS, CountedHealthChecks, latency_field
 
 CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/bench"
 RECORDED = Path(__file__).parents[1] / "dagster_run_monitor_tests" / "recorded"
@@ -105,7 +102,7 @@ def new_task_arn() -> str:
     return f"arn:aws:ecs:us-east-1:123456789012:task/bench/{uuid.uuid4().hex}"
 
 
-class LatencyEcsRunLauncher(EcsRunLauncher):
+class LatencyEcsRunLauncher(CountedHealthChecks, EcsRunLauncher):
     """Dagster's ``EcsRunLauncher``, its ECS and Logs clients the fake ``ECS``; counts its
     health checks; ``api_calls``: the fake's calls."""
 
@@ -113,22 +110,10 @@ class LatencyEcsRunLauncher(EcsRunLauncher):
         super().__init__(**kwargs)
         ECS.latency = latency_seconds
         self.ecs = self.logs = ECS  # type: ignore[assignment]
-        self._lock = threading.Lock()
-        self.health_checks = 0
 
     @classmethod
     def config_type(cls):
-        return {
-            **EcsRunLauncher.config_type(),
-            "latency_seconds": Field(
-                Float, is_required=False, default_value=DEFAULT_LATENCY_SECONDS
-            ),
-        }
-
-    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        with self._lock:
-            self.health_checks += 1
-        return super().check_run_worker_health(run)
+        return {**EcsRunLauncher.config_type(), "latency_seconds": latency_field()}
 
     def get_image_for_run(self, context: Any) -> str | None:
         """The benchmark's runs have no image in their code origin (EcsRunLauncher's API for

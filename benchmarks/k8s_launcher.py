@@ -1,19 +1,16 @@
 """The benchmark's ``k8s`` launcher: Dagster's ``K8sRunLauncher`` with its Kubernetes API faked
 (a module of its own: the Kubernetes client is imported only where it is used)."""
 
-import threading
-
-from dagster import DagsterInstance, Field, Float, RunsFilter
-from dagster._core.launcher import CheckRunHealthResult
-from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+from dagster import DagsterInstance, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRunStatus
 from dagster._core.storage.tags import DOCKER_IMAGE_TAG
 from dagster_k8s import K8sRunLauncher
 
-from benchmarks.launcher import DEFAULT_LATENCY_SECONDS
+from benchmarks.launcher import DEFAULT_LATENCY_SECONDS, CountedHealthChecks, latency_field
 from dagster_run_monitor_tests.support.fake_k8s import CLUSTER, FakeClusterK8sRunLauncher
 
 
-class LatencyK8sRunLauncher(FakeClusterK8sRunLauncher):
+class LatencyK8sRunLauncher(CountedHealthChecks, FakeClusterK8sRunLauncher):
     """Dagster's ``K8sRunLauncher``, only its Kubernetes API objects faked
     (``dagster_run_monitor_tests.support.fake_k8s``): each API call takes ``latency_seconds``,
     and a Job the fake has no record of reads as active (a healthy worker), so N workers need
@@ -24,22 +21,10 @@ class LatencyK8sRunLauncher(FakeClusterK8sRunLauncher):
         CLUSTER.default_job_state = "active"
         CLUSTER.light = True
         super().__init__(**kwargs)
-        self._lock = threading.Lock()
-        self.health_checks = 0
 
     @classmethod
     def config_type(cls):
-        return {
-            **K8sRunLauncher.config_type(),
-            "latency_seconds": Field(
-                Float, is_required=False, default_value=DEFAULT_LATENCY_SECONDS
-            ),
-        }
-
-    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        with self._lock:
-            self.health_checks += 1
-        return super().check_run_worker_health(run)
+        return {**K8sRunLauncher.config_type(), "latency_seconds": latency_field()}
 
     @property
     def api_calls(self) -> int:

@@ -18,6 +18,24 @@ from dagster_run_monitor_tests.support.launchers import (
 DEFAULT_LATENCY_SECONDS = 0.02  # about one Kubernetes API round trip
 
 
+def latency_field() -> Field:
+    """The ``latency_seconds`` config field of the benchmark's launchers."""
+    return Field(Float, is_required=False, default_value=DEFAULT_LATENCY_SECONDS)
+
+
+class CountedHealthChecks:
+    """A mixin for Dagster's launchers: counts calls of their ``check_run_worker_health`` (the
+    report's health checks)."""
+
+    health_checks = 0
+    _counting = threading.Lock()
+
+    def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
+        with self._counting:
+            self.health_checks += 1
+        return super().check_run_worker_health(run)  # type: ignore[misc]
+
+
 class LatencyRunLauncher(ScriptedRunLauncher):
     """``check_run_worker_health`` sleeps ``latency_seconds`` (the launcher's remote API call),
     then answers from the tags of the run it is given: unlike ``ScriptedRunLauncher`` it does
@@ -34,9 +52,7 @@ class LatencyRunLauncher(ScriptedRunLauncher):
     def config_type(cls):
         return {
             "can_resume": Field(Bool, is_required=False, default_value=True),
-            "latency_seconds": Field(
-                Float, is_required=False, default_value=DEFAULT_LATENCY_SECONDS
-            ),
+            "latency_seconds": latency_field(),
         }
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
