@@ -5,9 +5,11 @@ from collections import Counter
 
 import click
 from dagster import DagsterInstance
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from dagster._time import get_current_timestamp
 
 from dagster_run_monitor.config.parse import read_settings
+from dagster_run_monitor.core.constants import STEP_RETRY_TAG
 from dagster_run_monitor.core.crashes import counted_resumes, policy_entry
 from dagster_run_monitor.core.durations import parse_duration
 from dagster_run_monitor.core.learned import history as learned_history
@@ -19,6 +21,8 @@ from dagster_run_monitor.core.model import RunFacts
 from dagster_run_monitor.core.policy import decide, limits_of
 from dagster_run_monitor.core.report import render
 from dagster_run_monitor.core.settings import MonitorSettings
+from dagster_run_monitor.core.step_crashes import decide_failed_run, retry_wait_message
+from dagster_run_monitor.daemon.failed_runs import failed_run_facts
 from dagster_run_monitor.daemon.heartbeats import where_workers_were
 from dagster_run_monitor.daemon.history import JobRecord, job_records
 from dagster_run_monitor.daemon.observe import observe
@@ -91,6 +95,9 @@ def explain(run_id: str) -> None:
     run = next((f for f in facts if f.run_id == run_id), None)
     if run is None:
         found = instance.get_run_by_id(run_id)
+        if found is not None and found.status == DagsterRunStatus.FAILURE:
+            click.echo(explain_failed(instance, found, settings, now))
+            return
         state = found.status.value if found else "not found"
         raise click.ClickException(f"Run {run_id} is not monitored ({state}).")
     click.echo(describe(run, settings, now))
@@ -103,6 +110,35 @@ def explain(run_id: str) -> None:
         click.echo("Next pass: nothing to do.")
     for action in actions:
         click.echo(f"Next pass: {type(action).__name__}: {getattr(action, 'message', '')}")
+
+
+def explain_failed(
+    instance: DagsterInstance, run: DagsterRun, settings: MonitorSettings, now: float
+) -> str:
+    """A failed run: its step workers that died, their causes, and the step retry decided
+    (or that the next pass would decide)."""
+    lines = [f"{run.run_id}  {run.job_name}  FAILURE"]
+    facts = failed_run_facts(instance, [run])
+    if not facts:
+        lines.append("  no step worker died: a failure of its code (step retries do not apply)")
+        return "\n".join(lines)
+    fact = facts[0]
+    for crash in fact.crashes():
+        lines.append(f"  step {crash.end.step_key}: worker died ({crash.cause})")
+    budget = settings.step_retries.max_retries if settings.step_retries.enabled else 0
+    lines.append(f"  step retries: {fact.retries} of {budget} used in its run group")
+    decided = run.tags.get(STEP_RETRY_TAG)
+    if decided:
+        lines.append(f"  decided: {decided}")
+        return "\n".join(lines)
+    verdict = decide_failed_run(fact, settings, now)
+    if verdict.retry is not None:
+        lines.append(f"Next pass: {verdict.retry.message}")
+    elif verdict.wait_until is not None:
+        lines.append(f"Next pass: nothing yet, {retry_wait_message(verdict.wait_until, now)}")
+    else:
+        lines.append(f"Next pass: no retry. {verdict.note or ''}".rstrip())
+    return "\n".join(lines)
 
 
 def describe(run: RunFacts, settings: MonitorSettings, now: float) -> str:

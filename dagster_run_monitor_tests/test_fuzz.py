@@ -22,11 +22,13 @@ from hypothesis import strategies as st
 from dagster_run_monitor.config.parse import settings_from_config
 from dagster_run_monitor.config.schema import run_monitoring_config_field
 from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.crash_cause import CAUSES, CrashCause
 from dagster_run_monitor.core.limit_table import TAGS as LIMIT_TAGS
 from dagster_run_monitor.core.limits import resolve_limits
 from dagster_run_monitor.core.model import MONITORED_STATUSES, Health, Notice, RunFacts
 from dagster_run_monitor.core.policy import decide
 from dagster_run_monitor.core.settings import MonitorSettings
+from dagster_run_monitor.core.step_crashes import LOST_STEP, FailedRun, StepEnd, decide_failed_run
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NOW = 1_800_000_000.0
@@ -88,6 +90,10 @@ SPECIAL = {  # values with meaning where the schema says only "a string"
     "stall_action": st.sampled_from(["fail", "resume", "Fail", "", "kill"]),
     "alerts.webhook.url": st.sampled_from(["http://127.0.0.1:9/x", "https://a.b", "ftp://x", ""]),
     "rules[].match.job": st.sampled_from(["*", "etl_*", "[", "a?", ""]),
+    # Any in the schema (validated by settings.py): mostly well-formed blocks
+    "step_retries": st.fixed_dictionaries(
+        {}, optional={"enabled": st.one_of(st.booleans(), scalars), "max_retries": ints}
+    ),
 }
 
 
@@ -213,6 +219,80 @@ def run_facts(draw, tags=monitor_tags) -> RunFacts:
     )
 
 
+step_ends = st.builds(
+    StepEnd,
+    step_key=st.sampled_from(["a", "b", "g.c[1]"]),
+    retried=st.booleans(),
+    message=st.sampled_from(
+        [
+            "Step a failed health check: Discovered failed Kubernetes job j for step a.",
+            "Step a failed health check: x (cause: oom_killed, SIGKILL)",
+            "boom",
+            "(cause: ",
+        ]
+    ),
+    cls_name=st.sampled_from([None, "ChildProcessCrashException", "Failure", LOST_STEP, "X"]),
+    error_source=st.sampled_from([None, "INTERRUPT", "USER_CODE_ERROR", "FRAMEWORK_ERROR"]),
+    user_failure=st.booleans(),
+    canceling=st.booleans(),
+    explanation=st.sampled_from(["", "terminated by signal 9 (SIGKILL)", "exited with code 3"]),
+    worker=st.sampled_from(
+        [
+            {},
+            {"pid": "1"},
+            {"pid": "1", "start_ticks": "2"},
+            {"Kubernetes Job name": "j"},
+            {"Docker container id": "c"},
+            {"Task ARN": "arn:aws:ecs:r:1:task/c/t"},
+        ]
+    ),
+)
+crash_causes = st.builds(
+    CrashCause,
+    kind=st.sampled_from(CAUSES),
+    detail=st.text(max_size=6),
+    exit_code=st.one_of(st.none(), st.integers(-64, 300)),
+    memory=st.sampled_from(
+        [
+            {},
+            {"limits": "2Gi", "requests": "1Gi"},
+            {"limits": "bad"},
+            {"limits": "1"},
+            {"memory": "2048", "cpu": "256", "launch_type": "FARGATE"},
+            {"memory": "x", "launch_type": "EC2"},
+        ]
+    ),
+)
+
+
+@st.composite
+def failed_runs(draw) -> FailedRun:
+    ends = tuple(draw(st.lists(step_ends, max_size=4)))
+    return FailedRun(
+        run_id="r",
+        job_name="j",
+        tags=draw(st.dictionaries(st.sampled_from([c.ROOT_RUN_TAG, "x"]), st.text(max_size=4))),
+        failed_at=draw(st.floats(NOW - 10**6, NOW + 100)),
+        failed_steps=tuple(draw(st.lists(st.sampled_from(["a", "b", "g.c[1]"]), max_size=3))),
+        ends=ends,
+        causes=draw(st.dictionaries(st.integers(0, 4), crash_causes, max_size=3)),
+        retries=draw(st.integers(0, 5)),
+        uncounted=draw(st.integers(0, 12)),
+        group_size=draw(st.integers(1, 8)),
+        run_config=draw(
+            st.sampled_from(
+                [
+                    {},
+                    {"execution": {"config": {}}},
+                    {"execution": "x"},
+                    {"execution": {"config": 3}},
+                    {"execution": {"config": {"multiprocess": {}}}},
+                ]
+            )
+        ),
+    )
+
+
 def known_backoff_bug(config: MonitorSettings) -> bool:
     """resume_backoff values whose wait is NaN or past year 9999 pass validation and make
     `decide` raise (test_a_backoff_that_cannot_be_a_date_is_rejected, a known bug)."""
@@ -257,6 +337,10 @@ def test_any_run_monitoring_block_works_or_names_the_bad_key(block, data):
         return
     for run in data.draw(st.lists(run_facts(), min_size=1, max_size=3)):
         decide(run, config, NOW)  # any valid configuration: the pure core never raises
+    assert config.step_retries.max_retries >= 0
+    for run in data.draw(st.lists(failed_runs(), min_size=1, max_size=2)):
+        verdict = decide_failed_run(run, config, NOW)  # nor does the step retries' decision
+        assert verdict.retry is None or verdict.retry.retry_number == run.group_size
 
 
 DEFAULTS = settings_from_config({"enabled": True}, can_check_health=True, can_resume=True)

@@ -200,6 +200,49 @@ def test_the_defaults():
     assert settings.hang_timeout_seconds == 0
 
 
+@pytest.mark.parametrize("evidence", ["ended", "gone"])
+def test_a_step_that_never_ended_and_lost_its_worker_for_sure_fails_the_run(evidence):
+    """Its watcher saw the process end, or the platform shows no worker (a step Job completed
+    by a replacement pod that only verified the step: dagster-io/dagster#33755): the run is
+    failed now with reason step_lost, not left to hang until its max runtime."""
+    ended = evidence == "ended"
+    step = Beat("r1", "step:load", "steptok", 1, "h", 8, steps=("load",), ended=ended)
+    workers = sights_after((NOW, [beat(1), step]), (NOW + TIMEOUT, [beat(2), step]))["r1"]
+    run = RunFacts(
+        "r1",
+        "job",
+        S.STARTED,
+        NOW - 500,
+        NOW - 500,
+        workers=workers,
+        running_steps={"load": NOW - 300},
+        steps_gone=frozenset() if ended else frozenset({"load"}),
+    )
+    # Not before the timeout, even when its watcher saw it end: the executor reports first.
+    early = plan([run], SETTINGS, NOW + TIMEOUT - 1).due
+    assert not any(isinstance(a, TerminateAndFail) for _, acts in early for a in acts)
+    when = NOW + TIMEOUT
+    [action] = plan([run], SETTINGS, when).due[0][1]
+    assert isinstance(action, TerminateAndFail)
+    assert action.reason == c.REASON_STEP_LOST == "step_lost"
+    assert action.tags == {c.CRASH_CAUSE_TAG: "worker_lost", c.LOST_STEP_TAG: "load"}
+    why = (
+        "the step worker of 'load' (host h, pid 8) ended without finishing its step"
+        if ended
+        else "no heartbeat from the step worker of 'load' (host h, pid 8) for 180 seconds"
+    )
+    assert action.failure_message.startswith(
+        f"Step 'load' worker lost (cause: worker_lost, {why}), and the step never ended."
+    )
+    # A step that ended (its failure or success is in the event log) is the executor's.
+    done = RunFacts("r1", "job", S.STARTED, NOW - 500, NOW - 500, workers=workers)
+    assert not any(
+        isinstance(a, TerminateAndFail)
+        for _, acts in plan([done], SETTINGS, when).due
+        for a in acts
+    )
+
+
 def test_a_lost_step_worker_is_one_warning_and_the_run_is_left_to_its_executor():
     from dagster_run_monitor.core.model import Notice
 

@@ -32,6 +32,7 @@ from dagster_run_monitor.core.settings import (
     Heartbeats,
     MonitorSettings,
     Rule,
+    StepRetries,
 )
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def settings_from_config(
     values["heartbeats"] = _heartbeats(config.get("worker_heartbeats"))
     values["breaker"] = _breaker(config.get("breaker"))
     values["learned"] = _learned(config.get("learned_limits"))
+    values["step_retries"] = _step_retries(config.get("step_retries"))
     return MonitorSettings(**values, can_check_health=can_check_health, can_resume=can_resume)
 
 
@@ -255,6 +257,14 @@ def _breaker(config: AnyType) -> Breaker:
     _number("breaker.fraction", breaker.fraction, 0, 1)
     _number("breaker.min_runs", breaker.min_runs, 1)
     return breaker
+
+
+def _step_retries(config: AnyType) -> StepRetries:
+    retries = StepRetries(**_block("step_retries", config, StepRetries()))
+    if not isinstance(retries.enabled, bool):
+        raise invalid_setting("step_retries.enabled", retries.enabled, "expected true or false")
+    _integer("step_retries.max_retries", retries.max_retries, 0)
+    return retries
 
 
 def _learned(config: AnyType) -> LearnedLimits:

@@ -63,6 +63,7 @@ def run_monitoring_config_field() -> Field:
             "worker_heartbeats": Field(Any, is_required=False),
             "breaker": Field(Any, is_required=False),
             "learned_limits": Field(Any, is_required=False),
+            "step_retries": Field(Any, is_required=False),
             "rules": Field(
                 [
                     {

@@ -24,6 +24,17 @@ RESUMED_TAG = f"{TAG_PREFIX}resumed"  # the latest resume's attempt number (kept
 LIMIT_SOURCE_TAG = f"{TAG_PREFIX}limit_source"  # "learned": the limit that ended it was learned
 SLOWER_THAN_USUAL = "slower_than_usual"  # the warning's WARNED_TAG_PREFIX key and alert limit
 
+STEP_RETRY_TAG = f"{TAG_PREFIX}step_retry"  # on a failed run: "retry N" or "none", once decided
+STEP_CAUSES_TAG = f"{TAG_PREFIX}step_causes"  # "written": the dead step workers' events are in
+UNCOUNTED_STEP_RETRY_TAG = (
+    f"{TAG_PREFIX}uncounted_step_retry"  # "true" on a retry that did not count
+)
+# Dagster's run-group tags (dagster._core.storage.tags), which step retries write like its own.
+ROOT_RUN_TAG = "dagster/root_run_id"
+PARENT_RUN_TAG = "dagster/parent_run_id"
+RETRY_NUMBER_TAG = "dagster/retry_number"
+AUTO_RETRY_RUN_ID_TAG = "dagster/auto_retry_run_id"
+
 # Written by ProcessRunLauncher: where the run's current worker process is.
 WORKER_PID_TAG = f"{TAG_PREFIX}worker_pid"
 WORKER_HOST_TAG = f"{TAG_PREFIX}worker_host"
@@ -43,6 +54,9 @@ REASON_STALLED = "stalled"
 REASON_STEP_TIMEOUT = "step_timeout"
 REASON_WORKER_LOST = "worker_lost"
 REASON_HUNG = "hung"
+REASON_STEP_CRASH = "step_crash"  # on a run that retries a run whose step workers crashed
+REASON_STEP_LOST = "step_lost"  # a step that never ended lost its worker
+LOST_STEP_TAG = f"{TAG_PREFIX}lost_step"  # the step of a step_lost failure
 LOG_TAIL_LINES = 25  # lines of a worker's output in failure messages
 RESUME_SCHEDULED_TAG = f"{TAG_PREFIX}resume_scheduled"  # attempt number announced
 
@@ -183,3 +197,52 @@ def threshold_message(limit_name: str, fraction: float, elapsed: float, limit: f
 
 def _num(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else str(seconds)
+
+
+def step_worker_died_message(step: str, cause: str) -> str:
+    return f"Step '{step}' worker died ({cause})."
+
+
+def step_retry_message(steps: str, cause: str, change: str, uncounted: bool) -> str:
+    budget = ", not counted against step_retries.max_retries" if uncounted else ""
+    return f"Retrying from failure{change}, as step {steps} died ({cause}{budget})."
+
+
+def step_retry_mixed_message(steps: str) -> str:
+    return (
+        f"Not retrying for step crashes: step {steps} failed in its own code, and a retry"
+        " would run it again."
+    )
+
+
+def step_retry_refused_message(step: str, cause: str, rule: str) -> str:
+    return f"Not retrying: step '{step}' died ({cause}) and {rule} says fail."
+
+
+def step_retries_used_message(cause: str, budget: int) -> str:
+    return (
+        f"Not retrying: a step died ({cause}), but the run's group has used all"
+        f" {budget} step retries (step_retries.max_retries)."
+    )
+
+
+def step_retry_scheduled_message(wait: float, at: str) -> str:
+    return f"Retry from failure scheduled in {_num(round(wait, 1))} seconds, at {at}."
+
+
+def step_lost_canceling_message(step: str, cause: str) -> str:
+    return (
+        f"Step '{step}' worker lost ({cause}), and the step never ended: canceling the run so"
+        " that it does not hang."
+    )
+
+
+def step_lost_message(step: str, cause: str) -> str:
+    return f"Step '{step}' worker lost ({cause}), and the step never ended."
+
+
+def lost_step_end_message(step: str) -> str:
+    return (
+        f"Step {step} never ended (cause: worker_lost, its worker's heartbeats stopped and its"
+        " worker was gone)."
+    )

@@ -12,7 +12,14 @@ from dagster._core.launcher import WorkerStatus
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import WARNING
 from dagster_run_monitor.core.crash_cause import OOM_KILLED, UNKNOWN, WORKER_LOST, CrashCause
-from dagster_run_monitor.core.heartbeats import Sight, lost, lost_message, run_worker, steps_of
+from dagster_run_monitor.core.heartbeats import (
+    STEP_WORKER_PREFIX,
+    Sight,
+    lost,
+    lost_message,
+    run_worker,
+    steps_of,
+)
 from dagster_run_monitor.core.memory import raised_memory
 from dagster_run_monitor.core.model import (
     Action,
@@ -22,6 +29,7 @@ from dagster_run_monitor.core.model import (
     Notice,
     ResumeRun,
     RunFacts,
+    TerminateAndFail,
 )
 from dagster_run_monitor.core.settings import FAIL, RESUME, RESUME_UNCOUNTED, MonitorSettings
 
@@ -105,8 +113,11 @@ def _reason(run: RunFacts, reason: str = c.REASON_WORKER_CRASH) -> str:
 
 
 def lost_step_workers(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]:
-    """One warning per step worker lost while its run worker beats on (the executor and the
-    limits decide the run's fate)."""
+    """For each step worker lost while its run worker beats on: a step that has not ended
+    ``timeout`` after its worker was last seen (the executor had its chance to report it),
+    whose worker is gone for sure (its watcher saw it end, or the platform shows none), fails
+    the run, so it cannot hang until its max runtime (``step_lost``); otherwise one warning
+    (the executor and the limits decide)."""
     timeout = settings.heartbeats.timeout_seconds
     beating = run_worker(run.workers)
     if beating is None or lost(beating, now, timeout):
@@ -114,8 +125,22 @@ def lost_step_workers(run: RunFacts, settings: MonitorSettings, now: float) -> l
     notices: list[Action] = []
     for sight in run.workers:
         why = lost(sight, now, timeout) if sight is not beating else None
+        if not why:
+            continue
+        step = sight.beat.worker[len(STEP_WORKER_PREFIX) :]
+        gone = sight.beat.ended or step in run.steps_gone
+        if step in run.running_steps and gone and sight.age(now) >= timeout:
+            cause = CrashCause(WORKER_LOST, why)
+            return [
+                TerminateAndFail(
+                    c.step_lost_canceling_message(step, str(cause)),
+                    c.step_lost_message(step, str(cause)),
+                    c.REASON_STEP_LOST,
+                    tags={c.CRASH_CAUSE_TAG: WORKER_LOST, c.LOST_STEP_TAG: step},
+                )
+            ]
         tag = f"{c.STEP_WORKER_LOST_TAG_PREFIX}{sight.beat.worker}"
-        if why and run.tags.get(tag) != sight.beat.token:
+        if run.tags.get(tag) != sight.beat.token:
             message = c.step_worker_lost_message(why)
             alert = Alert(run.run_id, run.job_name, WARNING, message, reason="step_worker_lost")
             notices.append(Notice(message, tag, sight.beat.token, alert=alert))

@@ -91,6 +91,7 @@ class RunFacts:
     workers: tuple[Sight, ...] = ()  # its workers' heartbeats as this daemon saw them
     quiet_since: float | None = None  # no event, same stacks, no CPU time since (hang clock)
     history: History | None = None  # its job's recent successful runs (learned limits)
+    steps_gone: frozenset[str] = frozenset()  # lost step workers the platform shows gone
 
     @property
     def oldest_step_started_at(self) -> float | None:

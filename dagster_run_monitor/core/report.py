@@ -15,7 +15,12 @@ from dagster_run_monitor.core.learned import percentile
 ENDED = ("FAILURE", "CANCELED")
 FINISHED = ("SUCCESS", *ENDED)
 TOP_JOBS = 5
-CRASH_REASONS = (c.REASON_WORKER_CRASH, c.REASON_WORKER_LOST, c.REASON_START_FAILED)
+CRASH_REASONS = (
+    c.REASON_WORKER_CRASH,
+    c.REASON_WORKER_LOST,
+    c.REASON_START_FAILED,
+    c.REASON_STEP_LOST,
+)
 
 
 @dataclass(frozen=True)
@@ -50,12 +55,12 @@ class Group:
 
     def add(self, run: ActedRun) -> None:
         self.runs += 1
-        if run.resumes:
+        if run.resumes or run.reason == c.REASON_STEP_CRASH:  # a step retry is a new worker too
             self.resumed += 1
             if run.status in FINISHED:
                 self.resumed_finished += 1
                 self.recovered += run.status == "SUCCESS"
-        if run.status in ENDED and run.reason:
+        if run.status in ENDED and run.reason and run.reason != c.REASON_STEP_CRASH:
             self.ended += 1
             if run.ended_at is not None and run.last_progress is not None:
                 self.stuck.append(max(0.0, run.ended_at - run.last_progress))
@@ -91,9 +96,10 @@ def new_worker_delays(run: ActedRun) -> list[float]:
 
 
 def crashes_of(run: ActedRun) -> int:
-    """Its resumes, and the crash that failed it (a worker that died or started no more)."""
+    """Its resumes, the crash that failed it (a worker that died or started no more), and for
+    a step retry the step crash it retries."""
     final = run.status in ENDED and run.reason in CRASH_REASONS
-    return len(run.detections) + final
+    return len(run.detections) + final + (run.reason == c.REASON_STEP_CRASH)
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,16 @@ class Heartbeats:
 
 
 @dataclass(frozen=True)
+class StepRetries:
+    """``step_retries:``: re-execute from failure a run whose failed steps died of an
+    infrastructure cause that ``crash_policy`` resumes, at most ``max_retries`` times per run
+    group (uncounted causes within ``max_uncounted_resumes``)."""
+
+    enabled: bool = False
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
 class Breaker:
     """``breaker:``: when at least ``min_runs`` runs and more than ``fraction`` of the checked
     runs look lost or missing in one pass, the monitor distrusts its own sight and acts on
@@ -175,6 +185,7 @@ class MonitorSettings:
     oom_memory: OomMemory | None = None  # off unless configured
     heartbeats: Heartbeats = Heartbeats()
     breaker: Breaker = Breaker()
+    step_retries: StepRetries = StepRetries()
     learned: LearnedLimits = LearnedLimits()
     # What the run launcher can do (facts about the instance, not configuration).
     can_check_health: bool = False

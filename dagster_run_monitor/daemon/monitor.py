@@ -28,6 +28,7 @@ from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
 from dagster_run_monitor.daemon.history import JobHistories
 from dagster_run_monitor.daemon.observe import observe
 from dagster_run_monitor.daemon.pause import current_pause
+from dagster_run_monitor.daemon.step_retries import StepRetries
 from dagster_run_monitor.integration.internals import concurrency_slots_iteration
 from dagster_run_monitor.launchers.docker.launcher import (
     is_docker_launcher,
@@ -57,6 +58,7 @@ class RunMonitorDaemon(IntervalDaemon):
         self._runs = RunReader()
         self._beats = HeartbeatSight()
         self._histories = JobHistories()
+        self._step_retries = StepRetries()
         self._breaker_open = False
         self._prepared = False
         self._sender: AlertSender | None = None
@@ -95,6 +97,8 @@ class RunMonitorDaemon(IntervalDaemon):
         instance, settings = context.instance, self._settings(context.instance)
         began, now = time.monotonic(), get_current_timestamp()
         statuses = HEALTH_CHECKED_STATUSES if crashes_only else MONITORED_STATUSES
+        if not crashes_only:  # the same statement finds the runs that failed since
+            self._runs.failed_since = self._step_retries.since(now)
         try:
             facts = observe(
                 instance,
@@ -140,6 +144,13 @@ class RunMonitorDaemon(IntervalDaemon):
             yield from self._apply(context, settings, due, now)
         alerts = self._alerts(instance, settings)
         active = not (settings.dry_run or paused)
+        if not crashes_only and not settings.dry_run:  # runs whose step workers died
+            failed, hold = self._runs.take_failed(), paused is not None
+            retries = self._step_retries.run_pass(
+                context, settings, now, self._logger, failed, hold, alerts
+            )
+            for run_id, error in retries:
+                yield None if error is None else self._error(run_id, error)
         if settings.alerts.pagerduty is not None and not crashes_only and active:
             for run_id, subjects in incidents.over(instance, facts).items():
                 alerts.resolve(run_id, subjects)

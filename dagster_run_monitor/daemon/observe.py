@@ -23,6 +23,7 @@ from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.health import HealthChecks
 from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
 from dagster_run_monitor.daemon.history import JobHistories
+from dagster_run_monitor.daemon.lost_steps import lost_step_workers, steps_gone
 from dagster_run_monitor.launchers.ecs import launcher as ecs_launcher
 from dagster_run_monitor.launchers.ecs.launcher import is_ecs_launcher
 from dagster_run_monitor.launchers.kubernetes import launcher as k8s_launcher
@@ -86,8 +87,8 @@ def observe(
         )
         checks.submit([r.dagster_run for r in checked])
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
-    if not crashes_only:
-        beats.forget_ended(instance, set(runs), now)
+    if not crashes_only:  # runs that just failed keep their rows for their step crashes' stacks
+        beats.forget_ended(instance, set(runs) | (reader.failed_ids() if reader else set()), now)
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
     launched = latest_event_times(
         storage, ids_in(DagsterRunStatus.STARTING), DagsterEventType.PIPELINE_STARTING
@@ -118,12 +119,19 @@ def observe(
     hang_watched = [i for i in started if limits[i][HANG_TIMEOUT.key].seconds and i in workers]
     last_event = latest_event_times(storage, sorted({*stall_watched, *hang_watched}), None)
     step_limits = {i: _step_limits(instance, runs[i]) for i in started}
+    timeout = settings.heartbeats.timeout_seconds
+    lost_steps = {i for i in started if lost_step_workers(workers.get(i, ()), now, timeout)}
+    lost_steps |= {
+        i for i in started for s in workers.get(i, ()) if s.beat.ended and s.beat.worker != "run"
+    }
     steps = running_steps(
         storage,
-        [i for i in started if step_limits[i] or limits[i].watches_steps],
+        [i for i in started if step_limits[i] or limits[i].watches_steps or i in lost_steps],
+    )
+    gone = steps_gone(
+        instance, runs, {i: workers[i] for i in lost_steps if i in workers}, now, timeout
     )
     health: dict[str, Health] = checks.results() if checks is not None else {}
-    timeout = settings.heartbeats.timeout_seconds
     for run_id in ids_in(DagsterRunStatus.STARTED):
         if run_id in workers:
             merged = with_heartbeats(health.get(run_id), workers[run_id], now, timeout)
@@ -166,6 +174,7 @@ def observe(
                 workers=workers.get(run_id, ()),
                 quiet_since=quiet if run_id in hang_watched else None,
                 history=learned.get(run_id),
+                steps_gone=gone.get(run_id, frozenset()),
             )
         )
     return facts

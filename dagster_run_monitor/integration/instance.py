@@ -108,6 +108,17 @@ class RunMonitorInstanceMixin:
         beats.disposed(self)
         super().dispose()  # type: ignore[misc]
 
+    def _should_retry_run(self, run: Any, run_failure_reason: Any) -> bool:
+        """Dagster's run retries' verdict, written as ``dagster/will_retry`` when a failure is
+        stored; with ``step_retries`` on, a run whose failed step's worker died is left to the
+        monitor, which retries it or hands it back to Dagster's retries (never both)."""
+        if self.run_monitoring_enabled and read_settings(self).step_retries.enabled:  # type: ignore[attr-defined]
+            from dagster_run_monitor.daemon.failed_runs import has_crashed_step
+
+            if has_crashed_step(self, run.run_id):  # type: ignore[arg-type]
+                return False
+        return super()._should_retry_run(run, run_failure_reason)  # type: ignore[misc]
+
     def get_required_daemon_types(self) -> Sequence[str]:
         from dagster_run_monitor.integration.registration import install
 

@@ -1,6 +1,7 @@
 """Read in-progress runs: a page of run bodies costs more than the rest of a pass, so a daemon
 keeps the runs it has read and re-reads only those whose row changed since."""
 
+import datetime
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
@@ -41,6 +42,8 @@ class RunReader:
         self._limits_for: MonitorSettings | None = None
         self._ended: Counter[str] = Counter()  # final status -> resumed runs that ended since
         self._ended_seen: dict[str, None] = {}  # their ids (the newest ENDED_SEEN_AT_MOST)
+        self.failed_since: float | None = None  # also read runs that failed after (step retries)
+        self._failed: list[DagsterRun] = []
 
     def limits(
         self, runs: Mapping[str, DagsterRun], settings: MonitorSettings
@@ -75,15 +78,34 @@ class RunReader:
     def read(
         self, instance: DagsterInstance, statuses: Sequence[DagsterRunStatus]
     ) -> list[RunRecord]:
+        """The runs in ``statuses``; with ``failed_since`` set, the same statement also finds
+        the runs that failed after it (``take_failed``: their bodies are read only then)."""
         storage = instance.run_storage
+        since, self.failed_since = self.failed_since, None
         if not isinstance(storage, SqlRunStorage):
+            if since is not None:
+                self._failed = [r.dagster_run for r in read_failed(instance, since)]
             return read_all(instance, statuses)
-        query = RUNS.select().with_only_columns(RUNS.c.run_id, RUNS.c.update_timestamp)
-        query = query.where(RUNS.c.status.in_([s.value for s in statuses]))
+        query = RUNS.select().with_only_columns(
+            RUNS.c.run_id, RUNS.c.update_timestamp, RUNS.c.status
+        )
+        wanted = RUNS.c.status.in_([s.value for s in statuses])
+        if since is not None:
+            after = datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
+            failed = db.and_(
+                RUNS.c.status == DagsterRunStatus.FAILURE.value,
+                RUNS.c.update_timestamp > after.replace(tzinfo=None),
+            )
+            wanted = db.or_(wanted, failed)
+        rows = storage.fetchall(query.where(wanted))
+        failure = DagsterRunStatus.FAILURE.value
         current = {
             row["run_id"]: utc_datetime_from_naive(row["update_timestamp"])
-            for row in storage.fetchall(query)
+            for row in rows
+            if row["status"] != failure or DagsterRunStatus.FAILURE in statuses
         }
+        failed_ids = [row["run_id"] for row in rows if row["run_id"] not in current]
+        self._failed = list(instance.get_runs(RunsFilter(run_ids=failed_ids))) if failed_ids else []
         before = self._known.get(tuple(statuses), {})
         stale = [
             run_id
@@ -97,8 +119,17 @@ class RunReader:
                 known[record.dagster_run.run_id] = record
         self._known[tuple(statuses)] = known
         self._count_ended(storage, [r for i, r in before.items() if i not in current])
-        wanted = set(statuses)  # a run may have moved on between the two queries
-        return [r for r in known.values() if r.dagster_run.status in wanted]
+        wanted_statuses = set(statuses)  # a run may have moved on between the two queries
+        return [r for r in known.values() if r.dagster_run.status in wanted_statuses]
+
+    def failed_ids(self) -> set[str]:
+        """The ids of the runs the last ``read`` found failed (not taken yet)."""
+        return {run.run_id for run in self._failed}
+
+    def take_failed(self) -> list[DagsterRun]:
+        """The runs that failed since ``failed_since``, as the last ``read`` found them."""
+        failed, self._failed = self._failed, []
+        return failed
 
     def _count_ended(self, storage: SqlRunStorage, left: Sequence[RunRecord]) -> None:
         """Of the runs no longer in the statuses read, those the monitor resumed that have
@@ -122,6 +153,16 @@ class RunReader:
         """Resumed runs that finished since the last call, by final status."""
         ended, self._ended = self._ended, Counter()
         return ended
+
+
+def read_failed(instance: DagsterInstance, since: float) -> list[RunRecord]:
+    """The runs that failed after ``since`` (by their row's update time)."""
+    after = datetime.datetime.fromtimestamp(since, datetime.timezone.utc)
+    return list(
+        instance.get_run_records(
+            RunsFilter(statuses=[DagsterRunStatus.FAILURE], updated_after=after)
+        )
+    )
 
 
 def read_all(instance: DagsterInstance, statuses: Sequence[DagsterRunStatus]) -> list[RunRecord]:

@@ -8,6 +8,7 @@ resumed worker through the pids recorded in their STEP_WORKER_STARTING events.
 
 import json
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,10 +29,13 @@ from dagster._core.executor.step_delegating.step_handler.base import (
 from dagster._core.instance import DagsterInstance
 from dagster._serdes import serialize_value
 
+from dagster_run_monitor.core.crash_cause import OOM_KILLED, CrashCause, process_cause
+from dagster_run_monitor.launchers.process.memory_cgroups import OomWatch
 from dagster_run_monitor.launchers.process.processes import (
     describe_exit,
     hostname,
     is_alive,
+    oom_kills,
     start_ticks,
     stop_group,
 )
@@ -46,6 +50,12 @@ STEP_TERMINATE_GRACE_SECONDS = 10
         "max_concurrent": Field(
             IntSource, is_required=False, description="Step processes at once, per run."
         ),
+        "health_check_interval_seconds": Field(
+            IntSource,
+            is_required=False,
+            description="How often the run worker checks that its step processes live"
+            " (Dagster's default: 20).",
+        ),
     },
     requirements=multiple_process_executor_requirements(),
 )
@@ -56,6 +66,7 @@ def process_step_executor(init_context: InitExecutorContext) -> Executor:
         ProcessStepHandler(),
         retries=check.not_none(RetryMode.from_config(config["retries"])),
         max_concurrent=config.get("max_concurrent"),
+        check_step_health_interval_seconds=config.get("health_check_interval_seconds"),
     )
 
 
@@ -90,6 +101,8 @@ class ProcessStepHandler(StepHandler):
     def __init__(self) -> None:
         super().__init__()
         self._processes: dict[str, subprocess.Popen] = {}
+        self._oom_kills: dict[str, int | None] = {}  # the kernel's OOM kill count at launch
+        self._oom_watches: dict[str, OomWatch] = {}  # the memory cgroups each step was seen in
 
     @property
     def name(self) -> str:
@@ -99,12 +112,15 @@ class ProcessStepHandler(StepHandler):
         args = step_handler_context.execute_step_args
         step_key = _step_key(step_handler_context)
         origin = check.not_none(args.job_origin)
+        self._oom_kills[step_key] = oom_kills()
         process = subprocess.Popen(
             [origin.executable_path, "-m", "dagster", "api", "execute_step", serialize_value(args)],
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         self._processes[step_key] = process
+        self._oom_watches[step_key] = OomWatch()
+        self._oom_watches[step_key].look(process.pid)
         yield DagsterEvent.step_worker_starting(
             step_handler_context.get_step_context(step_key),
             message=f"Launching step in process {process.pid}.",
@@ -119,11 +135,16 @@ class ProcessStepHandler(StepHandler):
         step_key = _step_key(step_handler_context)
         process = self._processes.get(step_key)
         if process is not None:  # launched by this worker
+            watch = self._oom_watches.setdefault(step_key, OomWatch())
             returncode = process.poll()
+            if returncode is None:
+                watch.look(process.pid)
             if returncode in (None, 0):
                 return CheckStepHealthResult.healthy()
+            cause = step_process_cause(returncode, watch, self._oom_kills.get(step_key))
             return CheckStepHealthResult.unhealthy(
-                f"Step process {process.pid} for step {step_key} {describe_exit(returncode)}."
+                f"Step process {process.pid} for step {step_key} {describe_exit(returncode)}"
+                f" ({cause})."
             )
         run_id = step_handler_context.dagster_run.run_id
         recorded = recorded_step_processes(step_handler_context.instance, run_id).get(step_key)
@@ -153,6 +174,25 @@ class ProcessStepHandler(StepHandler):
             event_specific_data=EngineEventData(),
         )
         stop_group(recorded.pid, recorded.start_ticks, STEP_TERMINATE_GRACE_SECONDS)
+
+
+def step_process_cause(returncode: int, watch: OomWatch, kills_at_launch: int | None) -> CrashCause:
+    """Why a step process ended: a SIGKILL while an OOM kill was counted in a memory cgroup it
+    was seen in is ``oom_killed``; where no cgroup could be read, the machine-wide count
+    (``/proc/vmstat``) decides, as for run workers."""
+    try:
+        killed = watch.killed()
+    except LookupError:
+        after = oom_kills()
+        counts = (kills_at_launch, after) if None not in (kills_at_launch, after) else None
+        return process_cause(returncode, counts)  # type: ignore[arg-type]
+    if killed is None or returncode != -signal.SIGKILL:
+        return process_cause(returncode)
+    kills, where = killed
+    detail = (
+        f"SIGKILL while the kernel's OOM killer acted ({kills} kill(s) in memory cgroup {where})"
+    )
+    return CrashCause(OOM_KILLED, detail, returncode)
 
 
 def find_step_process(run_id: str, step_key: str) -> int | None:
