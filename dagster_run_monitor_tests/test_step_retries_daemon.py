@@ -99,6 +99,15 @@ def markers(home: Path, root: DagsterRun) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
+DIES_ONCE = ("process_dies_once", "multiprocess_dies_once")
+
+
+def all_settled(instance: DagsterInstance, expected: dict) -> dict[str, list[DagsterRun]] | None:
+    """Each root run's group once ``settled`` (``expected``: run id -> (root, runs))."""
+    found = {i: settled(instance, root, runs) for i, (root, runs) in expected.items()}
+    return found if all(found.values()) else None
+
+
 def settled(instance: DagsterInstance, root: DagsterRun, runs: int) -> list[DagsterRun] | None:
     """The group once it has ``runs`` runs and the last one finished and was decided."""
     found = group(instance, root)
@@ -110,57 +119,58 @@ def settled(instance: DagsterInstance, root: DagsterRun, runs: int) -> list[Dags
     return found
 
 
-@pytest.mark.parametrize("job_name", ["process_dies_once", "multiprocess_dies_once"])
-def test_a_step_killed_once_is_retried_once_by_the_monitor_and_succeeds(
-    tmp_path, storage, job_name
+def test_killed_steps_are_retried_by_the_monitor_a_bug_is_not_and_the_budget_holds(
+    tmp_path, storage
 ):
+    """One daemon session: steps SIGKILLed once under process_step_executor and multiprocess
+    (one retry each, ours, SUCCESS, the finished step not run again), an op that raises (no
+    retry), a step that always dies (exactly max_retries retries, then a note)."""
     with step_daemon(tmp_path, storage) as (home, instance, context):
         bug = submit(instance, context, "process_raises")
-        root = submit(instance, context, job_name)
-        runs = wait_until(
-            lambda: settled(instance, root, 2), timeout=150, what="the failed run's retry to end"
+        roots = {name: submit(instance, context, name) for name in DIES_ONCE}
+        always = submit(instance, context, "process_always_dies")
+        groups = wait_until(
+            lambda: all_settled(
+                instance, {**{r.run_id: (r, 2) for r in roots.values()}, always.run_id: (always, 3)}
+            ),
+            timeout=240,
+            what="the retries to end",
         )
-        failed, retry = runs
-        assert failed.status == S.FAILURE and retry.status == S.SUCCESS
-        assert failed.tags[c.STEP_RETRY_TAG] == "retry 1"
-        assert failed.tags[c.AUTO_RETRY_RUN_ID_TAG] == retry.run_id
-        assert failed.tags.get("dagster/will_retry") == "false"  # left to the monitor
-        died = [m for m in messages(instance, failed.run_id) if "worker died" in m]
-        assert len(died) == 1 and died[0].startswith(
-            "Step 'dies_once' worker died (cause: signal, SIGKILL"
-        ), died
-        retrying = [
-            m for m in messages(instance, failed.run_id) if m.startswith("Retrying from failure")
-        ]
-        assert retrying == ["Retrying from failure, as step 'dies_once' died (signal)."]
-        assert retry.tags[c.REASON_TAG] == c.REASON_STEP_CRASH
-        assert retry.tags[c.CRASH_CAUSE_TAG] == "signal"
-        assert retry.tags[c.RETRY_NUMBER_TAG] == "1"
-        assert retry.parent_run_id == failed.run_id
-        assert markers(home, root) == ["first", "dies_once"]  # the finished step did not run again
+        for name, root in roots.items():
+            failed, retry = groups[root.run_id]
+            assert failed.status == S.FAILURE and retry.status == S.SUCCESS, name
+            assert failed.tags[c.STEP_RETRY_TAG] == "retry 1"
+            assert failed.tags[c.AUTO_RETRY_RUN_ID_TAG] == retry.run_id
+            assert failed.tags.get("dagster/will_retry") == "false"  # left to the monitor
+            died = [m for m in messages(instance, failed.run_id) if "worker died" in m]
+            assert len(died) == 1 and died[0].startswith(
+                "Step 'dies_once' worker died (cause: signal, SIGKILL"
+            ), died
+            retrying = [
+                m for m in messages(instance, failed.run_id) if m.startswith("Retrying from")
+            ]
+            assert retrying == ["Retrying from failure, as step 'dies_once' died (signal)."]
+            assert retry.tags[c.REASON_TAG] == c.REASON_STEP_CRASH
+            assert retry.tags[c.CRASH_CAUSE_TAG] == "signal"
+            assert retry.tags[c.RETRY_NUMBER_TAG] == "1"
+            assert retry.parent_run_id == failed.run_id
+            assert markers(home, root) == ["first", "dies_once"]  # not run again
 
-        # An op that raised is not retried: by now the monitor has passed over its failure.
-        wait_until(lambda: status_of(instance, bug.run_id) == S.FAILURE, timeout=60, what="the bug")
-        assert group(instance, bug) == [instance.get_run_by_id(bug.run_id)]
-        assert c.STEP_RETRY_TAG not in tags_of(instance, bug.run_id)
-
-
-def test_a_step_that_always_dies_is_retried_max_retries_times(tmp_path, storage):
-    with step_daemon(tmp_path, storage) as (home, instance, context):
-        root = submit(instance, context, "process_always_dies")
-        runs = wait_until(
-            lambda: settled(instance, root, 3), timeout=200, what="two retries to end"
-        )
+        runs = groups[always.run_id]
         assert [r.status for r in runs] == [S.FAILURE] * 3
         assert [r.tags.get(c.STEP_RETRY_TAG) for r in runs] == ["retry 1", "retry 2", "none"]
-        last = messages(instance, runs[-1].run_id)
         assert (
             "Not retrying: a step died (signal), but the run's group has used all 2 step"
-            " retries (step_retries.max_retries)." in last
+            " retries (step_retries.max_retries)." in messages(instance, runs[-1].run_id)
         )
-        assert markers(home, root) == ["first"]
-        # Dagster's run retries (max_retries 3) do not add a fourth run behind ours.
-        assert len(group(instance, root)) == 3
+        assert markers(home, always) == ["first"]
+
+        # An op that raised is not retried (the monitor has passed over its failure long
+        # since), and Dagster's run retries (max_retries 3) added no run behind ours.
+        assert status_of(instance, bug.run_id) == S.FAILURE
+        assert group(instance, bug) == [instance.get_run_by_id(bug.run_id)]
+        assert c.STEP_RETRY_TAG not in tags_of(instance, bug.run_id)
+        assert len(group(instance, always)) == 3
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -203,19 +213,16 @@ def test_with_dagster_retrying_op_failures_too_each_failure_gets_one_retry(tmp_p
     with step_daemon(tmp_path, storage, retry_on_op_failure=True) as (home, instance, context):
         second = RunMonitorDaemon.from_instance(instance)
         bug = submit(instance, context, "process_raises")
-        crashed = [
-            submit(instance, context, name)
-            for name in ("process_dies_once", "multiprocess_dies_once")
-        ]
+        crashed = [submit(instance, context, name) for name in DIES_ONCE]
 
-        def all_settled():
+        def settled_beside_a_second_monitor():
             for _ in second.monitor_runs(context):
                 pass
             groups = [settled(instance, root, 2) for root in crashed]
             bugs = group(instance, bug)
             return all(groups) and len(bugs) == 4 and bugs[-1].status in FINISHED and groups
 
-        groups = wait_until(all_settled, timeout=240, what="the retries to end")
+        groups = wait_until(settled_beside_a_second_monitor, timeout=240, what="the retries to end")
         for failed, retry in groups:
             assert retry.status == S.SUCCESS
             assert retry.tags[c.REASON_TAG] == c.REASON_STEP_CRASH

@@ -32,8 +32,8 @@ def failed_run_facts(instance: DagsterInstance, runs: Sequence[DagsterRun]) -> l
     for run in runs:
         entries = histories.get(run.run_id, [])
         ends, failed_steps = step_ends(entries, run.tags)
-        if not any(kind_of(end) in (CRASH, INTERRUPT) for end in ends):
-            continue
+        if not any(kind_of(e) in (CRASH, INTERRUPT) and not e.canceling for e in ends):
+            continue  # no step worker died (a cancel's interrupts are not deaths)
         facts.append(
             FailedRun(
                 run_id=run.run_id,

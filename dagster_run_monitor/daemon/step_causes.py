@@ -48,7 +48,7 @@ def platform_causes(
         (run, i, end)
         for run in facts
         for i, end in enumerate(run.ends)
-        if kind_of(end) in (CRASH, INTERRUPT)
+        if kind_of(end) in (CRASH, INTERRUPT) and not end.canceling
     ]
     by_kind: dict[str, list[tuple[FailedRun, int, StepEnd]]] = {}
     for item in crashed:
