@@ -263,3 +263,28 @@ def test_a_retry_left_unsubmitted_by_a_killed_daemon_is_submitted_not_made_again
             assert tags_of(instance, failed.run_id)[c.STEP_RETRY_TAG] == "retried"
     finally:
         instance.dispose()
+
+
+def test_a_retry_that_cannot_be_made_is_said_on_the_run_after_three_passes(
+    tmp_path, workspace_context
+):
+    """A daemon whose workspace lacks the run's code location (``--empty-workspace``) cannot
+    re-execute it: three passes try, then the run says why and is decided."""
+    home = write_step_home(tmp_path / "home", "sqlite", retry_on_op_failure=False)
+    instance = load_instance(home)
+    target = WorkspaceFileTarget(paths=[str(home / "workspace.yaml")])
+    try:
+        with create_test_daemon_workspace_context(target, instance) as context:
+            run = create_run(instance, context, LOCATION, JOBS, "process_always_dies")
+            instance.launch_run(run.run_id, context.create_request_context())
+            wait_until(lambda: status_of(instance, run.run_id) == S.FAILURE, 90, "the failure")
+        with workspace_context(instance) as empty:
+            monitor = RunMonitorDaemon.from_instance(instance)
+            errors = [[e for e in monitor.monitor_runs(empty) if e is not None] for _ in range(4)]
+        assert [len(found) for found in errors] == [1, 1, 1, 0], errors
+        assert tags_of(instance, run.run_id)[c.STEP_RETRY_TAG] == "failed"
+        [said] = [m for m in messages(instance, run.run_id) if m.startswith("Could not retry")]
+        assert said.startswith("Could not retry from failure (3 passes tried; the last error:")
+        assert group(instance, run) == [instance.get_run_by_id(run.run_id)]
+    finally:
+        instance.dispose()

@@ -246,3 +246,7 @@ def lost_step_end_message(step: str) -> str:
         f"Step {step} never ended (cause: worker_lost, its worker's heartbeats stopped and its"
         " worker was gone)."
     )
+
+
+def step_retry_gave_up_message(tries: int, error: str) -> str:
+    return f"Could not retry from failure ({tries} passes tried; the last error: {error[:500]})."

@@ -127,6 +127,8 @@ class StepRetries:
                     if tries < MAX_TRIES:  # tried again next pass (a code server restarting)
                         self._failures[run_id] = tries
                         self._waiting[run_id] = now
+                    else:
+                        _give_up(instance, run_id, error, logger)
                 else:
                     self._failures.pop(run_id, None)
                 yield run_id, error
@@ -197,6 +199,20 @@ def apply_verdict(
     instance.add_run_tags(run.run_id, {c.STEP_RETRY_TAG: verdict.decision})
     if owned_by_step_retries(settings, facts) and dagster_would_retry(instance, run):
         retry_run(instance.get_run_by_id(run.run_id) or run, context)  # Dagster's own retry
+
+
+def _give_up(
+    instance: DagsterInstance, run_id: str, error: BaseException, logger: logging.Logger
+) -> None:
+    """After ``MAX_TRIES`` passes whose retry raised: say so on the run, decide nothing more."""
+    message = c.step_retry_gave_up_message(MAX_TRIES, f"{type(error).__name__}: {error}")
+    try:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and c.STEP_RETRY_TAG not in run.tags:
+            instance.report_engine_event(message, run)
+            instance.add_run_tags(run_id, {c.STEP_RETRY_TAG: "failed"})
+    except Exception:
+        logger.warning("Run %s: could not record the failed step retry", run_id, exc_info=True)
 
 
 def _stacks(
