@@ -393,3 +393,69 @@ def _recorder(into: list[str]):
         into.append(statement)
 
     return _RECORDERS.setdefault(id(into), record)
+
+
+def _step_pod(name: str, created: float, phase: str, terminated: tuple[str, int] | None = None):
+    import datetime
+
+    from kubernetes import client as k8s
+
+    statuses = []
+    if terminated:
+        ended = k8s.V1ContainerStateTerminated(reason=terminated[0], exit_code=terminated[1])
+        state = k8s.V1ContainerState(terminated=ended)
+        statuses.append(
+            k8s.V1ContainerStatus(
+                name="dagster",
+                image="etl:1",
+                image_id="",
+                ready=False,
+                restart_count=0,
+                state=state,
+            )
+        )
+    when = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name, creation_timestamp=when),
+        spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="dagster", image="etl:1")]),
+        status=k8s.V1PodStatus(phase=phase, container_statuses=statuses),
+    )
+
+
+def test_a_step_attempts_cause_is_read_from_its_own_pods_not_their_replacement():
+    """Kubernetes 1.20's Job controller replaces a deleted pod (even with backoff_limit 0): the
+    pod made after the attempt started is not the one that died."""
+    from dagster_run_monitor.core.crash_cause import k8s_step_cause
+
+    own = _step_pod("dagster-step-3f2a-x2v9q", NOW - 60, "Failed", ("OOMKilled", 137))
+    replacement = _step_pod("dagster-step-3f2a-k8h2d", NOW - 5, "Running")
+    assert k8s_step_cause([own, replacement], NOW - 50).kind == "oom_killed"
+    assert k8s_step_cause([replacement], NOW - 50) == CrashCause(
+        "deleted", "the step's pod is gone (replaced by pod dagster-step-3f2a-k8h2d)"
+    )
+    assert k8s_step_cause([], NOW - 50).kind == "deleted"
+    still = _step_pod("dagster-step-3f2a-x2v9q", NOW - 60, "Running")
+    assert k8s_step_cause([still], NOW - 50).kind == "running"
+    # Deleted as the step started: its replacement was made in the same (whole) second.
+    same_second = _step_pod("dagster-step-3f2a-k8h2d", NOW - 50, "Running")
+    assert k8s_step_cause([same_second], NOW - 49.6).kind == "deleted"
+
+
+def test_a_step_that_never_ended_is_retried_unless_its_worker_still_runs():
+    """A step-delegating step that started and never ended in a failed run (a resumed run
+    worker could not relaunch it, say): a crash with its platform's cause; while its worker
+    still runs, a retry would run it twice: no retry, and a note."""
+    from dagster_run_monitor.core.step_crashes import UNFINISHED
+
+    job = {"Kubernetes Job name": "dagster-step-3f2a"}
+    unfinished = StepEnd("train", False, c.unfinished_step_message("train"), UNFINISHED, worker=job)
+    exited = CrashCause("exit_code", "pod p: container 'dagster' terminated: Error, exit code 3", 3)
+    retry = decide_failed_run(failed(unfinished, causes={0: exited}), settings(), NOW).retry
+    assert retry is not None and retry.cause == "exit_code"
+    running = CrashCause("running", "pod dagster-step-3f2a-x2v9q")
+    verdict = decide_failed_run(failed(unfinished, causes={0: running}), settings(), NOW)
+    assert verdict.retry is None and verdict.events == ()
+    assert verdict.note == (
+        "Not retrying: step 'train' never ended and its worker still runs (pod"
+        " dagster-step-3f2a-x2v9q); a retry would run it a second time."
+    )

@@ -250,3 +250,14 @@ def lost_step_end_message(step: str) -> str:
 
 def step_retry_gave_up_message(tries: int, error: str) -> str:
     return f"Could not retry from failure ({tries} passes tried; the last error: {error[:500]})."
+
+
+def unfinished_step_message(step: str) -> str:
+    return f"Step {step} started and never ended, and its run failed (its worker is gone)."
+
+
+def step_still_running_message(step: str, where: str) -> str:
+    return (
+        f"Not retrying: step '{step}' never ended and its worker still runs ({where}); a retry"
+        " would run it a second time."
+    )

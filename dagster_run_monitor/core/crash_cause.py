@@ -17,6 +17,7 @@ EXIT_CODE = "exit_code"
 SIGNAL = "signal"
 WORKER_LOST = "worker_lost"  # its heartbeats stopped (worker.watcher)
 UNKNOWN = "unknown"
+RUNNING = "running"  # not a cause: a step worker the platform still shows running
 CAUSES = (
     OOM_KILLED,
     EVICTED,
@@ -99,6 +100,31 @@ def k8s_cause(pods: Sequence[Any]) -> CrashCause:
     if all(getattr(pod.metadata, "deletion_timestamp", None) for pod in pods):
         return CrashCause(DELETED, f"{pod_summary(pods[-1])}, being deleted".lstrip(", "))
     return CrashCause(UNKNOWN, pod_summary(pods[-1]))
+
+
+def k8s_step_cause(pods: Sequence[Any], started_at: float | None) -> CrashCause:
+    """The cause of a step attempt's death from its step Job's pods: those made by the time
+    the attempt started (a pod made later replaced it, as a Job replaces a deleted pod), newest
+    last; ``deleted`` when none of them is left; ``running`` while one of them runs."""
+    # Creation times are whole seconds: a pod made in the second the attempt started is a
+    # replacement (a pod takes more than a second to start Python and the step).
+    own = [pod for pod in pods if started_at is None or _created(pod) + 1 <= started_at]
+    if not own:
+        replaced = f" (replaced by pod {pods[-1].metadata.name})" if pods else ""
+        return CrashCause(DELETED, f"the step's pod is gone{replaced}")
+    if any(_live(pod) for pod in own):
+        return CrashCause(RUNNING, pod_summary(own[-1]) or f"pod {own[-1].metadata.name}")
+    return k8s_cause(own)
+
+
+def _created(pod: Any) -> float:
+    created = getattr(pod.metadata, "creation_timestamp", None)
+    return created.timestamp() if created is not None else 0.0
+
+
+def _live(pod: Any) -> bool:
+    phase = getattr(pod.status, "phase", None) if pod.status else None
+    return phase in ("Pending", "Running") and not pod.metadata.deletion_timestamp
 
 
 def _pod_cause(pod: Any) -> CrashCause | None:

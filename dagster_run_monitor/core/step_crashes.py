@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagster_run_monitor.core import constants as c
-from dagster_run_monitor.core.crash_cause import EXIT_CODE, OOM_KILLED, SIGNAL, UNKNOWN, CrashCause
+from dagster_run_monitor.core.crash_cause import (
+    EXIT_CODE,
+    OOM_KILLED,
+    RUNNING,
+    SIGNAL,
+    UNKNOWN,
+    CrashCause,
+)
 from dagster_run_monitor.core.memory import (
     ECS_CPU_TAG,
     ECS_MEMORY_TAG,
@@ -26,6 +33,7 @@ CODE, CRASH, INTERRUPT = "code", "crash", "interrupt"
 CHILD_CRASH = "ChildProcessCrashException"  # multiprocess: the step's child process died
 INTERRUPTED = "DagsterExecutionInterruptedError"
 LOST_STEP = "StepWorkerLost"  # ours: a step that never ended, failed by the monitor (step_lost)
+UNFINISHED = "StepNeverEnded"  # ours: a step that started and never ended in a failed run
 HEALTH_CHECK = "failed health check"  # step-delegating executors: the step's worker is gone
 # Where a step worker ran, from its STEP_WORKER_STARTING / STARTED metadata.
 K8S_JOB, DOCKER_CONTAINER, ECS_TASK = "Kubernetes Job name", "Docker container id", "Task ARN"
@@ -53,6 +61,7 @@ class StepEnd:
     worker: Mapping[str, str] = field(default_factory=dict)  # the attempt's worker metadata
     at: float = 0.0
     canceling: bool = False  # it ended after its run's RUN_CANCELING: stopped, not crashed
+    started_at: float | None = None  # the attempt's STEP_START (its pods were made before)
 
 
 def kind_of(end: StepEnd) -> str:
@@ -60,13 +69,19 @@ def kind_of(end: StepEnd) -> str:
     (SIGTERM/SIGINT reached the step) or ``code`` (anything its code raised)."""
     if end.user_failure:
         return CODE
-    if end.cls_name in (CHILD_CRASH, LOST_STEP) or (
+    if end.cls_name in (CHILD_CRASH, LOST_STEP, UNFINISHED) or (
         not end.cls_name and HEALTH_CHECK in end.message
     ):
         return CRASH
     if end.cls_name == INTERRUPTED or end.error_source == "INTERRUPT":
         return INTERRUPT
     return CODE
+
+
+def delegated(worker: Mapping[str, str]) -> bool:
+    """A step worker of a step-delegating executor (its own pod, container, task or process,
+    which outlives its run worker), not a multiprocess child."""
+    return executor_of(worker) != MULTIPROCESS
 
 
 def executor_of(worker: Mapping[str, str]) -> str:
@@ -192,7 +207,9 @@ def decide_failed_run(run: FailedRun, settings: MonitorSettings, now: float) -> 
     crashes = run.crashes()
     if not crashes:
         return StepVerdict()
-    events = tuple((crash.end.step_key, crash.message) for crash in crashes)
+    events = tuple(
+        (crash.end.step_key, crash.message) for crash in crashes if crash.cause.kind != RUNNING
+    )
     last = {key: run.last_end(key) for key in run.failed_steps}
     failed = [crash for crash in crashes if not crash.end.retried and crash.end in last.values()]
     if not settings.step_retries.enabled or not failed:
@@ -201,6 +218,11 @@ def decide_failed_run(run: FailedRun, settings: MonitorSettings, now: float) -> 
     if by_code:  # (a step interrupted by a cancel is neither: it runs again in the retry)
         steps = ", ".join(f"'{key}'" for key in by_code)
         return StepVerdict(events, note=c.step_retry_mixed_message(steps), level=logging.WARNING)
+    running = [crash for crash in failed if crash.cause.kind == RUNNING]
+    if running:  # a step that never ended whose worker still runs: no retry beside it
+        crash = running[0]
+        note = c.step_still_running_message(crash.end.step_key, crash.cause.detail)
+        return StepVerdict(events, note=note, level=logging.WARNING)
     rules = [(crash, settings.crash_rule(crash.cause)) for crash in failed]
     refused = [(crash, rule) for crash, rule in rules if rule is not None and rule.action == FAIL]
     if refused:

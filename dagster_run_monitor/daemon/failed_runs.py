@@ -15,8 +15,10 @@ from dagster_run_monitor.core.step_crashes import (
     CRASH,
     INTERRUPT,
     LOST_STEP,
+    UNFINISHED,
     FailedRun,
     StepEnd,
+    delegated,
     kind_of,
 )
 from dagster_run_monitor.daemon.step_causes import platform_causes
@@ -72,10 +74,14 @@ def step_ends(
     entries: Sequence[EventLogEntry], tags: Mapping[str, str]
 ) -> tuple[tuple[StepEnd, ...], tuple[str, ...]]:
     """The run's failed and retried step attempts (each with the metadata of the worker that
-    ran it, the engine event that explained its death, and whether its run was being canceled
-    then), and the steps whose last attempt failed."""
+    ran it, the engine event that explained its death, when it started, and whether its run
+    was being canceled then), and the steps whose last attempt failed. A step of a
+    step-delegating executor that started and never ended counts as failed (``UNFINISHED``:
+    its worker is gone with the run, a resumed worker may have failed to relaunch it), as does
+    the step of a ``step_lost`` failure."""
     workers: dict[str, dict[str, str]] = {}
     explained: dict[str, str] = {}
+    started: dict[str, float] = {}  # step -> its running attempt's start
     ends: list[StepEnd] = []
     canceled = False
     for entry in entries:
@@ -85,6 +91,11 @@ def step_ends(
         kind, step = event.event_type, event.step_key or ""
         if kind == DagsterEventType.PIPELINE_CANCELING:
             canceled = True
+        elif kind in (DagsterEventType.STEP_START, DagsterEventType.STEP_RESTARTED):
+            started[step] = entry.timestamp
+        elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_SKIPPED):
+            started.pop(step, None)
+            workers.pop(step, None)
         elif kind in (DagsterEventType.STEP_WORKER_STARTING, DagsterEventType.STEP_WORKER_STARTED):
             metadata = getattr(event.event_specific_data, "metadata", None) or {}
             known = workers.setdefault(step, {})
@@ -108,11 +119,17 @@ def step_ends(
                     worker=dict(workers.pop(step, {})),
                     at=entry.timestamp,
                     canceling=canceled,
+                    started_at=started.pop(step, None),
                 )
             )
     lost = tags.get(c.LOST_STEP_TAG) if tags.get(c.REASON_TAG) == c.REASON_STEP_LOST else None
     if lost:  # the monitor failed the run: the step never ended and its worker was gone
         ends.append(StepEnd(lost, False, c.lost_step_end_message(lost), LOST_STEP))
+    for step, at in started.items():
+        worker = workers.get(step, {})
+        if step != lost and not canceled and delegated(worker):
+            message = c.unfinished_step_message(step)
+            ends.append(StepEnd(step, False, message, UNFINISHED, worker=worker, started_at=at))
     last: dict[str, bool] = {}
     for end in ends:
         last[end.step_key] = not end.retried

@@ -11,11 +11,12 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dagster_run_monitor.core.crash_cause import (
+    RUNNING,
     UNKNOWN,
     CrashCause,
     docker_cause,
     ecs_cause,
-    k8s_cause,
+    k8s_step_cause,
 )
 from dagster_run_monitor.core.memory import format_memory
 from dagster_run_monitor.core.step_crashes import (
@@ -27,6 +28,7 @@ from dagster_run_monitor.core.step_crashes import (
     INTERRUPT,
     K8S,
     K8S_JOB,
+    UNFINISHED,
     FailedRun,
     StepEnd,
     executor_of,
@@ -34,9 +36,11 @@ from dagster_run_monitor.core.step_crashes import (
     message_cause,
     worker_name,
 )
+from dagster_run_monitor.launchers.process.processes import hostname, is_alive
 
 LOGGER = logging.getLogger(__name__)
 ECS_BATCH = 100  # tasks per describe_tasks
+ECS_STOPPED = frozenset({"STOPPED", "DEPROVISIONING", "STOPPING", "DELETED"})
 K8S_RUNS_PER_LIST = 100  # run ids in one pod list's selector (about 3.7 KB of URL)
 
 
@@ -65,8 +69,24 @@ def platform_causes(
                 LOGGER.warning("Reading the step workers' platform failed: %s", error)
         for run, i, end in items:
             cause = found.get((run.run_id, i)) or message_cause(end)
+            if cause is None and end.cls_name == UNFINISHED:
+                cause = _process_alive(end)
             causes.setdefault(run.run_id, {})[i] = cause or CrashCause(UNKNOWN, worker_name(end))
     return causes
+
+
+def _process_alive(end: StepEnd) -> CrashCause | None:
+    """A step process that never ended: ``running`` while it runs, or where this host cannot
+    tell (another host: no evidence that it died)."""
+    worker = end.worker
+    if worker.get(K8S_JOB) or worker.get(DOCKER_CONTAINER) or worker.get(ECS_TASK):
+        return None
+    pid, ticks = int(worker.get("pid") or 0), worker.get("start_ticks")
+    if worker.get("host", hostname()) != hostname():
+        return CrashCause(RUNNING, f"process {pid} on host {worker.get('host')}, not this one")
+    if pid and is_alive(pid, int(ticks) if ticks else None):
+        return CrashCause(RUNNING, f"process {pid}")
+    return CrashCause(UNKNOWN, f"process {pid} is gone") if pid else None
 
 
 def _k8s_causes(
@@ -102,7 +122,7 @@ def _k8s_causes(
             pods_of.get(end.worker.get(K8S_JOB, ""), []),
             key=lambda pod: str(pod.metadata.creation_timestamp or ""),
         )
-        found[(run.run_id, i)] = k8s_cause(pods)
+        found[(run.run_id, i)] = k8s_step_cause(pods, end.started_at)
     return found
 
 
@@ -120,7 +140,11 @@ def _docker_causes(
             attrs = client.containers.get(end.worker[DOCKER_CONTAINER]).attrs
         except NotFound:
             attrs = None
-        cause = docker_cause(attrs["State"] if attrs else None)
+        state = attrs["State"] if attrs else None
+        if state and state.get("Running"):
+            found[(run.run_id, i)] = CrashCause(RUNNING, f"container {state.get('Status')}")
+            continue
+        cause = docker_cause(state)
         limit = int(((attrs or {}).get("HostConfig") or {}).get("Memory") or 0)
         if limit:
             cause = CrashCause(
@@ -158,6 +182,11 @@ def _ecs_causes(
                 cluster=cluster, tasks=arns[start : start + ECS_BATCH]
             )
             tasks.update({task["taskArn"]: task for task in described.get("tasks") or []})
-    return {
-        (run.run_id, i): ecs_cause(tasks.get(end.worker[ECS_TASK]), None) for run, i, end in items
-    }
+    found = {}
+    for run, i, end in items:
+        task = tasks.get(end.worker[ECS_TASK])
+        if task is not None and task.get("lastStatus") not in ECS_STOPPED:
+            found[(run.run_id, i)] = CrashCause(RUNNING, f"task {task.get('lastStatus')}")
+        else:
+            found[(run.run_id, i)] = ecs_cause(task, None)
+    return found

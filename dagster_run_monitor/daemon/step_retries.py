@@ -97,7 +97,7 @@ class StepRetries:
             verdict = decide_failed_run(run, settings, now)
             if verdict.wait_until is not None:
                 self._waiting[run.run_id] = verdict.wait_until
-            elif verdict.events:
+            elif verdict.events or verdict.note:
                 self._waiting.pop(run.run_id, None)
                 due.append((run, verdict))
         stacks = _stacks(instance, [run.run_id for run, _ in due], logger)

@@ -188,6 +188,10 @@ def chunks(items: Sequence[str], storage: EventLogStorage | None = None) -> list
 
 
 STEP_HISTORY_TYPES = (
+    DagsterEventType.STEP_START,
+    DagsterEventType.STEP_RESTARTED,
+    DagsterEventType.STEP_SUCCESS,
+    DagsterEventType.STEP_SKIPPED,
     DagsterEventType.STEP_FAILURE,
     DagsterEventType.STEP_UP_FOR_RETRY,
     DagsterEventType.STEP_WORKER_STARTING,
@@ -200,8 +204,8 @@ STEP_HISTORY_TYPES = (
 def step_histories(
     storage: EventLogStorage, run_ids: Sequence[str]
 ) -> dict[str, list[EventLogEntry]]:
-    """Per run, oldest first, what tells how its steps' workers ended: failures, retries, the
-    workers' starts, the engine events of steps (a dead child's explanation), cancels. One
+    """Per run, oldest first, what tells how its steps' workers ended: starts, ends, retries,
+    the workers' starts, the engine events of steps (a dead child's explanation), cancels. One
     statement per 10,000 runs (PostgreSQL), per 500 (MySQL, consolidated SQLite), per run
     (SQLite's shards)."""
     found: dict[str, list[EventLogEntry]] = {run_id: [] for run_id in run_ids}
