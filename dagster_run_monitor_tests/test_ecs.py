@@ -17,6 +17,7 @@ from dagster._core.test_utils import create_run_for_test
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.crash_cause import ecs_cause
+from dagster_run_monitor_tests.support.aws import CLUSTER, ECS_LAUNCHER, aws_env  # noqa: F401
 from dagster_run_monitor_tests.support.runs import (
     make_run,
     messages,
@@ -35,23 +36,6 @@ from dagster_aws.ecs.utils import is_transient_task_stopped_reason  # noqa: E402
 CAN_RESUME = "resume_run" in vars(EcsRunLauncher)
 
 RECORDED = Path(__file__).with_name("recorded")
-ECS_LAUNCHER = {
-    "module": "dagster_aws.ecs",
-    "class": "EcsRunLauncher",
-    "config": {"use_current_ecs_task_config": False, "secrets_tag": None},
-}
-CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/dagster"
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch):
-    """A region, dummy credentials, and every AWS endpoint on a closed loopback port: a call
-    the test did not stub fails at once, and nothing leaves the machine."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @op

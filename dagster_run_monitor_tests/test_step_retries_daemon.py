@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
-from dagster._core.storage.dagster_run import DagsterRun, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.test_utils import create_test_daemon_workspace_context
 from dagster._core.workspace.load_target import WorkspaceFileTarget
@@ -22,14 +22,19 @@ from dagster_run_monitor_tests.support import cgroups
 from dagster_run_monitor_tests.support.home import close_pools, load_instance
 from dagster_run_monitor_tests.support.postgres import pg_url
 from dagster_run_monitor_tests.support.runs import messages, status_of, tags_of
-from dagster_run_monitor_tests.support.subprocesses import BIN, running, wait_until
-from dagster_run_monitor_tests.support.workspace import create_run, write_workspace
+from dagster_run_monitor_tests.support.subprocesses import wait_until
+from dagster_run_monitor_tests.support.workspace import (
+    create_run,
+    group,
+    settled,
+    workspace_daemon,
+    write_workspace,
+)
 
 pytestmark = pytest.mark.slow
 
 JOBS = Path(__file__).with_name("step_jobs.py")
 LOCATION = "steps"
-FINISHED = (S.SUCCESS, S.FAILURE, S.CANCELED)
 
 
 def write_step_home(home: Path, storage: str, retry_on_op_failure: bool) -> Path:
@@ -67,12 +72,9 @@ def step_daemon(tmp_path: Path, storage: str, retry_on_op_failure: bool = False)
     if storage == "postgres":
         instance.wipe()
         instance.wipe_daemon_heartbeats()
-    target = WorkspaceFileTarget(paths=[str(home / "workspace.yaml")])
     try:
-        with create_test_daemon_workspace_context(target, instance) as context:
-            args = [str(BIN / "dagster-daemon"), "run", "-w", str(home / "workspace.yaml")]
-            with running(args, home, "daemon.log"):
-                yield home, instance, context
+        with workspace_daemon(home, instance) as context:
+            yield home, instance, context
     finally:
         close_pools(instance)
         instance.dispose()
@@ -83,15 +85,6 @@ def submit(instance: DagsterInstance, context, job_name: str, run_config=None) -
     run = create_run(instance, context, LOCATION, JOBS, job_name, run_config)
     instance.submit_run(run.run_id, context.create_request_context())
     return run
-
-
-def group(instance: DagsterInstance, root: DagsterRun) -> list[DagsterRun]:
-    """The root run and every run created from it, oldest first."""
-    found = instance.get_runs(RunsFilter(tags={c.ROOT_RUN_TAG: root.run_id}))
-    return [
-        instance.get_run_by_id(root.run_id),
-        *sorted(found, key=lambda r: int(r.tags.get(c.RETRY_NUMBER_TAG, 0))),
-    ]
 
 
 def markers(home: Path, root: DagsterRun) -> list[str]:
@@ -106,17 +99,6 @@ def all_settled(instance: DagsterInstance, expected: dict) -> dict[str, list[Dag
     """Each root run's group once ``settled`` (``expected``: run id -> (root, runs))."""
     found = {i: settled(instance, root, runs) for i, (root, runs) in expected.items()}
     return found if all(found.values()) else None
-
-
-def settled(instance: DagsterInstance, root: DagsterRun, runs: int) -> list[DagsterRun] | None:
-    """The group once it has ``runs`` runs and the last one finished and was decided."""
-    found = group(instance, root)
-    last = found[-1]
-    if len(found) != runs or last.status not in FINISHED:
-        return None
-    if last.status == S.FAILURE and c.STEP_RETRY_TAG not in last.tags:
-        return None
-    return found
 
 
 def test_killed_steps_are_retried_by_the_monitor_a_bug_is_not_and_the_budget_holds(
@@ -220,7 +202,7 @@ def test_with_dagster_retrying_op_failures_too_each_failure_gets_one_retry(tmp_p
                 pass
             groups = [settled(instance, root, 2) for root in crashed]
             bugs = group(instance, bug)
-            return all(groups) and len(bugs) == 4 and bugs[-1].status in FINISHED and groups
+            return all(groups) and len(bugs) == 4 and bugs[-1].is_finished and groups
 
         groups = wait_until(settled_beside_a_second_monitor, timeout=240, what="the retries to end")
         for failed, retry in groups:

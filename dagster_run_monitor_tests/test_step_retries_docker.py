@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEventType
-from dagster._core.storage.dagster_run import DagsterRun, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
-from dagster._core.test_utils import create_test_daemon_workspace_context
-from dagster._core.workspace.load_target import WorkspaceFileTarget
 from docker.errors import NotFound
 
 from dagster_run_monitor.core import constants as c
@@ -27,8 +25,14 @@ from dagster_run_monitor_tests.support.home import (
     write_container_home,
 )
 from dagster_run_monitor_tests.support.runs import messages
-from dagster_run_monitor_tests.support.subprocesses import BIN, running, wait_until
-from dagster_run_monitor_tests.support.workspace import create_run, write_workspace
+from dagster_run_monitor_tests.support.subprocesses import wait_until
+from dagster_run_monitor_tests.support.workspace import (
+    create_run,
+    group,
+    settled,
+    workspace_daemon,
+    write_workspace,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.postgres]
 
@@ -37,7 +41,6 @@ LOCATION = "docker_steps"
 STEP = "outgrows_memory"
 CONTAINER_ID = "Docker container id"  # docker_executor's STEP_WORKER_STARTING metadata
 MIB = 2**20
-FINISHED = (S.SUCCESS, S.FAILURE, S.CANCELED)
 
 docker_client = docker_tests.docker_client  # the engine, skipped (failed in CI) without it
 
@@ -80,35 +83,12 @@ def docker_step_daemon(tmp_path: Path) -> Iterator[tuple[Path, DagsterInstance, 
     instance = load_instance(home)
     instance.wipe()
     instance.wipe_daemon_heartbeats()
-    target = WorkspaceFileTarget(paths=[str(home / "workspace.yaml")])
     try:
-        with create_test_daemon_workspace_context(target, instance) as context:
-            args = [str(BIN / "dagster-daemon"), "run", "-w", str(home / "workspace.yaml")]
-            with running(args, home, "daemon.log"):
-                yield home, instance, context
+        with workspace_daemon(home, instance) as context:
+            yield home, instance, context
     finally:
         close_pools(instance)
         instance.dispose()
-
-
-def group(instance: DagsterInstance, root: DagsterRun) -> list[DagsterRun]:
-    """The root run and every run created from it, oldest first."""
-    found = instance.get_runs(RunsFilter(tags={c.ROOT_RUN_TAG: root.run_id}))
-    return [
-        instance.get_run_by_id(root.run_id),
-        *sorted(found, key=lambda r: int(r.tags.get(c.RETRY_NUMBER_TAG, 0))),
-    ]
-
-
-def settled(instance: DagsterInstance, root: DagsterRun, runs: int) -> list[DagsterRun] | None:
-    """The group once it has ``runs`` runs and the last one finished and was decided."""
-    found = group(instance, root)
-    last = found[-1]
-    if len(found) != runs or last.status not in FINISHED:
-        return None
-    if last.status == S.FAILURE and c.STEP_RETRY_TAG not in last.tags:
-        return None
-    return found
 
 
 def step_containers(instance: DagsterInstance, run_id: str) -> dict[str, str]:

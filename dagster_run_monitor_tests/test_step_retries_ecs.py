@@ -30,6 +30,7 @@ from dagster_run_monitor.config.parse import settings_from_config
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.step_crashes import decide_failed_run
 from dagster_run_monitor.daemon.failed_runs import failed_run_facts
+from dagster_run_monitor_tests.support.aws import CLUSTER, ECS_LAUNCHER, aws_env  # noqa: F401
 from dagster_run_monitor_tests.support.runs import report
 
 pytest.importorskip("dagster_aws.ecs")
@@ -37,24 +38,7 @@ from dagster_aws.ecs import ecs_executor  # noqa: E402
 from dagster_aws.ecs.executor import EcsStepHandler  # noqa: E402
 
 RECORDED = Path(__file__).with_name("recorded")
-ECS_LAUNCHER = {
-    "module": "dagster_aws.ecs",
-    "class": "EcsRunLauncher",
-    "config": {"use_current_ecs_task_config": False, "secrets_tag": None},
-}
-CLUSTER = "arn:aws:ecs:us-east-1:123456789012:cluster/dagster"  # the run worker's
 RUN_CONFIG = {"execution": {"config": {"cpu": 1024, "memory": 2048}}}
-
-
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch):
-    """A region, dummy credentials, and every AWS endpoint on a closed loopback port: a call
-    the test did not stub fails at once, and nothing leaves the machine."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 @op

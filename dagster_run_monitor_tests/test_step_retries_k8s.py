@@ -17,16 +17,20 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance
 from dagster._core.events import DagsterEventType
-from dagster._core.storage.dagster_run import DagsterRun, RunsFilter
+from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
-from dagster._core.test_utils import create_test_daemon_workspace_context
-from dagster._core.workspace.load_target import WorkspaceFileTarget
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor_tests import test_k8s_cluster as k8s_tests
 from dagster_run_monitor_tests.support.runs import first_lines
-from dagster_run_monitor_tests.support.subprocesses import BIN, running, wait_until
-from dagster_run_monitor_tests.support.workspace import create_run, write_workspace
+from dagster_run_monitor_tests.support.subprocesses import wait_until
+from dagster_run_monitor_tests.support.workspace import (
+    create_run,
+    group,
+    settled,
+    workspace_daemon,
+    write_workspace,
+)
 from dagster_run_monitor_tests.test_k8s_cluster import (
     NAMESPACE,
     Cluster,
@@ -42,7 +46,6 @@ k8s_home = k8s_tests.k8s_home
 JOBS = Path(__file__).with_name("step_k8s_jobs.py")
 LOCATION = "k8s_steps"
 LIVE = ("Pending", "Running")
-FINISHED = (S.SUCCESS, S.FAILURE, S.CANCELED)
 
 
 @contextmanager
@@ -53,38 +56,15 @@ def step_daemon(
     with a remote origin, and for the daemon to re-execute them), and the daemon on it."""
     settings = {"step_retries": {"enabled": True, "max_retries": 2}, "max_resume_run_attempts": 0}
     home, instance = k8s_home(**{**settings, **run_monitoring})
-    workspace = write_workspace(home, JOBS, LOCATION)
-    target = WorkspaceFileTarget(paths=[str(workspace)])
-    with create_test_daemon_workspace_context(target, instance) as context:
-        args = [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)]
-        with running(args, home, "daemon.log"):
-            yield home, instance, context
+    write_workspace(home, JOBS, LOCATION)
+    with workspace_daemon(home, instance) as context:
+        yield home, instance, context
 
 
 def launch(instance: DagsterInstance, context: Any, job_name: str) -> DagsterRun:
     run = create_run(instance, context, LOCATION, JOBS, job_name)
     instance.launch_run(run.run_id, context.create_request_context())
     return run
-
-
-def group(instance: DagsterInstance, root: DagsterRun) -> list[DagsterRun]:
-    """The root run and every run created from it, oldest first."""
-    found = instance.get_runs(RunsFilter(tags={c.ROOT_RUN_TAG: root.run_id}))
-    return [
-        instance.get_run_by_id(root.run_id),
-        *sorted(found, key=lambda r: int(r.tags.get(c.RETRY_NUMBER_TAG, 0))),
-    ]
-
-
-def settled(instance: DagsterInstance, root: DagsterRun, runs: int) -> list[DagsterRun] | None:
-    """The group once it has ``runs`` runs and the last one finished and was decided."""
-    found = group(instance, root)
-    last = found[-1]
-    if len(found) != runs or last.status not in FINISHED:
-        return None
-    if last.status == S.FAILURE and c.STEP_RETRY_TAG not in last.tags:
-        return None
-    return found
 
 
 def settle(instance: DagsterInstance, root: DagsterRun, runs: int, timeout: float = 240):

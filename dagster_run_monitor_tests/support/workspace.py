@@ -1,14 +1,18 @@
 """Runs created the way the UI and the run queue create them: from a code location of a
-workspace (so they have a remote origin, and the daemon can re-execute them)."""
+workspace (so they have a remote origin, and the daemon can re-execute them); the daemon on
+that workspace; the run groups their retries make."""
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 from dagster import DagsterInstance
 from dagster._core.definitions.reconstruct import ReconstructableRepository
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunsFilter
+
+from dagster_run_monitor.core.constants import RETRY_NUMBER_TAG, ROOT_RUN_TAG, STEP_RETRY_TAG
 
 
 def write_workspace(home: Path, jobs_file: str | Path, location: str) -> Path:
@@ -44,3 +48,40 @@ def create_run(
         run_config=dict(run_config or {}),
         tags=dict(tags or {}),
     )
+
+
+@contextmanager
+def workspace_daemon(home: Path, instance: DagsterInstance) -> Iterator[Any]:
+    """A workspace process context on ``home/workspace.yaml`` (to create runs through) while
+    the stock ``dagster-daemon run -w`` runs on the same workspace (it re-executes runs)."""
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+
+    from dagster_run_monitor_tests.support.subprocesses import BIN, running
+
+    workspace = str(home / "workspace.yaml")
+    target = WorkspaceFileTarget(paths=[workspace])
+    with create_test_daemon_workspace_context(target, instance) as context:
+        with running([str(BIN / "dagster-daemon"), "run", "-w", workspace], home, "daemon.log"):
+            yield context
+
+
+def group(instance: DagsterInstance, root: DagsterRun) -> list[DagsterRun]:
+    """The root run and every run created from it, by retry number."""
+    found = instance.get_runs(RunsFilter(tags={ROOT_RUN_TAG: root.run_id}))
+    return [
+        instance.get_run_by_id(root.run_id),
+        *sorted(found, key=lambda r: int(r.tags.get(RETRY_NUMBER_TAG, 0))),
+    ]
+
+
+def settled(instance: DagsterInstance, root: DagsterRun, runs: int) -> list[DagsterRun] | None:
+    """The group once it has ``runs`` runs and the last one finished and, if it failed, was
+    decided by the monitor's step retries (``run_monitor/step_retry``)."""
+    found = group(instance, root)
+    last = found[-1]
+    if len(found) != runs or not last.is_finished:
+        return None
+    if last.status == DagsterRunStatus.FAILURE and STEP_RETRY_TAG not in last.tags:
+        return None
+    return found
