@@ -8,7 +8,7 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor.core.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.core.crashes import with_heartbeats
-from dagster_run_monitor.core.heartbeats import quiet_since
+from dagster_run_monitor.core.heartbeats import RUN_WORKER, quiet_since
 from dagster_run_monitor.core.limit_table import HANG_TIMEOUT, STALL_TIMEOUT
 from dagster_run_monitor.core.limits import location_of, run_limits, with_history
 from dagster_run_monitor.core.model import (
@@ -122,7 +122,10 @@ def observe(
     timeout = settings.heartbeats.timeout_seconds
     lost_steps = {i for i in started if lost_step_workers(workers.get(i, ()), now, timeout)}
     lost_steps |= {
-        i for i in started for s in workers.get(i, ()) if s.beat.ended and s.beat.worker != "run"
+        i
+        for i in started
+        for s in workers.get(i, ())
+        if s.beat.ended and s.beat.worker != RUN_WORKER
     }
     steps = running_steps(
         storage,
