@@ -4,6 +4,7 @@
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from dagster_run_monitor.core.constants import REASON_STEP_CRASH
 from dagster_run_monitor.core.model import (
     Action,
     CancelRun,
@@ -30,6 +31,8 @@ class NoMetrics:
     def passed(self, kind: str, seconds: float) -> None: ...
 
     def applied(self, actions: Sequence[Action]) -> None: ...
+
+    def retried(self, made: Mapping[str, int]) -> None: ...
 
     def breaker(self, is_open: bool) -> None: ...
 
@@ -168,6 +171,11 @@ class Metrics(NoMetrics):
     def applied(self, actions: Sequence[Action]) -> None:
         for action in actions:
             self.actions.labels(*action_labels(action)).inc()
+
+    def retried(self, made: Mapping[str, int]) -> None:
+        """Step retries made, by cause (kind ``retry``, reason ``step_crash``)."""
+        for cause, count in made.items():
+            self.actions.labels("retry", REASON_STEP_CRASH, cause).inc(count)
 
 
 KINDS = {

@@ -459,3 +459,14 @@ def test_a_step_that_never_ended_is_retried_unless_its_worker_still_runs():
         "Not retrying: step 'train' never ended and its worker still runs (pod"
         " dagster-step-3f2a-x2v9q); a retry would run it a second time."
     )
+
+
+def test_step_retries_are_counted_in_the_actions_metric():
+    from dagster_run_monitor.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.retried({"oom_killed": 2, "preempted": 1})
+    labels = {"action": "retry", "reason": c.REASON_STEP_CRASH}
+    value = metrics.registry.get_sample_value
+    assert value("dagster_run_monitor_actions_total", {**labels, "cause": "oom_killed"}) == 2
+    assert value("dagster_run_monitor_actions_total", {**labels, "cause": "preempted"}) == 1

@@ -151,6 +151,8 @@ class RunMonitorDaemon(IntervalDaemon):
             )
             for run_id, error in retries:
                 yield None if error is None else self._error(run_id, error)
+            self.metrics.retried(self._step_retries.made)
+            self._step_retries.made.clear()
         if settings.alerts.pagerduty is not None and not crashes_only and active:
             for run_id, subjects in incidents.over(instance, facts).items():
                 alerts.resolve(run_id, subjects)

@@ -12,6 +12,7 @@ that died before tagging the failed run is submitted, not doubled.
 """
 
 import logging
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
@@ -58,6 +59,7 @@ class StepRetries:
         self._waiting: dict[str, float] = {}  # run id -> when its retry's back-off ends
         self._held: dict[str, DagsterRun] = {}  # failed while the monitor was paused
         self._failures: dict[str, int] = {}  # run id -> passes whose retry raised
+        self.made: Counter[str] = Counter()  # retries made by cause, since the metrics took them
 
     def since(self, now: float) -> float:
         """The time after which runs that failed are new to this pass (then this pass's)."""
@@ -122,6 +124,8 @@ class StepRetries:
             }
             for future in as_completed(futures):
                 run_id, error = futures[future], future.exception()
+                if error is None and future.result() is not None:
+                    self.made[future.result()] += 1
                 if error is not None:  # one run's trouble never stops the others
                     tries = self._failures.pop(run_id, 0) + 1
                     if tries < MAX_TRIES:  # tried again next pass (a code server restarting)
@@ -142,13 +146,14 @@ def apply_verdict(
     logger: logging.Logger,
     stacks: Mapping[str, str] | None = None,
     alerts: AlertSender | None = None,
-) -> None:
+) -> str | None:
     """Under the run's claim: the cause events (with the step workers' last stacks, where
-    they beat), the retry (or the note), the decision tag."""
+    they beat), the retry (or the note), the decision tag. Returns the cause of the retry it
+    made (None: none)."""
     instance = context.instance
     run = instance.get_run_by_id(facts.run_id)
     if run is None or c.STEP_RETRY_TAG in run.tags:
-        return  # decided by another daemon meanwhile
+        return None  # decided by another daemon meanwhile
     group = instance.get_run_group(run.run_id)
     existing = get_automatically_retried_run_if_exists(
         instance, run, list(group[1]) if group else []
@@ -160,7 +165,7 @@ def apply_verdict(
             run.run_id,
             {c.AUTO_RETRY_RUN_ID_TAG: existing.run_id, c.STEP_RETRY_TAG: "retried"},
         )
-        return
+        return None
     if c.STEP_CAUSES_TAG not in run.tags:  # once, also when a retry is tried again
         for step_key, message in verdict.events:
             stack = (stacks or {}).get(f"{STEP_WORKER_PREFIX}{step_key}")
@@ -192,13 +197,14 @@ def apply_verdict(
             alerts.send(
                 Alert(run.run_id, run.job_name, RESUMED, message, cause=cause, reason=reason)
             )
-        return
+        return verdict.retry.cause
     if verdict.note:
         instance.report_engine_event(verdict.note, run)
         logger.log(verdict.level, "Run %s: %s", run.run_id, verdict.note)
     instance.add_run_tags(run.run_id, {c.STEP_RETRY_TAG: verdict.decision})
     if owned_by_step_retries(settings, facts) and dagster_would_retry(instance, run):
         retry_run(instance.get_run_by_id(run.run_id) or run, context)  # Dagster's own retry
+    return None
 
 
 def _give_up(
