@@ -24,7 +24,7 @@ from dagster_run_monitor_tests.support.home import (
     load_instance,
     write_container_home,
 )
-from dagster_run_monitor_tests.support.runs import messages
+from dagster_run_monitor_tests.support.runs import first_lines, messages
 from dagster_run_monitor_tests.support.subprocesses import wait_until
 from dagster_run_monitor_tests.support.workspace import (
     create_run,
@@ -157,7 +157,7 @@ def check_the_retry(home, instance, client, root, failed, retry) -> None:
     ], failed_log
 
     # The cause, from the engine's State of the step's container.
-    died = [m for m in failed_log if "worker died" in m]
+    died = first_lines([m for m in failed_log if "worker died" in m])  # (a stack may follow)
     assert died == [
         f"Step '{STEP}' worker died (cause: oom_killed, container exited, OOMKilled, exit"
         " code 137)."

@@ -245,3 +245,48 @@ def test_an_old_format_task_arn_is_described_in_the_run_workers_cluster(make_ins
             stubber.assert_no_pending_responses()
     assert calls == [{"cluster": CLUSTER, "tasks": [arn]}]
     assert facts.causes[0].kind == "oom_killed"
+
+
+@pytest.mark.parametrize("step_retries", [True, False])
+def test_a_failure_left_to_step_retries_is_tagged_before_dagsters_daemon_can_read_it(
+    storage, monkeypatch, step_retries
+):
+    """Dagster's run-retry daemon reads a failure as soon as it is stored and, finding no
+    ``dagster/will_retry`` tag yet, decides by itself: the tag ``false`` of a failure left to
+    step retries is written before the failure is stored (seen in CI on PostgreSQL, where the
+    daemon read it first and tagged ``true``)."""
+    from dagster._core.instance import DagsterInstance
+    from dagster._core.storage.tags import WILL_RETRY_TAG
+    from dagster._core.test_utils import instance_for_test
+
+    from dagster_run_monitor.config.dagster_yaml import instance_config
+    from dagster_run_monitor_tests.support.home import SCRIPTED_LAUNCHER, close_pools
+    from dagster_run_monitor_tests.support.postgres import pg_url
+
+    seen_when_stored: list[str | None] = []
+    handle = DagsterInstance.handle_new_event
+
+    def storing(self, event, **kwargs):
+        dagster_event = event.get_dagster_event() if event.is_dagster_event else None
+        if dagster_event is not None and dagster_event.is_run_failure:
+            seen_when_stored.append(self.get_run_by_id(event.run_id).tags.get(WILL_RETRY_TAG))
+        return handle(self, event, **kwargs)
+
+    monkeypatch.setattr(DagsterInstance, "handle_new_event", storing)
+    overrides = instance_config(
+        {"step_retries": {"enabled": step_retries}},
+        SCRIPTED_LAUNCHER,
+        pg_url() if storage == "postgres" else None,
+        run_retries={"enabled": True, "max_retries": 2},
+    )
+    with instance_for_test(overrides=overrides) as instance:
+        if storage == "postgres":
+            instance.wipe()
+        try:
+            run = failed_ecs_run(instance, {"train": document("ecs_step_task_oom_killed")})
+            # (the reason STEP_FAILURE and retry_on_asset_or_op_failure true: Dagster retries)
+            expected = "false" if step_retries else "true"
+            assert seen_when_stored == (["false"] if step_retries else [None])
+            assert run.tags[WILL_RETRY_TAG] == expected
+        finally:
+            close_pools(instance)

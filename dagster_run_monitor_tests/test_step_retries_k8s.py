@@ -138,7 +138,9 @@ def told(instance: DagsterInstance, runs: list[DagsterRun]) -> str:
 
 
 def died(instance: DagsterInstance, run_id: str) -> list[str]:
-    return [m for m in log(instance, run_id) if "worker died" in m or "worker lost" in m]
+    """The dead and lost step workers' events, their first lines (a stack may follow)."""
+    found = [m for m in log(instance, run_id) if "worker died" in m or "worker lost" in m]
+    return first_lines(found)
 
 
 # --- 1. a step pod OOM-killed by the kernel ---------------------------------------------------

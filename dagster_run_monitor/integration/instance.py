@@ -10,6 +10,7 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.instance.config import DAGSTER_CONFIG_YAML_FILENAME
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRunStatus
+from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from dagster_run_monitor.config.parse import read_settings
 from dagster_run_monitor.config.schema import run_monitoring_config_field
@@ -96,7 +97,14 @@ class RunMonitorInstanceMixin:
         return event
 
     def handle_new_event(self, event: Any, **kwargs: Any) -> None:
-        """Dagster's; a step worker starts its heartbeat at STEP_WORKER_STARTED."""
+        """Dagster's; a run failure that step retries will decide is tagged
+        ``dagster/will_retry: false`` before it is stored (Dagster's run-retry daemon reads a
+        failure as soon as it is stored, and decides by itself if the tag is not there yet); a
+        step worker starts its heartbeat at STEP_WORKER_STARTED."""
+        dagster_event = event.get_dagster_event() if event.is_dagster_event else None
+        if dagster_event is not None and dagster_event.is_run_failure:
+            if self.run_retries_enabled and self._left_to_step_retries(event.run_id):  # type: ignore[attr-defined]
+                self.add_run_tags(event.run_id, {WILL_RETRY_TAG: "false"})
         super().handle_new_event(event, **kwargs)  # type: ignore[misc]
         from dagster_run_monitor.worker import beats
 
@@ -109,15 +117,25 @@ class RunMonitorInstanceMixin:
         super().dispose()  # type: ignore[misc]
 
     def _should_retry_run(self, run: Any, run_failure_reason: Any) -> bool:
-        """Dagster's run retries' verdict, written as ``dagster/will_retry`` when a failure is
-        stored; with ``step_retries`` on, a run whose failed step's worker died is left to the
-        monitor, which retries it or hands it back to Dagster's retries (never both)."""
-        if self.run_monitoring_enabled and read_settings(self).step_retries.enabled:  # type: ignore[attr-defined]
+        """Dagster's run retries' verdict, written as ``dagster/will_retry`` once a failure is
+        stored; a run left to step retries (tagged before its failure was stored) keeps
+        ``false``: the monitor retries it or hands it back to Dagster's retries (never both)."""
+        if run.tags.get(WILL_RETRY_TAG) == "false" and self._left_to_step_retries(run.run_id):
+            return False
+        return super()._should_retry_run(run, run_failure_reason)  # type: ignore[misc]
+
+    def _left_to_step_retries(self, run_id: str) -> bool:
+        """With ``step_retries`` on, whether a failed step of the run died of a crash (one read
+        of its step events). Never raises into the worker storing the failure: an error leaves
+        the run to Dagster's retries."""
+        try:
+            if not (self.run_monitoring_enabled and read_settings(self).step_retries.enabled):  # type: ignore[attr-defined]
+                return False
             from dagster_run_monitor.daemon.failed_runs import has_crashed_step
 
-            if has_crashed_step(self, run.run_id):  # type: ignore[arg-type]
-                return False
-        return super()._should_retry_run(run, run_failure_reason)  # type: ignore[misc]
+            return has_crashed_step(self, run_id)  # type: ignore[arg-type]
+        except Exception:
+            return False
 
     def get_required_daemon_types(self) -> Sequence[str]:
         from dagster_run_monitor.integration.registration import install
