@@ -159,12 +159,15 @@ def apply_verdict(
         instance, run, list(group[1]) if group else []
     )
     if existing is not None:  # a daemon died after creating it, or Dagster's daemon retried it
+        logger.info("Run %s: its retry %s exists already", run.run_id, existing.run_id)
         if existing.status == DagsterRunStatus.NOT_STARTED:
             instance.submit_run(existing.run_id, context.create_request_context())
-        instance.add_run_tags(
-            run.run_id,
-            {c.AUTO_RETRY_RUN_ID_TAG: existing.run_id, c.STEP_RETRY_TAG: "retried"},
-        )
+        ours = existing.tags.get(c.REASON_TAG) == c.REASON_STEP_CRASH
+        # The decision its maker writes (the same value: a daemon that finds our retry before
+        # its maker has tagged the failed run writes what the maker will), or "retried".
+        decision = f"retry {existing.tags.get(c.RETRY_NUMBER_TAG)}" if ours else "retried"
+        tags = {c.AUTO_RETRY_RUN_ID_TAG: existing.run_id, c.STEP_RETRY_TAG: decision}
+        instance.add_run_tags(run.run_id, tags)
         return None
     if c.STEP_CAUSES_TAG not in run.tags:  # once, also when a retry is tried again
         for step_key, message in verdict.events:
