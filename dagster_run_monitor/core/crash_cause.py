@@ -112,7 +112,7 @@ def k8s_step_cause(pods: Sequence[Any], started_at: float | None) -> CrashCause:
     if not own:
         replaced = f" (replaced by pod {pods[-1].metadata.name})" if pods else ""
         return CrashCause(DELETED, f"the step's pod is gone{replaced}")
-    if any(_live(pod) for pod in own):
+    if any(pod_live(pod) for pod in own):
         return CrashCause(RUNNING, pod_summary(own[-1]) or f"pod {own[-1].metadata.name}")
     return k8s_cause(own)
 
@@ -122,7 +122,8 @@ def _created(pod: Any) -> float:
     return created.timestamp() if created is not None else 0.0
 
 
-def _live(pod: Any) -> bool:
+def pod_live(pod: Any) -> bool:
+    """Pending or running, and not being deleted."""
     phase = getattr(pod.status, "phase", None) if pod.status else None
     return phase in ("Pending", "Running") and not pod.metadata.deletion_timestamp
 

@@ -10,11 +10,11 @@ from typing import Any
 from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun
 
+from dagster_run_monitor.core.crash_cause import pod_live
 from dagster_run_monitor.core.heartbeats import STEP_WORKER_PREFIX, Sight, lost, run_worker
 from dagster_run_monitor.launchers.process.processes import hostname, is_alive
 
 LOGGER = logging.getLogger(__name__)
-LIVE_PHASES = frozenset({"Pending", "Running"})
 
 
 def lost_step_workers(workers: Iterable[Sight], now: float, timeout: float) -> list[Sight]:
@@ -66,7 +66,7 @@ def _gone(instance: DagsterInstance, run: DagsterRun, step: str, sight: Sight) -
         # pid is in the pod's own PID namespace, and a pod on the host's network has the host's
         # name: the daemon's, when it runs on that node or on that network too).
         if pods or sight.beat.host != hostname():
-            return not any(_live(pod) for pod in pods)
+            return not any(pod_live(pod) for pod in pods)
     return sight.beat.host == hostname() and not is_alive(sight.beat.pid)
 
 
@@ -79,8 +79,3 @@ def _step_pods(launcher: Any, run: DagsterRun, step: str) -> list[Any]:
     namespace = launcher.get_container_context_for_run(run).namespace
     selector = f"dagster/run-id={run.run_id},dagster/op={sanitize_k8s_label(step)}"
     return k8s_core_api(launcher).list_namespaced_pod(namespace, label_selector=selector).items
-
-
-def _live(pod: Any) -> bool:
-    """Pending or running, and not being deleted."""
-    return pod.status.phase in LIVE_PHASES and not pod.metadata.deletion_timestamp
