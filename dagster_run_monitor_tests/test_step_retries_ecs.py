@@ -6,7 +6,6 @@ itself), the causes come from recorded step-task documents described once per cl
 the retry from failure gets the memory and CPU Fargate accepts, in the executor's config."""
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,13 +13,10 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 from botocore.validate import validate_parameters
-from dagster import DagsterEvent, job, op, validate_run_config
-from dagster._core.definitions.dependency import NodeHandle
+from dagster import job, op, validate_run_config
 from dagster._core.definitions.metadata import MetadataValue
 from dagster._core.events import DagsterEventType, EngineEventData
-from dagster._core.execution.plan.handle import StepHandle
 from dagster._core.execution.plan.objects import StepFailureData
-from dagster._core.execution.plan.step import StepKind
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.test_utils import create_run_for_test
@@ -32,6 +28,7 @@ from dagster_run_monitor.core.step_crashes import decide_failed_run
 from dagster_run_monitor.daemon.failed_runs import failed_run_facts
 from dagster_run_monitor_tests.support.aws import CLUSTER, ECS_LAUNCHER, aws_env  # noqa: F401
 from dagster_run_monitor_tests.support.runs import report
+from dagster_run_monitor_tests.support.step_events import step_event
 
 pytest.importorskip("dagster_aws.ecs")
 from dagster_aws.ecs import ecs_executor  # noqa: E402
@@ -95,24 +92,6 @@ def health_check_failure(step_key: str, task: dict) -> str:
         stub.assert_no_pending_responses()
     assert not result.is_healthy
     return f"Step {step_key} failed health check: {result.unhealthy_reason}"
-
-
-def step_event(
-    run: DagsterRun, step_key: str, event_type: DagsterEventType, data, message: str
-) -> DagsterEvent:
-    """A step's event as ``DagsterEvent.from_step`` builds it."""
-    handle = NodeHandle(step_key, None)
-    return DagsterEvent(
-        event_type_value=event_type.value,
-        job_name=run.job_name,
-        step_handle=StepHandle(handle),
-        node_handle=handle,
-        step_kind_value=StepKind.COMPUTE.value,
-        logging_tags={"job_name": run.job_name, "step_key": step_key},
-        event_specific_data=data,
-        message=message,
-        pid=os.getpid(),
-    )
 
 
 def ecs_step_died(instance, run: DagsterRun, step_key: str, task: dict) -> None:

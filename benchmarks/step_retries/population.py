@@ -5,7 +5,6 @@ import contextlib
 import datetime
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -16,14 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from dagster import DagsterEvent, DagsterInstance
-from dagster._core.definitions.dependency import NodeHandle
 from dagster._core.definitions.metadata import MetadataValue
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from dagster._core.events import DagsterEventType, EngineEventData, RunFailureReason
-from dagster._core.execution.plan.handle import StepHandle
 from dagster._core.execution.plan.objects import ErrorSource, StepFailureData, StepSuccessData
 from dagster._core.execution.plan.outputs import StepOutputData, StepOutputHandle
-from dagster._core.execution.plan.step import StepKind
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus, RunsFilter
 from dagster._utils.error import SerializableErrorInfo
 from kubernetes import client as k8s
@@ -34,6 +30,7 @@ from benchmarks.monitor_pass.measure import (
 from benchmarks.monitor_pass.storage import pg_admin, scratch_database
 from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
 from dagster_run_monitor_tests.support.fake_k8s import CLUSTER
+from dagster_run_monitor_tests.support.step_events import step_event
 from dagster_run_monitor_tests.support.workspace import write_workspace
 
 DATABASE = "bench_step_retries"
@@ -174,27 +171,12 @@ def oom_killed_pod(run_id: str, job_name: str) -> k8s.V1Pod:
         name=f"{job_name}-x2v9q",
         namespace=NAMESPACE,
         labels=labels,
-        creation_timestamp=datetime.datetime.now(datetime.timezone.utc),
+        # Made before the step started (its STEP_START is written now): a pod made after the
+        # attempt started would be a replacement, whose state is not the attempt's cause.
+        creation_timestamp=datetime.datetime.now(datetime.timezone.utc)
+        - datetime.timedelta(minutes=10),
     )
     return k8s.V1Pod(metadata=meta, spec=spec, status=status)
-
-
-def step_event(
-    run: DagsterRun, step_key: str, event_type: DagsterEventType, data: Any, message: str
-) -> DagsterEvent:
-    """A step's event as ``DagsterEvent.from_step`` builds it."""
-    handle = NodeHandle(step_key, None)
-    return DagsterEvent(
-        event_type_value=event_type.value,
-        job_name=run.job_name,
-        step_handle=StepHandle(handle),
-        node_handle=handle,
-        step_kind_value=StepKind.COMPUTE.value,
-        logging_tags={"job_name": run.job_name, "step_key": step_key},
-        event_specific_data=data,
-        message=message,
-        pid=os.getpid(),
-    )
 
 
 def worker_starting(run: DagsterRun, step_key: str) -> tuple[str, DagsterEvent]:
