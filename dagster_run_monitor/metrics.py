@@ -17,6 +17,7 @@ from dagster_run_monitor.core.model import (
 
 PREFIX = "dagster_run_monitor"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+WORKER_KINDS = ("run", "step")
 
 
 class NoMetrics:
@@ -41,6 +42,8 @@ class NoMetrics:
     def resumed_ended(self, ended: Mapping[str, int]) -> None: ...
 
     def alerts(self, sent: Mapping[str, int], failed: Mapping[str, int]) -> None: ...
+
+    def near_memory_limit(self, workers: Mapping[str, int]) -> None: ...
 
 
 class Metrics(NoMetrics):
@@ -94,6 +97,14 @@ class Metrics(NoMetrics):
             "1 while the breaker is open (the last pass distrusted its own sight), else 0",
             registry=r,
         )
+        self.workers_near_memory_limit = Gauge(
+            f"{PREFIX}_workers_near_memory_limit",
+            "Run and step workers whose memory is past run_monitoring.memory.warn_fraction of"
+            " their limit, by kind of worker",
+            ["worker"],
+            registry=r,
+        )
+        self.near_memory_limit({})  # both kinds exposed, 0 until a full pass sets them
 
         self.paused_gauge = Gauge(
             f"{PREFIX}_paused",
@@ -141,6 +152,12 @@ class Metrics(NoMetrics):
 
     def paused(self, is_paused: bool) -> None:
         self.paused_gauge.set(1 if is_paused else 0)
+
+    def near_memory_limit(self, workers: Mapping[str, int]) -> None:
+        """The workers near their memory limit at a full pass, by kind (``run``, ``step``):
+        both kinds set, 0 when absent."""
+        for worker in WORKER_KINDS:
+            self.workers_near_memory_limit.labels(worker).set(workers.get(worker, 0))
 
     def serve(self, host: str, port: int) -> None:
         from prometheus_client import start_http_server

@@ -98,6 +98,11 @@ def process_oom_once():
     oom_once(first())
 
 
+@job(executor_def=multiprocess_executor)
+def multiprocess_oom_once():
+    oom_once(first())
+
+
 defs = Definitions(
     jobs=[
         process_dies_once,
@@ -105,5 +110,6 @@ defs = Definitions(
         process_always_dies,
         process_raises,
         process_oom_once,
+        multiprocess_oom_once,
     ]
 )

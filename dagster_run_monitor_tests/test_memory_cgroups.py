@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from dagster_run_monitor.launchers.process.executor import step_process_cause
-from dagster_run_monitor.launchers.process.memory_cgroups import OomWatch, memory_cgroup
+from dagster_run_monitor.worker.memory_reader import OomWatch, memory_cgroup
 from dagster_run_monitor_tests.support import cgroups
 from dagster_run_monitor_tests.support.subprocesses import wait_until
 
@@ -35,7 +35,7 @@ def test_an_oom_kill_in_the_processs_cgroup_is_oom_killed_and_a_plain_sigkill_is
         watch = OomWatch()
         watch.look(hog.pid)  # at launch: the parent's cgroup
         wait_until(
-            lambda: watch.look(hog.pid) or memory_cgroup(hog.pid) == cgroup,
+            lambda: watch.look(hog.pid) or memory_cgroup(hog.pid) == str(cgroup),
             10,
             "the process to join its cgroup",
             interval=0.05,
@@ -50,7 +50,7 @@ def test_an_oom_kill_in_the_processs_cgroup_is_oom_killed_and_a_plain_sigkill_is
         sleeper = subprocess.Popen([sys.executable, "-c", HOG, str(cgroup), "600"])
         other = OomWatch()
         wait_until(
-            lambda: other.look(sleeper.pid) or memory_cgroup(sleeper.pid) == cgroup,
+            lambda: other.look(sleeper.pid) or memory_cgroup(sleeper.pid) == str(cgroup),
             10,
             "the second process to join its cgroup",
             interval=0.05,

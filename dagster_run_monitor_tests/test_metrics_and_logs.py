@@ -47,6 +47,21 @@ def test_the_metrics_endpoint_counts_a_known_pass(make_instance, workspace_conte
     assert m[("dagster_run_monitor_pass_duration_seconds_count", (("kind", "full"),))] == 1
 
 
+def test_workers_near_their_memory_limit_by_kind_both_always_set():
+    from prometheus_client import generate_latest
+
+    from dagster_run_monitor.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.near_memory_limit({"step": 2})
+    lines = generate_latest(metrics.registry).decode().splitlines()
+    assert 'dagster_run_monitor_workers_near_memory_limit{worker="step"} 2.0' in lines
+    assert 'dagster_run_monitor_workers_near_memory_limit{worker="run"} 0.0' in lines
+    metrics.near_memory_limit({})  # the next full pass: none near
+    lines = generate_latest(metrics.registry).decode().splitlines()
+    assert 'dagster_run_monitor_workers_near_memory_limit{worker="step"} 0.0' in lines
+
+
 def test_one_structured_log_line_per_action(make_instance, workspace_context, caplog):
     with make_instance(run_monitoring={"max_runtime_seconds": 100}) as instance:
         late = make_run(instance, S.STARTED, started=T0 - 130, job_name="etl")

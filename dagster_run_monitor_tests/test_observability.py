@@ -68,7 +68,7 @@ def test_promtool_unit_tests_of_the_rules_pass():
     checked = subprocess.run(
         [promtool, "check", "rules", RULES.name], cwd=OBSERVABILITY, capture_output=True, text=True
     )
-    assert checked.returncode == 0 and "SUCCESS: 10 rules found" in checked.stdout, checked
+    assert checked.returncode == 0 and "SUCCESS: 11 rules found" in checked.stdout, checked
     tested = subprocess.run(
         [promtool, "test", "rules", "prometheus-rules.test.yaml"],
         cwd=OBSERVABILITY,
@@ -89,6 +89,21 @@ def test_every_alert_says_what_and_links_to_a_section_of_the_docs():
         assert not anchor or anchor in anchors, (rule["alert"], notes["runbook"])
 
 
+def test_every_metric_of_the_rules_and_the_dashboard_is_one_the_daemon_exports():
+    from dagster_run_monitor.metrics import Metrics
+
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    exported = {
+        family.name + suffix
+        for family in Metrics().registry.collect()
+        for suffix in suffixes[family.type]
+    }
+    expressions = {**rule_expressions(), **dashboard_expressions()}
+    used = {m for e in expressions.values() for m in re.findall(r"dagster_run_monitor_\w+", e)}
+    assert "dagster_run_monitor_workers_near_memory_limit" in used
+    assert used <= exported, used - exported
+
+
 def heading_anchor(heading: str) -> str:
     """GitHub's anchor of a Markdown heading."""
     text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
@@ -106,6 +121,7 @@ def test_the_dashboard_has_the_panels_operators_look_for():
         "Health-check duration and errors",
         "Resumes by cause, and how resumed runs ended",
         "Runs over warning thresholds",
+        "Workers near their memory limit",
     ):
         assert wanted in titles
     assert dashboard["__inputs"][0]["pluginId"] == "prometheus"
@@ -167,6 +183,12 @@ def test_a_real_prometheus_runs_every_expression_against_a_real_daemon(tmp_path)
         crashes = query(by_cause.replace("$__rate_interval", "5m"))
         assert [series["metric"]["cause"] for series in crashes] == ["signal"]
         assert query(rule_expressions()["DagsterRunMonitorNotPassing"]) == []
+        near = query("dagster_run_monitor_workers_near_memory_limit")
+        assert sorted((s["metric"]["worker"], s["value"][1]) for s in near) == [
+            ("run", "0"),
+            ("step", "0"),
+        ]
+        assert query(rule_expressions()["DagsterRunMonitorWorkerNearMemoryLimit"]) == []
 
 
 def prom_query(port: int, expr: str, up: bool = False) -> list[dict]:

@@ -44,6 +44,7 @@ def write_step_home(home: Path, storage: str, retry_on_op_failure: bool) -> Path
             "max_resume_run_attempts": 0,  # DefaultRunLauncher cannot resume
             "step_retries": {"enabled": True, "max_retries": 2},
             "oom_memory": {"multiplier": 2, "max": "4Gi"},
+            "worker_heartbeats": {"interval_seconds": 1, "timeout_seconds": 30},
         },
         None,
         pg_url() if storage == "postgres" else None,
@@ -155,10 +156,14 @@ def test_killed_steps_are_retried_by_the_monitor_a_bug_is_not_and_the_budget_hol
         assert len(group(instance, always)) == 3
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize(
+    "version, executor", [(1, "process"), (2, "process"), (1, "multiprocess"), (2, "multiprocess")]
+)
 def test_a_step_oom_killed_in_its_memory_cgroup_is_retried_with_one_step_at_a_time(
-    tmp_path, version
+    tmp_path, version, executor
 ):
+    """process_step_executor tells the cause in its health check; a multiprocess child's
+    watcher sees its cgroup count the kill as the child ends (Dagster says only SIGKILL)."""
     why = cgroups.unavailable(version)
     if why:
         pytest.skip(why)
@@ -166,8 +171,11 @@ def test_a_step_oom_killed_in_its_memory_cgroup_is_retried_with_one_step_at_a_ti
     with cgroups.memory_cgroup(version, 200 * 2**20, name) as cgroup:
         with step_daemon(tmp_path, "sqlite") as (home, instance, context):
             (home / "oom_cgroup").write_text(str(cgroup))
-            fast = {"execution": {"config": {"health_check_interval_seconds": 1}}}
-            root = submit(instance, context, "process_oom_once", fast)
+            if executor == "process":
+                config = {"execution": {"config": {"health_check_interval_seconds": 1}}}
+            else:
+                config = {"execution": {"config": {"max_concurrent": 2}}}
+            root = submit(instance, context, f"{executor}_oom_once", config)
             failed, retry = wait_until(
                 lambda: settled(instance, root, 2), timeout=150, what="the retry to end"
             )
@@ -178,9 +186,8 @@ def test_a_step_oom_killed_in_its_memory_cgroup_is_retried_with_one_step_at_a_ti
                 " killer acted"
             ), died
             assert retry.tags[c.CRASH_CAUSE_TAG] == "oom_killed"
-            assert retry.run_config == {
-                "execution": {"config": {"health_check_interval_seconds": 1, "max_concurrent": 1}}
-            }
+            expected = dict(config["execution"]["config"], max_concurrent=1)
+            assert retry.run_config == {"execution": {"config": expected}}
             assert (
                 "Retrying from failure with max_concurrent 1 (the executor sets no memory per"
                 " step), as step 'oom_once' died (oom_killed)." in messages(instance, failed.run_id)

@@ -22,7 +22,7 @@ LAYERS: dict[str, frozenset[str]] = {
     "worker": frozenset({"core", "config", "integration.internals"}),
     "integration.internals": frozenset(),
     "storage": frozenset({"core", "integration.internals"}),
-    "launchers": frozenset({"core", "storage", "integration.internals"}),
+    "launchers": frozenset({"core", "storage", "worker", "integration.internals"}),
     "alerts": frozenset({"core", "integration.internals"}),
     "metrics": frozenset({"core"}),
     "daemon": frozenset(

@@ -30,6 +30,7 @@ from dagster_run_monitor.core.settings import (
     Breaker,
     CrashRule,
     Heartbeats,
+    MemoryWatch,
     MonitorSettings,
     Rule,
     StepRetries,
@@ -92,6 +93,7 @@ def settings_from_config(
     values["breaker"] = _breaker(config.get("breaker"))
     values["learned"] = _learned(config.get("learned_limits"))
     values["step_retries"] = _step_retries(config.get("step_retries"))
+    values["memory"] = _memory(config.get("memory"))
     return MonitorSettings(**values, can_check_health=can_check_health, can_resume=can_resume)
 
 
@@ -265,6 +267,12 @@ def _step_retries(config: AnyType) -> StepRetries:
         raise invalid_setting("step_retries.enabled", retries.enabled, "expected true or false")
     _integer("step_retries.max_retries", retries.max_retries, 0)
     return retries
+
+
+def _memory(config: AnyType) -> MemoryWatch:
+    memory = MemoryWatch(**_block("memory", config, MemoryWatch()))
+    _number("memory.warn_fraction", memory.warn_fraction, 0, 1)
+    return memory
 
 
 def _learned(config: AnyType) -> LearnedLimits:

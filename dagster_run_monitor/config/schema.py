@@ -64,6 +64,7 @@ def run_monitoring_config_field() -> Field:
             "breaker": Field(Any, is_required=False),
             "learned_limits": Field(Any, is_required=False),
             "step_retries": Field(Any, is_required=False),
+            "memory": Field(Any, is_required=False),
             "rules": Field(
                 [
                     {

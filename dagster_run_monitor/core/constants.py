@@ -23,6 +23,9 @@ PAGERDUTY_TAG = f"{TAG_PREFIX}pagerduty"  # the run's open incidents (Alert.subj
 RESUMED_TAG = f"{TAG_PREFIX}resumed"  # the latest resume's attempt number (kept out of history)
 LIMIT_SOURCE_TAG = f"{TAG_PREFIX}limit_source"  # "learned": the limit that ended it was learned
 SLOWER_THAN_USUAL = "slower_than_usual"  # the warning's WARNED_TAG_PREFIX key and alert limit
+MEMORY_WARNED_TAG_PREFIX = f"{WARNED_TAG_PREFIX}memory/"  # + worker = its percent of its limit
+PEAK_MEMORY_TAG = f"{TAG_PREFIX}peak_memory"  # at the run's end: its workers' highest, "312Mi"
+MEMORY_TAG = f"{TAG_PREFIX}memory"  # at the run's end: {worker: [peak, limit]} in bytes (JSON)
 
 STEP_RETRY_TAG = f"{TAG_PREFIX}step_retry"  # on a failed run: "retry N" or "none", once decided
 STEP_CAUSES_TAG = f"{TAG_PREFIX}step_causes"  # "written": the dead step workers' events are in

@@ -6,10 +6,14 @@ A beat is a row of Dagster's key-value store (``kvs``), written by the watcher p
 each run and step worker (``worker.watcher``): key ``run_monitor/beat/<run id>/<worker>``
 (worker ``run``, or ``step:<step key>``), value ``<token>|<json>``, the token naming the
 worker process that owns the row. The JSON holds ``seq`` (counts the beats), ``host``, ``pid``,
-``cpu`` (the process's CPU seconds), ``hash`` (of its stacks), ``steps`` (running in it) and
-``ended`` (the watcher saw the process end). Its stacks are in ``run_monitor/stack/<run
-id>/<worker>``, read only to show them. A row whose token is ``fenced`` was taken over by the
-monitor: its old worker stops itself when it sees it."""
+``cpu`` (the process's CPU seconds), ``hash`` (of its stacks), ``steps`` (running in it),
+``mem`` (its memory: used, peak, limit or null, in bytes), ``ended`` (the watcher saw the
+process end) and ``oom`` (an OOM kill was counted in its memory cgroup as it ended). Its stacks
+are in ``run_monitor/stack/<run id>/<worker>``, read only to show them. A row whose token is
+``fenced`` was taken over by the monitor: its old worker stops itself when it sees it. When a
+worker ends, its watcher keeps its peak in ``run_monitor/memory/<run id>/<worker>/<token>``
+(``{"peak", "limit", "oom"}``), which outlives the beats until the daemon has written the
+run's memory on it."""
 
 import json
 from collections.abc import Iterable, Mapping
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 
 BEAT_PREFIX = "run_monitor/beat/"
 STACK_PREFIX = "run_monitor/stack/"
+MEMORY_PREFIX = "run_monitor/memory/"
 RUN_WORKER = "run"
 STEP_WORKER_PREFIX = "step:"
 FENCED = "fenced"
@@ -36,10 +41,39 @@ def stack_key(run_id: str, worker: str = RUN_WORKER) -> str:
     return f"{STACK_PREFIX}{run_id}/{worker}"
 
 
+def memory_key(run_id: str, worker: str, token: str) -> str:
+    return f"{MEMORY_PREFIX}{run_id}/{worker}/{token}"
+
+
 def key_range(prefix: str) -> tuple[str, str]:
     """Keys starting with ``prefix`` are ``>= low and < high``: a range on the unique index of
     ``kvs.key`` on SQLite and PostgreSQL alike (``LIKE`` scans)."""
     return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+@dataclass(frozen=True)
+class WorkerMemory:
+    """A worker's memory in bytes: now, its peak so far, its limit (None: none)."""
+
+    used: int
+    peak: int
+    limit: int | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """How much of its limit it uses (None: no limit)."""
+        return self.used / self.limit if self.limit else None
+
+
+@dataclass(frozen=True)
+class Peak:
+    """A worker's peak memory in bytes, as its watcher kept it when it ended (or as its latest
+    beat said): its limit, and whether an OOM kill was counted in its cgroup as it ended."""
+
+    worker: str
+    peak: int
+    limit: int | None = None
+    oom: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,6 +91,14 @@ class Beat:
     steps: tuple[str, ...] = ()
     ended: bool = False
     at: float = 0.0  # a fenced row's: when the monitor took the run over (the daemon's clock)
+    memory: WorkerMemory | None = None
+    oom: bool = False
+
+    @property
+    def peak(self) -> Peak | None:
+        """What its latest beat says of its peak."""
+        memory = self.memory
+        return None if memory is None else Peak(self.worker, memory.peak, memory.limit, self.oom)
 
     @property
     def fenced(self) -> bool:
@@ -90,9 +132,33 @@ def parse_beat(key: str, value: str) -> Beat | None:
             tuple(str(s) for s in data.get("steps", ())),
             bool(data.get("ended", False)),
             float(data.get("at", 0.0)),
+            _memory(data.get("mem")),
+            bool(data.get("oom", False)),
         )
     except (ValueError, TypeError, AttributeError):
         return None
+
+
+def _memory(mem: object) -> WorkerMemory | None:
+    if not isinstance(mem, list) or len(mem) != 3 or not mem[1]:
+        return None
+    used, peak, limit = mem
+    return WorkerMemory(int(used), int(peak), int(limit) if limit else None)
+
+
+def parse_peak(key: str, value: str) -> tuple[str, Peak] | None:
+    """(run id, the peak) of a memory row, None for a row that is not one (or is damaged)."""
+    if not key.startswith(MEMORY_PREFIX):
+        return None
+    run_id, _, rest = key[len(MEMORY_PREFIX) :].partition("/")
+    worker = rest.rpartition("/")[0]
+    try:
+        data = json.loads(value)
+        limit = data.get("limit")
+        peak = Peak(worker, int(data["peak"]), int(limit) if limit else None, bool(data.get("oom")))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return (run_id, peak) if worker else None
 
 
 @dataclass(frozen=True)

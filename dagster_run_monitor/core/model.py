@@ -208,8 +208,10 @@ def with_where(action: Action, where: str) -> Action:
         return replace(action, failure_message=f"{action.failure_message}\n{where}")
     if isinstance(action, (FailRun, ResumeRun)):
         return replace(action, message=f"{action.message}\n{where}")
-    if isinstance(action, Notice) and action.tag.startswith(c.STEP_WORKER_LOST_TAG_PREFIX):
-        return replace(action, message=f"{action.message}\n{where}")
+    prefixes = (c.STEP_WORKER_LOST_TAG_PREFIX, c.MEMORY_WARNED_TAG_PREFIX)
+    if isinstance(action, Notice) and action.tag.startswith(prefixes):
+        alert = action.alert and replace(action.alert, message=f"{action.alert.message}\n{where}")
+        return replace(action, message=f"{action.message}\n{where}", alert=alert)
     return action
 
 

@@ -22,6 +22,7 @@ from dagster_run_monitor.core.limit_table import (
     clock_start,
 )
 from dagster_run_monitor.core.limits import Limit, Limits, resolve_limits, with_history
+from dagster_run_monitor.core.memory_use import memory_warnings
 from dagster_run_monitor.core.model import (
     SUSPENDED,
     Action,
@@ -66,6 +67,7 @@ def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]
     if not any(isinstance(a, (FailRun, CancelRun, TerminateAndFail)) for a in actions):
         actions += threshold_warnings(run, limits, settings, now)
         actions += slower_than_usual(run, limits, now)
+        actions += memory_warnings(run, settings.memory.warn_fraction)
     return actions
 
 

@@ -132,6 +132,14 @@ class Heartbeats:
 
 
 @dataclass(frozen=True)
+class MemoryWatch:
+    """``memory:``: warn once when a worker uses ``warn_fraction`` of its memory limit (0:
+    never). The figures come with the heartbeats (``worker_heartbeats``)."""
+
+    warn_fraction: float = 0.9
+
+
+@dataclass(frozen=True)
 class StepRetries:
     """``step_retries:``: re-execute from failure a run whose failed steps died of an
     infrastructure cause that ``crash_policy`` resumes, at most ``max_retries`` times per run
@@ -186,6 +194,7 @@ class MonitorSettings:
     heartbeats: Heartbeats = Heartbeats()
     breaker: Breaker = Breaker()
     step_retries: StepRetries = StepRetries()
+    memory: MemoryWatch = MemoryWatch()
     learned: LearnedLimits = LearnedLimits()
     # What the run launcher can do (facts about the instance, not configuration).
     can_check_health: bool = False

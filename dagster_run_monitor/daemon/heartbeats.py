@@ -1,22 +1,29 @@
 """The daemon's sight of workers' heartbeats, kept from pass to pass: each beat's clock runs
 on this daemon's time only (``core.heartbeats.watch``), and starts again whenever the daemon's
 own sight was interrupted (it started, a pass failed, or it did not pass for a long while), so
-a storage outage or a paused daemon never makes beats look stale."""
+a storage outage or a paused daemon never makes beats look stale. When a run has ended, its
+workers' peaks are written on it (``core.memory_use``), once, and its rows go."""
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from dagster import DagsterInstance
 
+from dagster_run_monitor.core.constants import PEAK_MEMORY_TAG
 from dagster_run_monitor.core.heartbeats import (
     FENCE_KEPT_SECONDS,
+    Peak,
     Sight,
     by_run,
     watch,
     where_text,
 )
+from dagster_run_monitor.core.memory_use import peak_message, peak_tags, run_peaks
 from dagster_run_monitor.core.settings import MonitorSettings
-from dagster_run_monitor.storage.heartbeats import forget_finished, read_beats, read_stacks
+from dagster_run_monitor.storage.claims import claims
+from dagster_run_monitor.storage.heartbeats import ended_runs, forget, read_rows, read_stacks
+
+LOGGER = logging.getLogger(__name__)
 
 
 class HeartbeatSight:
@@ -26,6 +33,7 @@ class HeartbeatSight:
         self._last_read: float | None = None
         self._runs: set[str] = set()  # runs with rows (fenced ones too)
         self._fences: dict[str, float] = {}  # run id -> when the monitor took it over
+        self.peaks: dict[str, list[Peak]] = {}  # run id -> its ended workers' peaks
 
     def read(
         self, instance: DagsterInstance, settings: MonitorSettings, now: float
@@ -39,24 +47,74 @@ class HeartbeatSight:
             self._last_read is not None and now - self._last_read > long_gap
         )
         self.interrupted = True  # until this read succeeds
-        found = read_beats(instance) or []
+        found, peaks = read_rows(instance) or ([], [])
         self.sights = watch(self.sights, found, now, fresh)
-        self._runs = {beat.run_id for beat in found}
+        self.peaks = {}
+        for run_id, peak in peaks:
+            self.peaks.setdefault(run_id, []).append(peak)
+        self._runs = {beat.run_id for beat in found} | set(self.peaks)
         self._fences = {b.run_id: b.at for b in found if b.fenced}
         self.interrupted, self._last_read = False, now
         return by_run(self.sights)
 
-    def forget_ended(self, instance: DagsterInstance, in_progress: set[str], now: float) -> None:
-        """Remove the rows of runs that ended, but fences younger than ``FENCE_KEPT_SECONDS``
-        (a saving: a failure is only logged)."""
+    def forget_ended(
+        self,
+        instance: DagsterInstance,
+        in_progress: set[str],
+        now: float,
+        timeout: float,
+        write: bool = True,
+    ) -> None:
+        """For the runs that ended: their workers' peaks written on them (``write``: not a dry
+        run; once every worker has ended, or ``timeout`` seconds after the run), then their
+        rows removed, but fences younger than ``FENCE_KEPT_SECONDS``. A failure is logged;
+        the next pass tries again."""
         kept = {i for i, at in self._fences.items() if now - at < FENCE_KEPT_SECONDS}
         stray = self._runs - in_progress - kept  # a fenced run has no other row
         if not stray:
             return
         try:
-            forget_finished(instance, stray)
+            ended = ended_runs(instance, stray)
+            due, waiting = {}, set()
+            workers = by_run(self.sights)
+            for run_id, record in ended.items():
+                peaks = self.run_peaks(run_id, workers.get(run_id, ()))
+                if not write or record is None or not peaks:
+                    continue
+                if PEAK_MEMORY_TAG in record.dagster_run.tags:
+                    continue
+                live = any(not s.beat.ended for s in workers.get(run_id, ()))
+                end = record.end_time or now
+                if live and now - end < timeout:
+                    waiting.add(run_id)  # a worker still ending: its last peak to come
+                else:
+                    due[run_id] = peaks
+            done = write_peaks(instance, due)
+            forget(instance, set(ended) - waiting - (set(due) - done))
         except Exception:
-            logging.getLogger(__name__).warning("Could not remove ended runs' heartbeats")
+            LOGGER.warning("Could not write ended runs' memory or remove their heartbeats")
+
+    def run_peaks(self, run_id: str, workers: Iterable[Sight]) -> dict[str, Peak]:
+        """The run's workers' peaks: those kept as they ended, and their latest beats'."""
+        beats = [s.beat.peak for s in workers]
+        return run_peaks([*self.peaks.get(run_id, ()), *filter(None, beats)])
+
+
+def write_peaks(instance: DagsterInstance, due: Mapping[str, Mapping[str, Peak]]) -> set[str]:
+    """Under each run's claim, unless another daemon wrote them: its peaks in its tags, then
+    one event. The runs done (written here or before)."""
+    done = set()
+    with claims(instance, sorted(due)) as held:
+        for record in ended_runs(instance, held).values():
+            if record is None:
+                continue
+            run = record.dagster_run
+            if PEAK_MEMORY_TAG not in run.tags:
+                peaks = due[run.run_id]
+                instance.add_run_tags(run.run_id, peak_tags(peaks))
+                instance.report_engine_event(peak_message(peaks), run)
+            done.add(run.run_id)
+    return done
 
 
 def where_workers_were(

@@ -88,7 +88,9 @@ def observe(
         checks.submit([r.dagster_run for r in checked])
     runs = {r.dagster_run.run_id: r.dagster_run for r in records}
     if not crashes_only:  # runs that just failed keep their rows for their step crashes' stacks
-        beats.forget_ended(instance, set(runs) | (reader.failed_ids() if reader else set()), now)
+        in_progress = set(runs) | (reader.failed_ids() if reader else set())
+        timeout = settings.heartbeats.timeout_seconds
+        beats.forget_ended(instance, in_progress, now, timeout, not settings.dry_run)
     ids_in = lambda *statuses: [i for i, run in runs.items() if run.status in statuses]  # noqa: E731
     launched = latest_event_times(
         storage, ids_in(DagsterRunStatus.STARTING), DagsterEventType.PIPELINE_STARTING

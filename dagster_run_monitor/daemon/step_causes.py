@@ -11,6 +11,7 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRun
 
 from dagster_run_monitor.core.crash_cause import (
+    OOM_KILLED,
     RUNNING,
     UNKNOWN,
     CrashCause,
@@ -18,6 +19,7 @@ from dagster_run_monitor.core.crash_cause import (
     ecs_cause,
     k8s_step_cause,
 )
+from dagster_run_monitor.core.heartbeats import STEP_WORKER_PREFIX
 from dagster_run_monitor.core.memory import format_memory
 from dagster_run_monitor.core.step_crashes import (
     CRASH,
@@ -28,6 +30,7 @@ from dagster_run_monitor.core.step_crashes import (
     INTERRUPT,
     K8S,
     K8S_JOB,
+    MULTIPROCESS,
     UNFINISHED,
     FailedRun,
     StepEnd,
@@ -37,6 +40,7 @@ from dagster_run_monitor.core.step_crashes import (
     worker_name,
 )
 from dagster_run_monitor.launchers.process.processes import hostname, is_alive
+from dagster_run_monitor.storage.heartbeats import read_peaks
 
 LOGGER = logging.getLogger(__name__)
 ECS_BATCH = 100  # tasks per describe_tasks
@@ -58,7 +62,12 @@ def platform_causes(
     for item in crashed:
         by_kind.setdefault(executor_of(item[2].worker), []).append(item)
     causes: dict[str, dict[int, CrashCause]] = {}
-    readers = {K8S: _k8s_causes, DOCKER: _docker_causes, ECS: _ecs_causes}
+    readers = {
+        K8S: _k8s_causes,
+        DOCKER: _docker_causes,
+        ECS: _ecs_causes,
+        MULTIPROCESS: _multiprocess_causes,
+    }
     for kind, items in by_kind.items():
         found: dict[tuple[str, int], CrashCause] = {}
         reader = readers.get(kind)
@@ -87,6 +96,27 @@ def _process_alive(end: StepEnd) -> CrashCause | None:
     if pid and is_alive(pid, int(ticks) if ticks else None):
         return CrashCause(RUNNING, f"process {pid}")
     return CrashCause(UNKNOWN, f"process {pid} is gone") if pid else None
+
+
+def _multiprocess_causes(
+    instance: DagsterInstance, runs: Mapping[str, DagsterRun], items: Sequence[Any]
+) -> dict[tuple[str, int], CrashCause]:
+    """A child SIGKILLed while the OOM-kill count of its memory cgroup moved, as its watcher
+    saw it end (its memory row, one statement for the pass): ``oom_killed``."""
+    peaks = read_peaks(instance, sorted({run.run_id for run, _, _ in items}))
+    found = {}
+    for run, i, end in items:
+        cause = message_cause(end)
+        peak = peaks.get(run.run_id, {}).get(f"{STEP_WORKER_PREFIX}{end.step_key}")
+        if cause is not None and cause.exit_code == -9 and peak is not None and peak.oom:
+            limit = f" of limit {format_memory(peak.limit)}" if peak.limit else ""
+            detail = (
+                f"SIGKILL while the kernel's OOM killer acted in its memory cgroup (peak"
+                f" {format_memory(peak.peak)}{limit})"
+            )
+            memory = {"limits": format_memory(peak.limit)} if peak.limit else {}
+            found[(run.run_id, i)] = CrashCause(OOM_KILLED, detail, -9, memory)
+    return found
 
 
 def _k8s_causes(

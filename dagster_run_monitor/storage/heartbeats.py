@@ -1,22 +1,27 @@
 """Workers' heartbeats in Dagster's key-value store (``kvs``, in the run storage): all beats in
 one statement a pass, a run's stacks when they are shown, the takeover of a run's rows, and
-the removal of finished runs' rows. The rows' format is ``core.heartbeats``'s."""
+the removal of finished runs' rows (their workers' peaks are written on them first,
+``daemon.heartbeats``). The rows' format is ``core.heartbeats``'s."""
 
 from collections.abc import Collection, Iterable
 
 import sqlalchemy as db
 from dagster import DagsterInstance
-from dagster._core.storage.dagster_run import RunsFilter
+from dagster._core.storage.dagster_run import RunRecord, RunsFilter
 
 from dagster_run_monitor.core.heartbeats import (
     BEAT_PREFIX,
+    MEMORY_PREFIX,
     STACK_PREFIX,
     Beat,
+    Peak,
     beat_key,
     fenced_value,
     key_range,
     parse_beat,
+    parse_peak,
 )
+from dagster_run_monitor.core.memory_use import run_peaks
 from dagster_run_monitor.integration.internals import KVS, SqlRunStorage
 from dagster_run_monitor.storage.bulk_writes import transaction
 
@@ -28,13 +33,39 @@ def _prefixed(*prefixes: str) -> db.ColumnElement:
 
 def read_beats(instance: DagsterInstance) -> list[Beat] | None:
     """Every beat stored (None where the run storage is not SQL: no heartbeats there)."""
+    found = read_rows(instance)
+    return None if found is None else found[0]
+
+
+def read_rows(instance: DagsterInstance) -> tuple[list[Beat], list[tuple[str, Peak]]] | None:
+    """Every beat, and every ended worker's peak (run id, peak), in one statement (None where
+    the run storage is not SQL: no heartbeats there)."""
     storage = instance.run_storage
     if not isinstance(storage, SqlRunStorage):
         return None
-    query = db.select(KVS.c.key, KVS.c.value).where(_prefixed(BEAT_PREFIX))
+    query = db.select(KVS.c.key, KVS.c.value).where(_prefixed(BEAT_PREFIX, MEMORY_PREFIX))
     with storage.connect() as conn:
         rows = conn.execute(query).fetchall()
-    return [beat for key, value in rows if (beat := parse_beat(key, value)) is not None]
+    beats = [beat for key, value in rows if (beat := parse_beat(key, value)) is not None]
+    peaks = [peak for key, value in rows if (peak := parse_peak(key, value)) is not None]
+    return beats, peaks
+
+
+def read_peaks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str, dict[str, Peak]]:
+    """run id -> worker -> the peak its watcher kept as it ended (one statement)."""
+    storage = instance.run_storage
+    if not run_ids or not isinstance(storage, SqlRunStorage):
+        return {}
+    query = db.select(KVS.c.key, KVS.c.value).where(
+        _prefixed(*(f"{MEMORY_PREFIX}{i}/" for i in run_ids))
+    )
+    with storage.connect() as conn:
+        rows = conn.execute(query).fetchall()
+    peaks: dict[str, list[Peak]] = {}
+    for key, value in rows:
+        if (found := parse_peak(key, value)) is not None:
+            peaks.setdefault(found[0], []).append(found[1])
+    return {run_id: run_peaks(found) for run_id, found in peaks.items()}
 
 
 def read_stacks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str, dict[str, str]]:
@@ -68,20 +99,23 @@ def take_over(instance: DagsterInstance, run_id: str, now: float) -> None:
         conn.execute(KVS.insert().values(key=beat_key(run_id), value=fenced_value(now)))
 
 
-def forget_finished(instance: DagsterInstance, run_ids: Iterable[str]) -> None:
-    """Remove the rows of those runs that have ended (or are gone)."""
+def ended_runs(instance: DagsterInstance, run_ids: Iterable[str]) -> dict[str, RunRecord | None]:
+    """Those of ``run_ids`` that have ended: their records (None: the run is gone)."""
+    ids = sorted(set(run_ids))
+    if not ids:
+        return {}
+    records = {r.dagster_run.run_id: r for r in instance.get_run_records(RunsFilter(run_ids=ids))}
+    return {
+        i: records.get(i) for i in ids if i not in records or records[i].dagster_run.is_finished
+    }
+
+
+def forget(instance: DagsterInstance, run_ids: Iterable[str]) -> None:
+    """Remove the rows (beats, stacks, peaks) of those runs."""
     storage = instance.run_storage
     ids = sorted(set(run_ids))
     if not ids or not isinstance(storage, SqlRunStorage):
         return
-    live = {
-        r.dagster_run.run_id
-        for r in instance.get_run_records(RunsFilter(run_ids=ids))
-        if not r.dagster_run.is_finished
-    }
-    ended = [i for i in ids if i not in live]
-    if not ended:
-        return
-    prefixes = [p for i in ended for p in (f"{BEAT_PREFIX}{i}/", f"{STACK_PREFIX}{i}/")]
+    ranges = [f"{p}{i}/" for i in ids for p in (BEAT_PREFIX, STACK_PREFIX, MEMORY_PREFIX)]
     with storage.connect() as conn:
-        conn.execute(KVS.delete().where(_prefixed(*prefixes)))
+        conn.execute(KVS.delete().where(_prefixed(*ranges)))

@@ -27,6 +27,7 @@ from dagster_run_monitor.core.heartbeats import (
     RUN_WORKER,
     STEP_WORKER_PREFIX,
     beat_key,
+    memory_key,
     stack_key,
 )
 from dagster_run_monitor.integration.internals import run_storage_database
@@ -58,12 +59,14 @@ class Heartbeat:
             stderr=subprocess.DEVNULL,
             close_fds=True,
         )
+        token = os.urandom(8).hex()
         settings = {
             "database": database,
             "target": target,
             "key": beat_key(run_id, worker),
             "stack_key": stack_key(run_id, worker),
-            "token": os.urandom(8).hex(),
+            "memory_key": memory_key(run_id, worker, token),
+            "token": token,
             "pid": self.pid,
             "host": socket.gethostname(),
             "interval": interval,

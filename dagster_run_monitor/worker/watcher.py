@@ -5,9 +5,12 @@ nothing but the standard library and the database driver (``sqlite3``, or ``psyc
 beats while a C call holds its worker's GIL, and sees its worker end within a second.
 
 Its worker (``worker.beats``) writes to its stdin: first one JSON line of settings (the
-database, the key, the token, the worker's pid, the interval; a password stays off the
+database, the keys, the token, the worker's pid, the interval; a password stays off the
 command line), then whenever it samples, ``{"stacks": [...], "hash": ..., "steps": [...]}``,
-and ``stop`` when it ends cleanly. The row format is ``core.heartbeats``'s.
+and ``stop`` when it ends cleanly. The row format is ``core.heartbeats``'s. Each beat carries
+the worker's memory (``memory_reader``, read here, outside the worker); when the worker ends,
+cleanly or not, its peak goes to a row of its own (``run_monitor/memory/...``) that outlives
+the beats, for the daemon to write on the run when it ends.
 
 Each beat is one statement on a connection of its own, closed after it (like Dagster's own
 processes outside the webserver, no connection is held, so 1,000 workers do not take 1,000 of
@@ -24,6 +27,11 @@ import select
 import signal
 import sys
 import time
+
+try:
+    from memory_reader import MemoryReader  # run as a script: its neighbour file
+except ImportError:  # imported from the package (tests)
+    from dagster_run_monitor.worker.memory_reader import MemoryReader
 
 TICK = 1.0  # how often the worker's liveness is checked
 FIRST_BEAT = 1.5  # seconds after the start (the worker samples its stacks first after 1 s)
@@ -102,9 +110,12 @@ class Watcher:
         self.owned = False  # the first beat was written (an upsert)
         self.sample: dict = {"stacks": [], "hash": "", "steps": []}
         self.stacks_written = None
+        self.memory = MemoryReader(int(settings["pid"]))
+        self.memory.sample()  # its cgroup seen from the start (an OOM kill counted after)
 
-    def value(self, ended: bool = False) -> str:
+    def value(self, ended: bool = False, oom: bool = False) -> str:
         s, sample = self.s, self.sample
+        memory = self.memory.sample()
         body = {
             "seq": self.seq,
             "host": s["host"],
@@ -112,29 +123,35 @@ class Watcher:
             "cpu": round(cpu_seconds(s["pid"]), 2),
             "hash": sample["hash"],
             "steps": sample["steps"],
+            "mem": [memory["used"], memory["peak"], memory["limit"]],
         }
         if ended:
             body["ended"] = True
+        if oom:
+            body["oom"] = True
         return self.prefix + json.dumps(body, separators=(",", ":"))
 
     def beat(self, ended: bool = False) -> bool:
         """Write one beat; False when the worker must stop (its row is no longer its own)."""
         self.seq += 1
         key = self.s["key"]
+        oom = ended and self.memory.oom_killed()
         try:
             if not self.owned and ended:  # dead before its first beat: never over a row
                 self.rows.run(  # the monitor fenced, or a new worker's, when it acted first
                     "INSERT INTO kvs (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                    (key, self.value(ended)),
+                    (key, self.value(ended, oom)),
                 )
             elif not self.owned:
-                self.rows.upsert(key, self.value(ended))
+                self.rows.upsert(key, self.value(ended, oom))
                 self.owned = True
             elif not self.rows.run(
                 "UPDATE kvs SET value = ? WHERE key = ? AND value LIKE ?",
-                (self.value(ended), key, self.prefix + "%"),
+                (self.value(ended, oom), key, self.prefix + "%"),
             ):
                 return self.lost_row()
+            if ended:
+                self.keep_peak(oom)
             if self.sample["hash"] != self.stacks_written:
                 self.rows.upsert(self.s["stack_key"], "\n".join(self.sample["stacks"]))
                 self.stacks_written = self.sample["hash"]
@@ -153,9 +170,18 @@ class Watcher:
                 pass
         return False
 
+    def keep_peak(self, oom: bool = False) -> None:
+        """The worker's memory row: its peak and limit (and an OOM kill seen), kept after its
+        beats go until the daemon has written them on the run."""
+        memory = self.memory.sample()
+        if memory["peak"]:
+            value = {"peak": memory["peak"], "limit": memory["limit"], "oom": oom}
+            self.rows.upsert(self.s["memory_key"], json.dumps(value, separators=(",", ":")))
+
     def stop(self) -> None:
-        """The worker ended cleanly: its rows go (if still its own)."""
+        """The worker ended cleanly: its peak is kept, its beat and stacks go (if its own)."""
         try:
+            self.keep_peak()
             self.rows.run(
                 "DELETE FROM kvs WHERE key = ? AND value LIKE ?", (self.s["key"], self.prefix + "%")
             )

@@ -30,7 +30,6 @@ from dagster._core.instance import DagsterInstance
 from dagster._serdes import serialize_value
 
 from dagster_run_monitor.core.crash_cause import OOM_KILLED, CrashCause, process_cause
-from dagster_run_monitor.launchers.process.memory_cgroups import OomWatch
 from dagster_run_monitor.launchers.process.processes import (
     describe_exit,
     hostname,
@@ -39,6 +38,7 @@ from dagster_run_monitor.launchers.process.processes import (
     start_ticks,
     stop_group,
 )
+from dagster_run_monitor.worker.memory_reader import OomWatch
 
 STEP_TERMINATE_GRACE_SECONDS = 10
 
