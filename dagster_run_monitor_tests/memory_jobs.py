@@ -24,6 +24,7 @@ def touch(config: Touch) -> int:
     if config.cgroup:
         with open(os.path.join(config.cgroup, "cgroup.procs"), "w") as procs:
             procs.write(str(os.getpid()))
+        time.sleep(2)  # its watcher sees it there (a container's worker is there from its start)
     hog = bytearray(config.megabytes * 10**6)
     for i in range(0, len(hog), 4096):
         hog[i] = 1

@@ -14,6 +14,7 @@ from dagster_run_monitor.alerts import incidents
 from dagster_run_monitor.alerts.sender import AlertSender
 from dagster_run_monitor.config.parse import read_settings
 from dagster_run_monitor.core.constants import DAEMON_TYPE
+from dagster_run_monitor.core.memory_use import workers_near_limit
 from dagster_run_monitor.core.model import (
     HEALTH_CHECKED_STATUSES,
     MONITORED_STATUSES,
@@ -124,6 +125,9 @@ class RunMonitorDaemon(IntervalDaemon):
         self._breaker_open = decided.breaker is not None
         self._unhealthy_since = decided.unhealthy_since
         self.metrics.observed(facts, decided.over_warning_threshold, decided.slower_than_usual)
+        if not crashes_only:
+            fraction = settings.memory.warn_fraction
+            self.metrics.near_memory_limit(workers_near_limit(facts, fraction))
         if self._histories.error and not crashes_only:
             self._logger.warning(self._histories.error)
             yield SerializableErrorInfo(self._histories.error, stack=[], cls_name=None)
