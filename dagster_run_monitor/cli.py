@@ -17,6 +17,8 @@ from dagster_run_monitor.core.learned import percentile
 from dagster_run_monitor.core.limit_table import LIMITS, MAX_RUNTIME, clock_start
 from dagster_run_monitor.core.limits import Limit, resolve_limits, with_history
 from dagster_run_monitor.core.memory import memory_of
+from dagster_run_monitor.core.memory_sizing import Advice, advice, where_to_set
+from dagster_run_monitor.core.memory_use import live_memory, worker_label
 from dagster_run_monitor.core.model import RunFacts
 from dagster_run_monitor.core.policy import decide, limits_of
 from dagster_run_monitor.core.report import render
@@ -103,6 +105,8 @@ def explain(run_id: str) -> None:
     click.echo(describe(run, settings, now))
     if run.workers:  # what its workers are doing now, from their last beats
         click.echo(where_workers_were(instance, {run_id: run.workers}, now).get(run_id, ""))
+        for line in live_memory(run.workers):
+            click.echo(f"Memory of the {line}")
     actions = decide(run, settings, now)
     if settings.dry_run:
         click.echo("dry_run is on: the daemon logs these actions and changes nothing.")
@@ -195,7 +199,8 @@ def origin(limit: Limit) -> str:
 @click.argument("job", required=False)
 def history(job: str | None) -> None:
     """Per job (or JOB only): its counted successful runs, the limits learned from them now,
-    and the memory its OOM-killed runs later succeeded with."""
+    its workers' memory (peaks, limit, a recommendation), and the memory its OOM-killed runs
+    later succeeded with."""
     instance = DagsterInstance.get()
     settings = read_settings(instance)
     config = settings.learned
@@ -204,6 +209,8 @@ def history(job: str | None) -> None:
         raise click.ClickException(f"No successful runs{f' of job {job}' if job else ''}.")
     for record in records:
         click.echo(job_history(record, settings))
+        for found in advice(record.memory, settings.memory.warn_fraction):
+            click.echo(memory_advice(found))
         memories = Counter(memory_of(tags) or ("", "") for tags in record.oom_recovered)
         for (memory, tag), count in sorted(memories.items()):
             click.echo(
@@ -212,6 +219,28 @@ def history(job: str | None) -> None:
                 if tag
                 else f"  OOM-killed, then succeeded ({count} run(s)); no memory set in its tags"
             )
+
+
+def memory_advice(found: Advice) -> str:
+    """``history``'s lines on one worker's memory: its peaks, limit, the recommendation."""
+    shown = found.as_dict()
+    limit = f"limit {shown['limit']}" if found.limit else "no limit"
+    line = (
+        f"  memory of the {worker_label(found.worker)}: p50 {shown['p50_peak']}, p95"
+        f" {shown['p95_peak']} over {found.runs} run(s); {limit}; recommended"
+        f" {shown['recommended']} (p90 peak + 15%, at least 256Mi)"
+    )
+    flags = [
+        *(["at risk: p95 above memory.warn_fraction of the limit"] if found.at_risk else []),
+        *(
+            ["over-provisioned: limit above 2x the recommendation"]
+            if found.over_provisioned
+            else []
+        ),
+    ]
+    if flags:
+        line += f"; {'; '.join(flags)}: set it in {where_to_set(found.worker)}"
+    return line
 
 
 def job_history(record: JobRecord, settings: MonitorSettings) -> str:

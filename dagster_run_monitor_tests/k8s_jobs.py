@@ -66,4 +66,39 @@ def k8s_oom():
     allocate_500mi()
 
 
-defs = Definitions(jobs=[k8s_steps, k8s_sleeps, k8s_dies, k8s_oom])
+def _container_memory() -> str:
+    """The container's memory cgroup as the kernel counts it (v1, else v2), for the log."""
+    for used, limit in (
+        ("memory/memory.usage_in_bytes", "memory/memory.limit_in_bytes"),
+        ("memory.current", "memory.max"),
+    ):
+        try:
+            with open(f"/sys/fs/cgroup/{used}") as u, open(f"/sys/fs/cgroup/{limit}") as m:
+                return f"{int(u.read()) >> 20} MiB of {m.read().strip()} bytes"
+        except (OSError, ValueError):
+            continue
+    return "unknown"
+
+
+@op(config_schema={"megabytes": int, "hold_seconds": float})
+def touch_memory(context: OpExecutionContext) -> int:
+    """Allocates ``megabytes`` MB in the run worker, writes every page, and holds them
+    ``hold_seconds`` (for its watcher to sample); logs the container's memory before and
+    after."""
+    before = _container_memory()
+    hog = bytearray(context.op_config["megabytes"] * 10**6)
+    for i in range(0, len(hog), 4096):
+        hog[i] = 1
+    context.log.info(
+        f"touched {len(hog)} bytes; the container's memory: {before} -> {_container_memory()}"
+    )
+    time.sleep(context.op_config["hold_seconds"])
+    return len(hog)
+
+
+@job(executor_def=in_process_executor)
+def k8s_touch():
+    touch_memory()
+
+
+defs = Definitions(jobs=[k8s_steps, k8s_sleeps, k8s_dies, k8s_oom, k8s_touch])

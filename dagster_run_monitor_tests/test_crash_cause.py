@@ -326,7 +326,10 @@ def test_an_oom_killed_worker_is_resumed_with_more_memory_up_to_the_cap():
     oom = CrashCause("oom_killed", "OOMKilled", 137, {"limits": "2Gi", "requests": "1Gi"})
     user = {"dagster-k8s/config": json.dumps({"pod_spec_config": {"host_network": True}})}
     (resume,) = decide(crashed(oom, tags=user), config, NOW)
-    assert resume.note == "Resuming with memory limit 3Gi (was 2Gi) after the worker was OOMKilled."
+    assert resume.note == (
+        "Resuming with memory limit 3Gi (was 2Gi) after the worker was OOMKilled: 1.5 x the"
+        " killed limit."
+    )
     assert json.loads(resume.tags["dagster-k8s/config"]) == {
         "pod_spec_config": {"host_network": True},
         "container_config": {
@@ -383,7 +386,8 @@ def test_an_oom_killed_ecs_task_on_ec2_and_at_the_cap():
     (ec2,) = decide(crashed(ecs_oom(1000, 512, "EC2")), config, NOW)
     assert ec2.tags["ecs/memory"] == "1500" and "ecs/cpu" not in ec2.tags  # EC2: any memory
     assert (
-        ec2.note == "Resuming with memory 1500 MiB (was 1000 MiB) after the worker was OOM-killed."
+        ec2.note == "Resuming with memory 1500 MiB (was 1000 MiB) after the worker was OOM-killed:"
+        " 1.5 x the killed limit."
     )
     (at_cap,) = decide(crashed(ecs_oom(4096, 2048)), config, NOW)
     assert "ecs/memory" not in at_cap.tags

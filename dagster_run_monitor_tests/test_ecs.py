@@ -295,7 +295,8 @@ def test_an_oom_killed_fargate_task_is_resumed_with_more_memory_and_the_cpu_it_n
         assert overrides["containerOverrides"][0]["memory"] == 10240
         assert (
             "Resuming with memory 10240 MiB (was 2048 MiB) and CPU 2048 units (was 1024:"
-            " Fargate's smallest size for it) after the worker was OOM-killed."
+            " Fargate's smallest size for it) after the worker was OOM-killed: 5 x the killed"
+            " limit."
         ) in messages(instance, run.run_id)
 
 

@@ -548,8 +548,9 @@ def test_an_oom_killed_worker_is_resumed_with_more_memory_and_succeeds(k8s_home,
     detected = next(m for m in messages if m.startswith("Detected run worker status"))
     assert "(cause: oom_killed, pod dagster-run-" in detected
     assert "container 'dagster' terminated: OOMKilled, exit code 137" in detected
-    assert "Resuming with memory limit 1000Mi (was 400Mi) after the worker was OOMKilled." in (
-        messages
+    assert (
+        "Resuming with memory limit 1000Mi (was 400Mi) after the worker was OOMKilled: 2.5 x the"
+        " killed limit." in messages
     )
     assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "oom_killed"
     resumed = cluster.batch.read_namespaced_job(job(run, 1), NAMESPACE)

@@ -270,7 +270,8 @@ def test_an_oom_killed_k8s_step_gets_more_memory_for_itself_only(run_config, exp
     )
     assert verdict.retry is not None and verdict.retry.run_config == expected
     assert verdict.retry.message == (
-        "Retrying from failure with memory limit 3Gi for step 'train' (was 2Gi), as step 'train'"
+        "Retrying from failure with memory limit 3Gi for step 'train' (was 2Gi: 1.5 x the killed"
+        " limit), as step 'train'"
         " died (oom_killed)."
     )
     assert run_config.get("execution", {}).get("config", {}).get("per_step_k8s_config") is None
@@ -284,7 +285,9 @@ def test_other_executors_memory_and_the_cap():
     )
     config, said = raised_step_config({}, [docker], oom)
     assert config == {"execution": {"config": {"container_kwargs": {"mem_limit": "2048m"}}}}
-    assert said == " with memory limit 2Gi for every step's container (was 1Gi)"
+    assert (
+        said == " with memory limit 2Gi for every step's container (was 1Gi: 2 x the killed limit)"
+    )
     swapping = {"execution": {"config": {"container_kwargs": {"memswap_limit": "1536m"}}}}
     config, _ = raised_step_config(swapping, [docker], oom)
     assert config["execution"]["config"]["container_kwargs"] == {

@@ -165,7 +165,7 @@ def check_the_retry(home, instance, client, root, failed, retry) -> None:
     retrying = [m for m in failed_log if m.startswith("Retrying from failure")]
     assert retrying == [
         "Retrying from failure with memory limit 1Gi for every step's container (was"
-        f" 256Mi), as step '{STEP}' died (oom_killed)."
+        f" 256Mi: 4 x the killed limit), as step '{STEP}' died (oom_killed)."
     ], retrying
     assert failed.tags[c.STEP_RETRY_TAG] == "retry 1"
     assert failed.tags[c.AUTO_RETRY_RUN_ID_TAG] == retry.run_id

@@ -160,8 +160,8 @@ def test_an_oom_killed_step_pod_is_retried_with_more_memory_and_succeeds(k8s_hom
         " 'dagster' terminated: OOMKilled, exit code 137)."
     ]
     assert (
-        "Retrying from failure with memory limit 400Mi for step 'oom_once' (was 200Mi), as step"
-        " 'oom_once' died (oom_killed)." in log(instance, failed.run_id)
+        "Retrying from failure with memory limit 400Mi for step 'oom_once' (was 200Mi: 2 x the"
+        " killed limit), as step 'oom_once' died (oom_killed)." in log(instance, failed.run_id)
     )
     assert failed.tags[c.STEP_RETRY_TAG] == "retry 1"
     assert failed.tags[c.AUTO_RETRY_RUN_ID_TAG] == retry.run_id

@@ -13,6 +13,7 @@ from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import WARNING
 from dagster_run_monitor.core.crash_cause import OOM_KILLED, UNKNOWN, WORKER_LOST, CrashCause
 from dagster_run_monitor.core.heartbeats import (
+    RUN_WORKER,
     STEP_WORKER_PREFIX,
     Sight,
     lost,
@@ -240,7 +241,8 @@ def crash_resume(
         tags[c.UNCOUNTED_RESUMES_TAG] = ",".join(map(str, sorted(numbers)))
     note = None
     if cause.kind == OOM_KILLED and settings.oom_memory is not None:
-        raised = raised_memory(run.tags, cause.memory, settings.oom_memory)
+        usual = run.history.peaks.get(RUN_WORKER) if run.history else None
+        raised = raised_memory(run.tags, cause.memory, settings.oom_memory, usual)
         if raised is not None:
             tags.update(raised.tags)
             note = raised.note

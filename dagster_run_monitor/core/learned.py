@@ -58,6 +58,7 @@ class History:
     job: str
     runs: Sample | None = None
     steps: Mapping[str, Sample] = field(default_factory=dict)
+    peaks: Mapping[str, Sample] = field(default_factory=dict)  # worker -> p95 of its peaks
 
 
 @dataclass(frozen=True)
@@ -107,11 +108,12 @@ def history(
     runs: Sequence[float],
     steps: Mapping[str, Sequence[float]],
     settings: LearnedLimits,
+    peaks: Mapping[str, Sample] | None = None,
 ) -> History:
-    """A job's history from its counted runs' durations (newest first, at most ``runs``) and
-    its steps' durations in those runs."""
+    """A job's history from its counted runs' durations (newest first, at most ``runs``), its
+    steps' durations in those runs, and its workers' usual peaks (``memory_sizing``)."""
     step_samples = {k: s for k, v in steps.items() if (s := sample(v, settings)) is not None}
-    return History(job, sample(runs[: settings.runs], settings), step_samples)
+    return History(job, sample(runs[: settings.runs], settings), step_samples, dict(peaks or {}))
 
 
 def learn(

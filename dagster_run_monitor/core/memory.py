@@ -8,9 +8,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dagster_run_monitor.core.heartbeats import RUN_WORKER
+from dagster_run_monitor.core.learned import Sample
+
 K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster_k8s's USER_DEFINED_K8S_CONFIG_KEY
 ECS_MEMORY_TAG, ECS_CPU_TAG = "ecs/memory", "ecs/cpu"  # MiB and CPU units (EcsRunLauncher)
 MIB = 2**20
+HEADROOM = 1.15  # over a percentile of the peaks (the Vertical Pod Autoscaler's margin)
+ADDED = 100 * MIB  # at least this much more than the killed limit (VPA's OOM bump)
 # Fargate's task sizes: CPU units -> the memory (MiB) each admits (AWS's table of valid
 # CPU and memory combinations). EC2 tasks take any memory.
 FARGATE_SIZES: Mapping[int, tuple[int, ...]] = {
@@ -56,6 +61,11 @@ def format_memory(size: int) -> str:
     return f"{math.ceil(size / _UNITS['Mi'])}Mi"
 
 
+def mebibytes_up(size: float) -> int:
+    """``size`` bytes rounded up to whole MiB."""
+    return math.ceil(size / MIB) * MIB
+
+
 @dataclass(frozen=True)
 class OomMemory:
     """``oom_memory:``: raise a worker's memory by ``multiplier``, up to ``max``."""
@@ -68,6 +78,39 @@ class OomMemory:
         return parse_memory(self.max)
 
 
+def whose(worker: str) -> str:
+    return "this job's" if worker == RUN_WORKER else "this op's"
+
+
+@dataclass(frozen=True)
+class Sized:
+    """The memory of a worker's next attempt, and the rule that chose it."""
+
+    size: int
+    why: str
+
+
+def raised_size(old: int, oom: OomMemory, usual: Sample | None, worker: str) -> Sized:
+    """The largest of: the killed limit x ``multiplier``; ``HEADROOM`` x the p95 peak of the
+    worker over its job's last successful runs; the killed limit + 100Mi. Capped at ``max``."""
+    rules = [
+        (mebibytes_up(old * oom.multiplier), f"{oom.multiplier:g} x the killed limit"),
+        (old + ADDED, "the killed limit + 100Mi"),
+    ]
+    if usual is not None:
+        rules.append(
+            (
+                mebibytes_up(usual.value * HEADROOM),
+                f"{HEADROOM:g} x {whose(worker)} p95 peak over its last {usual.count}"
+                " successful runs",
+            )
+        )
+    size, why = max(rules, key=lambda rule: rule[0])  # a tie: the first rule
+    if size > oom.max_bytes:
+        return Sized(oom.max_bytes, f"oom_memory.max (not {format_memory(size)}: {why})")
+    return Sized(size, why)
+
+
 @dataclass(frozen=True)
 class RaisedMemory:
     """What a resume after an OOM kill changes: the tags to write (none at the cap) and the
@@ -78,17 +121,24 @@ class RaisedMemory:
 
 
 def raised_memory(
-    tags: Mapping[str, str], memory: Mapping[str, str], oom: OomMemory
+    tags: Mapping[str, str],
+    memory: Mapping[str, str],
+    oom: OomMemory,
+    usual: Sample | None = None,
 ) -> RaisedMemory | None:
     """The raised memory for the killed worker's platform (what ``memory`` holds: an ECS
-    task's ``memory``/``cpu``/``launch_type``, or a Kubernetes container's ``limits``)."""
+    task's ``memory``/``cpu``/``launch_type``, or a Kubernetes container's ``limits``);
+    ``usual``: the p95 of the run worker's peaks over its job's last successful runs."""
     if "launch_type" in memory:
-        return raised_ecs_memory(memory, oom)
-    return raised_k8s_memory(tags, memory, oom)
+        return raised_ecs_memory(memory, oom, usual)
+    return raised_k8s_memory(tags, memory, oom, usual)
 
 
 def raised_k8s_memory(
-    tags: Mapping[str, str], memory: Mapping[str, str], oom: OomMemory
+    tags: Mapping[str, str],
+    memory: Mapping[str, str],
+    oom: OomMemory,
+    usual: Sample | None = None,
 ) -> RaisedMemory | None:
     """The run's ``dagster-k8s/config`` tag with the worker container's memory limit and
     request (``memory``: what the killed container had) multiplied, up to the cap; None if
@@ -110,22 +160,25 @@ def raised_k8s_memory(
             f" oom_memory.max ({oom.max}): resuming with the same memory."
         )
         return RaisedMemory({}, note)
-    new = {
-        kind: format_memory(min(cap, math.ceil(size * oom.multiplier)))
-        for kind, size in old.items()
-    }
+    sized = raised_size(old["limits"], oom, usual, RUN_WORKER)
+    new = {"limits": format_memory(sized.size)}
+    if "requests" in old:  # in proportion, within the limit
+        grown = mebibytes_up(old["requests"] * sized.size / old["limits"])
+        new["requests"] = format_memory(min(sized.size, grown))
     container = config.setdefault("container_config", {})
     resources = container.setdefault("resources", {})
     for kind, value in new.items():
         resources.setdefault(kind, {})["memory"] = value
     note = (
         f"Resuming with memory limit {new['limits']} (was {memory['limits']}) after the worker"
-        " was OOMKilled."
+        f" was OOMKilled: {sized.why}."
     )
     return RaisedMemory({K8S_CONFIG_TAG: json.dumps(config, sort_keys=True)}, note)
 
 
-def raised_ecs_memory(memory: Mapping[str, str], oom: OomMemory) -> RaisedMemory | None:
+def raised_ecs_memory(
+    memory: Mapping[str, str], oom: OomMemory, usual: Sample | None = None, worker: str = RUN_WORKER
+) -> RaisedMemory | None:
     """The run's ``ecs/memory`` tag multiplied, up to the cap; on Fargate, the smallest valid
     size at or above that memory, its CPU in ``ecs/cpu`` when it grows (None: the task's size
     is unknown)."""
@@ -134,7 +187,8 @@ def raised_ecs_memory(memory: Mapping[str, str], oom: OomMemory) -> RaisedMemory
     except (KeyError, ValueError):
         return None
     cap = oom.max_bytes // MIB
-    wanted = min(cap, math.ceil(old * oom.multiplier))
+    sized = raised_size(old * MIB, oom, usual, worker)
+    wanted = sized.size // MIB
     fargate = memory["launch_type"] == "FARGATE"
     size = fargate_size(cpu, old, wanted, cap) if fargate else (cpu, wanted)
     if size is None or size[1] <= old:
@@ -150,7 +204,10 @@ def raised_ecs_memory(memory: Mapping[str, str], oom: OomMemory) -> RaisedMemory
     if new_cpu != cpu:
         tags[ECS_CPU_TAG] = str(new_cpu)
         grown = f" and CPU {new_cpu} units (was {cpu}: Fargate's smallest size for it)"
-    note = f"Resuming with memory {new} MiB (was {old} MiB){grown} after the worker was OOM-killed."
+    note = (
+        f"Resuming with memory {new} MiB (was {old} MiB){grown} after the worker was"
+        f" OOM-killed: {sized.why}."
+    )
     return RaisedMemory(tags, note)
 
 

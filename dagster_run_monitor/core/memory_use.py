@@ -81,18 +81,6 @@ def peak_message(peaks: Mapping[str, Peak]) -> str:
     return f"Memory: {'; '.join(parts)}."
 
 
-def tagged_peaks(tags: Mapping[str, str]) -> dict[str, Peak]:
-    """The peaks a run carries in ``run_monitor/memory`` (none: absent or damaged)."""
-    try:
-        found = json.loads(tags.get(c.MEMORY_TAG) or "{}")
-        return {
-            worker: Peak(worker, int(peak), int(limit) if limit else None)
-            for worker, (peak, limit) in found.items()
-        }
-    except (ValueError, TypeError, AttributeError):
-        return {}
-
-
 def near_limit(sight: Sight, fraction: float) -> bool:
     """The worker uses at least ``fraction`` of its limit (never, with no limit or 0)."""
     memory = sight.beat.memory

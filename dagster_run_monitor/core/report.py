@@ -111,6 +111,7 @@ class Report:
     crashed_jobs: Sequence[tuple[str, int]]  # (job, crashes), most first
     total: dict
     statements: int
+    memory: Mapping[str, list] = field(default_factory=dict)  # job -> its workers' advice
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -19,13 +19,17 @@ from dagster_run_monitor.core.crash_cause import (
     UNKNOWN,
     CrashCause,
 )
+from dagster_run_monitor.core.heartbeats import STEP_WORKER_PREFIX
+from dagster_run_monitor.core.learned import Sample
 from dagster_run_monitor.core.memory import (
     ECS_CPU_TAG,
     ECS_MEMORY_TAG,
     OomMemory,
     format_memory,
+    mebibytes_up,
     parse_memory,
     raised_ecs_memory,
+    raised_size,
 )
 from dagster_run_monitor.core.settings import FAIL, RESUME_UNCOUNTED, MonitorSettings
 
@@ -157,6 +161,7 @@ class FailedRun:
     uncounted: int = 0  # uncounted ones
     group_size: int = 1  # runs in its group (Dagster's retry_number for the next)
     run_config: Mapping[str, Any] = field(default_factory=dict)
+    peaks: Mapping[str, Sample] = field(default_factory=dict)  # worker -> p95 of its job's peaks
 
     def crashes(self) -> list[StepCrash]:
         """Every attempt whose worker died or was interrupted (a pod deleted for a drain gets
@@ -257,17 +262,22 @@ def _retry(
     config, change = None, ""
     oom = [crash for crash in crashes if crash.cause.kind == OOM_KILLED]
     if oom and settings.oom_memory is not None:
-        config, change = raised_step_config(run.run_config, oom, settings.oom_memory)
+        config, change = raised_step_config(run.run_config, oom, settings.oom_memory, run.peaks)
     steps = ", ".join(f"'{crash.end.step_key}'" for crash in crashes)
     message = c.step_retry_message(steps, cause.kind, change, uncounted)
     return RetryFromFailure(run.group_size, cause.kind, uncounted, message, tags, config)
 
 
 def raised_step_config(
-    run_config: Mapping[str, Any], crashes: Sequence[StepCrash], oom: OomMemory
+    run_config: Mapping[str, Any],
+    crashes: Sequence[StepCrash],
+    oom: OomMemory,
+    usual: Mapping[str, Sample] | None = None,
 ) -> tuple[Mapping[str, Any] | None, str]:
     """The retry's run config with more memory for the OOM-killed steps where their executor
-    takes it (None: unchanged), and the words that say what changed or why nothing did."""
+    takes it (None: unchanged), and the words that say what changed or why nothing did.
+    ``usual``: per worker (``step:<key>``), the p95 of its peaks over the job's last
+    successful runs."""
     config = json.loads(json.dumps(dict(run_config)))  # a deep copy of plain data
     execution = config.setdefault("execution", {})
     if not isinstance(execution, dict) or not isinstance(execution.get("config", {}), dict):
@@ -275,16 +285,18 @@ def raised_step_config(
     settings = execution.setdefault("config", {})
     said: list[str] = []
     for crash in crashes:
-        said.append(_raise(settings, crash, oom))
+        worker = f"{STEP_WORKER_PREFIX}{crash.end.step_key}"
+        said.append(_raise(settings, crash, oom, (usual or {}).get(worker)))
     changed = any(text.startswith("memory") or text.startswith("max_") for text in said)
     return (config if changed else None), " with " + "; ".join(dict.fromkeys(said))
 
 
-def _raise(settings: dict[str, Any], crash: StepCrash, oom: OomMemory) -> str:
+def _raise(settings: dict[str, Any], crash: StepCrash, oom: OomMemory, usual: Sample | None) -> str:
     """Raise one OOM-killed step's memory in its executor's ``settings``; what was done."""
     kind, step, memory = executor_of(crash.end.worker), crash.end.step_key, crash.cause.memory
+    worker = f"{STEP_WORKER_PREFIX}{step}"
     if kind == ECS:
-        raised = raised_ecs_memory(memory, oom)
+        raised = raised_ecs_memory(memory, oom, usual, worker)
         if raised is None or not raised.tags:
             return "the same memory (" + (raised.note if raised else "the task's size is unknown)")
         settings["memory"] = int(raised.tags[ECS_MEMORY_TAG])  # IntSource: MiB
@@ -305,7 +317,7 @@ def _raise(settings: dict[str, Any], crash: StepCrash, oom: OomMemory) -> str:
         else:
             settings["max_concurrent"] = 1
         return "max_concurrent 1 (the executor sets no memory per step)"
-    old, new = _sizes(memory.get("limits"), oom)
+    old, new, why = _sizes(memory.get("limits"), oom, usual, worker)
     if old is None or new is None:
         why = f"{old} is at oom_memory.max {oom.max}" if old else "it had no memory limit"
         return f"the same memory for step '{step}' ({why})"
@@ -315,16 +327,16 @@ def _raise(settings: dict[str, Any], crash: StepCrash, oom: OomMemory) -> str:
         swap = _docker_bytes(kwargs.get("memswap_limit"))
         if swap is not None and swap > 0:  # memory + swap: keep the swap, or Docker refuses it
             kwargs["memswap_limit"] = f"{(swap - parse_memory(old) + parse_memory(new)) // MIB}m"
-        return f"memory limit {new} for every step's container (was {old})"
+        return f"memory limit {new} for every step's container (was {old}: {why})"
     op = step.rsplit(".", 1)[-1].split("[", 1)[0]  # per_step_k8s_config is keyed by op name
     per_step = settings.setdefault("per_step_k8s_config", {}).setdefault(op, {})
     resources = per_step.setdefault("container_config", {}).setdefault("resources", {})
     resources.setdefault("limits", {})["memory"] = new
-    if memory.get("requests"):
-        resources.setdefault("requests", {})["memory"] = (
-            _sizes(memory["requests"], oom)[1] or memory["requests"]
-        )
-    return f"memory limit {new} for step '{step}' (was {old})"
+    if memory.get("requests"):  # in proportion, within the limit
+        raised = parse_memory(new) * parse_memory(memory["requests"]) / parse_memory(old)
+        requested = min(parse_memory(new), mebibytes_up(raised))
+        resources.setdefault("requests", {})["memory"] = format_memory(requested)
+    return f"memory limit {new} for step '{step}' (was {old}: {why})"
 
 
 MIB = 2**20
@@ -341,16 +353,18 @@ def _docker_bytes(size: Any) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _sizes(limit: str | None, oom: OomMemory) -> tuple[str | None, str | None]:
-    """The killed limit and the raised one (None: no limit, or at the cap)."""
+def _sizes(
+    limit: str | None, oom: OomMemory, usual: Sample | None, worker: str
+) -> tuple[str | None, str | None, str]:
+    """The killed limit, the raised one (None: no limit, or at the cap), and why."""
     if not limit:
-        return None, None
+        return None, None, ""
     try:
         old = parse_memory(limit)
     except ValueError:
-        return None, None
-    new = min(oom.max_bytes, int(old * oom.multiplier))
-    return limit, (format_memory(new) if new > old else None)
+        return None, None, ""
+    sized = raised_size(old, oom, usual, worker)
+    return limit, (format_memory(sized.size) if sized.size > old else None), sized.why
 
 
 def retry_wait_message(at: float, now: float) -> str:

@@ -10,6 +10,7 @@ from dagster import DagsterInstance, DagsterRun
 
 from dagster_run_monitor.core.learned import History, LearnedLimits, history
 from dagster_run_monitor.core.limits import Limits
+from dagster_run_monitor.core.memory_sizing import usual_peaks
 from dagster_run_monitor.storage.history import (
     JobKey,
     by_step,
@@ -39,9 +40,11 @@ class JobHistories:
         runs: Mapping[str, DagsterRun],
         limits: Mapping[str, Limits],
         now: float,
+        every: bool = False,
     ) -> dict[str, History]:
-        """The history of each run in ``runs`` whose ``limits`` learn something."""
-        learning = {i: job_key(runs[i]) for i, lim in limits.items() if _learns(lim)}
+        """The history of each run in ``runs`` whose ``limits`` learn something (``every``:
+        of each, for the memory of a worker resumed after an OOM kill)."""
+        learning = {i: job_key(runs[i]) for i, lim in limits.items() if every or _learns(lim)}
         steps = {
             job_key(runs[i]) for i, lim in limits.items() if lim.factors.max_step_runtime_factor
         }
@@ -66,6 +69,20 @@ class JobHistories:
         self._known = {k: h for k, h in self._known.items() if k in wanted}
         return {i: self._known[k] for i, k in learning.items() if k in self._known}
 
+    def for_runs(
+        self, instance: DagsterInstance, settings: LearnedLimits, runs: Mapping[str, DagsterRun]
+    ) -> dict[str, History]:
+        """The histories of ``runs``' jobs (finished runs whose steps are retried): those
+        known, the others read now (one statement)."""
+        keys = {i: job_key(run) for i, run in runs.items()}
+        missing = set(keys.values()) - set(self._known)
+        if missing:
+            try:
+                self._known.update(_read(instance, settings, missing, set(), {}, prune=False))
+            except Exception as error:  # sized without history
+                self.error = f"Reading jobs' histories failed: {type(error).__name__}: {error}"
+        return {i: self._known[k] for i, k in keys.items() if k in self._known}
+
 
 def _learns(limits: Limits) -> bool:
     factors = limits.factors
@@ -84,7 +101,7 @@ def _read(
     of their counted runs, read for the runs not ``known`` yet (and kept there; ``prune``:
     ``keys`` are all the jobs, forget the runs no longer counted)."""
     runs = run_durations(instance, keys, settings.runs)
-    step_runs = {key: [run_id for run_id, _ in runs[key]] for key in keys & steps}
+    step_runs = {key: [run.run_id for run in runs[key]] for key in keys & steps}
     counted = {run_id for run_ids in step_runs.values() for run_id in run_ids}
     known.update(step_durations(instance, sorted(counted - set(known))))
     for run_id in set(known) - counted if prune else ():
@@ -92,9 +109,10 @@ def _read(
     return {
         key: history(
             key[0],
-            [d for _, d in found],
+            [run.seconds for run in found],
             by_step(known.get(run_id, {}) for run_id in step_runs.get(key, ())),
             settings,
+            usual_peaks([run.memory for run in found], settings.min_runs),
         )
         for key, found in runs.items()
     }
@@ -108,15 +126,22 @@ class JobRecord:
     durations: list[float]  # its counted runs', newest first
     steps: dict[str, list[float]]  # step key -> durations in those runs
     oom_recovered: list[Mapping[str, str]]  # tags of its runs that succeeded after an OOM kill
+    memory: list[str | None]  # its counted runs' run_monitor/memory tags
 
 
 def job_records(instance: DagsterInstance, runs: int, job: str | None = None) -> list[JobRecord]:
     """Every job with a successful run (or ``job``): four statements for all of them."""
     keys = job_keys(instance, job)
     durations = run_durations(instance, keys, runs)
-    steps = step_history(instance, {k: [i for i, _ in durations[k]] for k in keys})
+    steps = step_history(instance, {k: [run.run_id for run in durations[k]] for k in keys})
     ooms = oom_recoveries(instance)
     return [
-        JobRecord(k, [d for _, d in durations[k]], steps.get(k, {}), ooms.get(k[0], []))
+        JobRecord(
+            k,
+            [run.seconds for run in durations[k]],
+            steps.get(k, {}),
+            ooms.get(k[0], []),
+            [run.memory for run in durations[k]],
+        )
         for k in keys
     ]

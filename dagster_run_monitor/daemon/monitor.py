@@ -151,7 +151,7 @@ class RunMonitorDaemon(IntervalDaemon):
         if not crashes_only and not settings.dry_run:  # runs whose step workers died
             failed, hold = self._runs.take_failed(), paused is not None
             retries = self._step_retries.run_pass(
-                context, settings, now, self._logger, failed, hold, alerts
+                context, settings, now, self._logger, failed, hold, alerts, self._histories
             )
             for run_id, error in retries:
                 yield None if error is None else self._error(run_id, error)

@@ -114,7 +114,8 @@ def observe(
     if not crashes_only:
         histories = histories or JobHistories()
         learning = {i: limits[i] for i in ids_in(DagsterRunStatus.STARTED, SUSPENDED)}
-        learned = histories.read(instance, settings.learned, runs, learning, now)
+        every = settings.oom_memory is not None  # an OOM-killed worker's size from its peaks
+        learned = histories.read(instance, settings.learned, runs, learning, now, every)
         for i, found in learned.items():
             limits[i] = with_history(limits[i], found, settings.learned)
     stall_watched = [i for i in started if limits[i][STALL_TIMEOUT.key].seconds]

@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import replace
 from typing import Any
 
 from dagster import DagsterInstance
@@ -33,6 +34,7 @@ from dagster._daemon.auto_run_reexecution.auto_run_reexecution import (
 from dagster_run_monitor.alerts.sender import AlertSender
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import RESUMED
+from dagster_run_monitor.core.crash_cause import OOM_KILLED
 from dagster_run_monitor.core.heartbeats import STEP_WORKER_PREFIX
 from dagster_run_monitor.core.model import Alert
 from dagster_run_monitor.core.settings import MonitorSettings
@@ -42,6 +44,7 @@ from dagster_run_monitor.core.step_crashes import (
     decide_failed_run,
 )
 from dagster_run_monitor.daemon.failed_runs import failed_run_facts, failed_step_crashed
+from dagster_run_monitor.daemon.history import JobHistories
 from dagster_run_monitor.storage.claims import claims
 from dagster_run_monitor.storage.heartbeats import read_stacks
 
@@ -76,6 +79,7 @@ class StepRetries:
         failed: Sequence[DagsterRun],
         hold: bool = False,
         alerts: AlertSender | None = None,
+        histories: JobHistories | None = None,
     ) -> Iterator[tuple[str, BaseException | None]]:
         """Decide and apply for ``failed``, the runs that failed since the last pass (and those
         whose back-off ended), ``action_threads`` runs at a time under their claims; yields each
@@ -94,6 +98,8 @@ class StepRetries:
             runs.update({r.run_id: r for r in instance.get_runs(RunsFilter(run_ids=due_again))})
         undecided = [run for run in runs.values() if c.STEP_RETRY_TAG not in run.tags]
         facts = failed_run_facts(instance, undecided)
+        if histories is not None and settings.oom_memory is not None:
+            facts = _with_peaks(instance, settings, facts, runs, histories)
         due: list[tuple[FailedRun, StepVerdict]] = []
         for run in facts:
             verdict = decide_failed_run(run, settings, now)
@@ -136,6 +142,26 @@ class StepRetries:
                 else:
                     self._failures.pop(run_id, None)
                 yield run_id, error
+
+
+def _with_peaks(
+    instance: DagsterInstance,
+    settings: MonitorSettings,
+    facts: Sequence[FailedRun],
+    runs: Mapping[str, DagsterRun],
+    histories: JobHistories,
+) -> list[FailedRun]:
+    """The runs with an OOM-killed step, with their jobs' usual peaks (an OOM kill's retry is
+    sized from them)."""
+    oom = {
+        f.run_id: runs[f.run_id]
+        for f in facts
+        if any(cause.kind == OOM_KILLED for cause in f.causes.values())
+    }
+    if not oom:
+        return list(facts)
+    found = histories.for_runs(instance, settings.learned, oom)
+    return [replace(f, peaks=found[f.run_id].peaks) if f.run_id in found else f for f in facts]
 
 
 def apply_verdict(

@@ -4,6 +4,7 @@ indexes), and of their steps (``storage.eventlog``); what ``history`` adds: the 
 runs that succeeded after an OOM kill."""
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import sqlalchemy as db
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
@@ -14,7 +15,7 @@ from dagster._core.storage.tags import (
     STEP_SELECTION_TAG,
 )
 
-from dagster_run_monitor.core.constants import CRASH_CAUSE_TAG, RESUMED_TAG
+from dagster_run_monitor.core.constants import CRASH_CAUSE_TAG, MEMORY_TAG, RESUMED_TAG
 from dagster_run_monitor.core.crash_cause import OOM_KILLED
 from dagster_run_monitor.core.memory import ECS_MEMORY_TAG, K8S_CONFIG_TAG
 from dagster_run_monitor.integration.internals import RUN_TAGS, RUNS, SqlRunStorage
@@ -36,14 +37,22 @@ def job_key(run: DagsterRun) -> JobKey:
     return run.job_name, origin.repository_origin.get_label() if origin is not None else None
 
 
+class Counted(NamedTuple):
+    """One counted run: its id, duration, and its workers' memory (``run_monitor/memory``)."""
+
+    run_id: str
+    seconds: float
+    memory: str | None = None
+
+
 def run_durations(
     instance: DagsterInstance, keys: Iterable[JobKey], runs: int
-) -> dict[JobKey, list[tuple[str, float]]]:
-    """Per job, (run id, duration) of its last ``runs`` counted SUCCESS runs, newest first:
-    one statement for all jobs."""
+) -> dict[JobKey, list[Counted]]:
+    """Per job, its last ``runs`` counted SUCCESS runs, newest first: one statement for all
+    jobs."""
     wanted = sorted(set(keys), key=lambda k: (k[0], k[1] or ""))
     storage = instance.run_storage
-    found: dict[JobKey, list[tuple[str, float]]] = {key: [] for key in wanted}
+    found: dict[JobKey, list[Counted]] = {key: [] for key in wanted}
     if not wanted or not isinstance(storage, SqlRunStorage):
         return found
     with storage.connect() as conn:
@@ -51,9 +60,9 @@ def run_durations(
             rows = conn.execute(_per_job_lateral(wanted, runs))
         else:
             rows = conn.execute(_per_job_window(wanted, runs))
-        for job, label, run_id, start, end in rows:
+        for job, label, run_id, start, end, memory in rows:
             if (job, label) in found and len(found[(job, label)]) < runs:
-                found[(job, label)].append((run_id, end - start))
+                found[(job, label)].append(Counted(run_id, end - start, memory))
     return found
 
 
@@ -128,9 +137,15 @@ def _label_of(label: db.FromClause, runs: db.FromClause) -> db.ColumnElement:
 
 
 def _newest(numbered: db.Subquery, limit: int) -> db.Select:
+    """The newest ``limit`` of each job, with their memory tag (the index on run_tags)."""
     c = numbered.c
+    memory = RUN_TAGS.alias("memory")
+    joined = numbered.outerjoin(
+        memory, db.and_(memory.c.run_id == c.run_id, memory.c.key == MEMORY_TAG)
+    )
     return (
-        db.select(c.job, c.label, c.run_id, c.start_time, c.end_time)
+        db.select(c.job, c.label, c.run_id, c.start_time, c.end_time, memory.c.value)
+        .select_from(joined)
         .where(c.n <= limit)
         .order_by(c.job, c.label, c.n)
     )
