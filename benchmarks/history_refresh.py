@@ -6,11 +6,14 @@ PostgreSQL run storage holding FINISHED runs, built in bulk with COPY.
 
 Each job's runs are spread over the whole table (run i is job i % jobs); 3% of them FAILURE,
 5% resumed or re-executed from a failure (tags that keep them out of the history); every run
-has its repository label and three other tags, as Dagster writes them; the newest 40 runs of
-each job have three steps, each with STEP_START and STEP_SUCCESS among 17 events."""
+has its repository label and three other tags, as Dagster writes them, and every finished run
+its workers' memory (``run_monitor/memory``: the run worker and three steps); the newest 40
+runs of each job have three steps, each with STEP_START and STEP_SUCCESS among 17 events.
+Also timed: the memory advice of every job (``history``, ``report``: its two statements)."""
 
 import argparse
 import io
+import json
 import statistics
 import time
 from datetime import datetime, timedelta, timezone
@@ -20,10 +23,11 @@ from dagster import instance_for_test
 from dagster._core.storage.tags import REPOSITORY_LABEL_TAG, RESUME_RETRY_TAG
 
 from benchmarks.monitor_pass.storage import scratch_database
-from dagster_run_monitor.core.constants import RESUMED_TAG
+from dagster_run_monitor.core.constants import MEMORY_TAG, RESUMED_TAG
 from dagster_run_monitor.core.learned import LearnedLimits
+from dagster_run_monitor.core.memory_sizing import advice
 from dagster_run_monitor.daemon.history import _read
-from dagster_run_monitor.storage.history import JobKey
+from dagster_run_monitor.storage.history import JobKey, job_keys, run_durations
 
 DATABASE = "run_monitor_history_refresh"
 LABEL = "__repository__@etl_location"
@@ -67,6 +71,10 @@ def build(dsn: str, finished: int, in_progress: int, jobs: int) -> None:
             runs.append((run_id, job, status, BODY, created, created, started, ended))
             tags += [(run_id, REPOSITORY_LABEL_TAG, LABEL), (run_id, "dagster/schedule", job)]
             tags += [(run_id, "team", "data"), (run_id, "dagster/priority", "0")]
+            if ended is not None:
+                memory = {"run": [(200 + i % 97) * 2**20, 2**31]}
+                memory.update({f"step:{step}": [(900 + i % 89) * 2**20, 2**32] for step in STEPS})
+                tags.append((run_id, MEMORY_TAG, json.dumps(memory, separators=(",", ":"))))
             if (i // jobs) % 20 == 1:  # the job's every 20th run
                 tags.append((run_id, RESUMED_TAG if i % 2 else RESUME_RETRY_TAG, "1"))
         _copy(
@@ -123,12 +131,23 @@ def main() -> None:
                     if label == "steps, first":
                         known.clear()  # each a daemon's first refresh
                 counted = sum(h.runs.count for h in found.values() if h.runs)
+                peaks = sum(len(h.peaks) for h in found.values())
                 print(
                     f"refresh ({label}): {len(found)} jobs, {counted:,} runs counted,"
-                    f" {sum(len(s) for s in known.values()):,} steps known;"
-                    f" first {times[0]:.3f} s, median {statistics.median(times):.3f} s"
-                    f" of {args.repeat}"
+                    f" {peaks:,} workers' usual peaks, {sum(len(s) for s in known.values()):,}"
+                    f" steps known; first {times[0]:.3f} s, median"
+                    f" {statistics.median(times):.3f} s of {args.repeat}"
                 )
+            times = []
+            for _ in range(args.repeat):
+                began = time.monotonic()
+                counted_runs = run_durations(instance, job_keys(instance), settings.runs)
+                advised = [advice([r.memory for r in runs], 0.9) for runs in counted_runs.values()]
+                times.append(time.monotonic() - began)
+            print(
+                f"memory advice: {len(advised)} jobs, {sum(map(len, advised)):,} workers;"
+                f" first {times[0]:.3f} s, median {statistics.median(times):.3f} s of {args.repeat}"
+            )
 
 
 if __name__ == "__main__":

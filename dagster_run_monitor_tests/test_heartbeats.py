@@ -4,6 +4,7 @@ stacks on an action, a C call holding the GIL."""
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -187,6 +188,10 @@ def test_default_launcher_lost_host_stacks_and_a_gil_holding_call(tmp_path, stor
 
         output = wait_until(explained, 30, "explain to show the stack")
         assert f"run worker: host {socket.gethostname()}, pid {beat.pid}" in output
+        # and its memory now (a local process: its process tree, no limit)
+        assert re.search(
+            r"^Memory of the run worker: \d+Mi \(no limit\), peak \d+Mi$", output, re.M
+        )
 
         # A lost host: the code server, its run worker and the watcher die at once.
         doomed = tree(parent_of(beat.pid))

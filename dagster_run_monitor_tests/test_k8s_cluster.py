@@ -147,7 +147,8 @@ def cluster_unavailable() -> str | None:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """A namespace of this test session's own with the service account run workers use to
-    create step Jobs (in-cluster config); deleted at the end."""
+    create step Jobs (in-cluster config); deleted at the end of the module, and waited for (a
+    namespace still terminating refuses to be made again)."""
     reason = cluster_unavailable()
     if reason:
         if os.environ.get("CI"):
@@ -189,6 +190,17 @@ def cluster() -> Iterator[Cluster]:
     )
     yield Cluster(core, batch, NAMESPACE)
     core.delete_namespace(NAMESPACE, grace_period_seconds=0)
+
+    def gone() -> bool:  # the next module of this session makes it again, under the same name
+        try:
+            core.read_namespace(NAMESPACE)
+        except k8s.rest.ApiException as error:
+            if error.status == 404:
+                return True
+            raise
+        return False
+
+    wait_until(gone, 180, f"namespace {NAMESPACE} to be deleted", interval=1)
 
 
 def launcher_config(home: Path) -> dict[str, Any]:

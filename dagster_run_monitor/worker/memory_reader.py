@@ -2,12 +2,14 @@
 imports this file as its neighbour, and the step process executor imports it from the package).
 
 Where the worker has a memory cgroup of its own (one with a limit: a container, a pod, a step
-put in a cgroup), the cgroup's figures: v2 ``memory.current``, ``memory.peak`` (kernel 5.19+;
-else the sampled maximum), ``memory.max``; v1 ``memory.usage_in_bytes``,
-``memory.max_usage_in_bytes``, ``memory.limit_in_bytes``. Otherwise its process tree's: the sum
-of the processes' RSS, the peak the larger of that sum's sampled maximum and the sum of their
-``VmHWM`` (an upper bound: they may have peaked at different times), no limit. The worker's
-cgroup is read from ``/proc/<pid>/cgroup`` at each sample (a process can be moved).
+put in a cgroup), the cgroup's working set, as the kubelet counts it: v2 ``memory.current``, v1
+``memory.usage_in_bytes``, less the inactive file cache of ``memory.stat`` (which the kernel
+reclaims before it OOM-kills); the limit ``memory.max`` / ``memory.limit_in_bytes``; the peak
+the larger of the sampled maximum and the worker process's own ``VmHWM`` (the kernel's
+``memory.peak`` and ``max_usage_in_bytes`` count the cache). Otherwise its process tree's: the
+sum of the processes' RSS, the peak the larger of that sum's sampled maximum and the sum of
+their ``VmHWM`` (an upper bound: they may have peaked at different times), no limit. The
+worker's cgroup is read from ``/proc/<pid>/cgroup`` at each sample (a process can be moved).
 
 The kernel's OOM kills are counted per cgroup (v1 ``memory.oom_control``, v2 ``memory.events``,
 line ``oom_kill``): a worker that ended while a memory cgroup it was seen in counted a kill
@@ -20,14 +22,14 @@ V1_MEMORY = "/sys/fs/cgroup/memory"
 V2_ROOTS = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
 UNLIMITED = 2**62  # at or above: no limit (v1 writes 9223372036854771712)
 TREE_SECONDS = 60.0  # how often the process tree is found again (a scan of /proc)
-V1 = ("memory.usage_in_bytes", "memory.max_usage_in_bytes", "memory.limit_in_bytes")
-V2 = ("memory.current", "memory.peak", "memory.max")
+V1 = ("memory.usage_in_bytes", "memory.limit_in_bytes", "total_inactive_file")
+V2 = ("memory.current", "memory.max", "inactive_file")
 
 
 def _read(path: str) -> str | None:
     try:
-        with open(path) as f:
-            return f.read()
+        with open(path, "rb") as f:  # bytes: text mode would load the locale machinery
+            return f.read().decode()
     except (OSError, ValueError):
         return None
 
@@ -115,6 +117,15 @@ class OomWatch:
         return None
 
 
+def _stat(path: str, key: str) -> int:
+    """One counter of a ``memory.stat`` file (0: absent)."""
+    for line in (_read(path) or "").splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
+
+
 def _status(pid: int) -> tuple[int, int] | None:
     """(VmRSS, VmHWM) in bytes; None for a process gone (or a kernel thread)."""
     text = _read(f"/proc/{pid}/status")
@@ -183,16 +194,17 @@ class MemoryReader:
 
     def _from_cgroup(self, cgroup: str) -> bool:
         """The cgroup's figures, where it has a limit (False: not a cgroup of its own)."""
-        names = V1 if cgroup.startswith(V1_MEMORY) else V2
-        limit = _number(f"{cgroup}/{names[2]}")
+        usage, limit_file, inactive_key = V1 if cgroup.startswith(V1_MEMORY) else V2
+        limit = _number(f"{cgroup}/{limit_file}")
         if limit is None or limit >= UNLIMITED:
             return False
-        used = _number(f"{cgroup}/{names[0]}")
-        if used is None:
+        usage_bytes = _number(f"{cgroup}/{usage}")
+        if usage_bytes is None:
             return False
-        peak = _number(f"{cgroup}/{names[1]}") or 0
+        used = max(0, usage_bytes - _stat(f"{cgroup}/memory.stat", inactive_key))
+        own = _status(self.pid)
         self.used, self.limit = used, limit
-        self.peak = max(self.peak, used, peak)
+        self.peak = max(self.peak, used, own[1] if own else 0)
         return True
 
     def _from_tree(self) -> None:
