@@ -10,7 +10,12 @@ import sys
 import pytest
 
 from dagster_run_monitor.launchers.process.executor import step_process_cause
-from dagster_run_monitor.worker.memory_reader import OomWatch, memory_cgroup
+from dagster_run_monitor.worker.memory_reader import (
+    MemoryReader,
+    OomWatch,
+    descendants,
+    memory_cgroup,
+)
 from dagster_run_monitor_tests.support import cgroups
 from dagster_run_monitor_tests.support.subprocesses import wait_until
 
@@ -60,3 +65,76 @@ def test_an_oom_kill_in_the_processs_cgroup_is_oom_killed_and_a_plain_sigkill_is
         assert sleeper.wait(10) == -signal.SIGKILL
         cause = step_process_cause(sleeper.returncode, other, None)
         assert (cause.kind, cause.detail) == ("signal", "SIGKILL")
+
+
+CACHE_THEN_HOG = """
+import os, sys, time
+open(os.path.join(sys.argv[1], "cgroup.procs"), "w").write(str(os.getpid()))
+with open(sys.argv[2], "wb") as f:  # 200 MB of page cache, charged to the cgroup
+    for _ in range(200):
+        f.write(os.urandom(10**6))
+print("cached", flush=True)
+sys.stdin.readline()
+hog = bytearray(200 * 10**6)
+for i in range(0, len(hog), 4096):
+    hog[i] = 1
+print("touched", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_workers_memory_is_its_cgroups_working_set_not_its_file_cache(tmp_path, version):
+    """A worker in a memory cgroup with a limit is read from the cgroup: the file cache it made
+    is not counted (the kernel reclaims it before an OOM kill), the memory it touched is."""
+    why = cgroups.unavailable(version)
+    if why:
+        pytest.skip(why)
+    name = f"run-monitor-working-set-{os.getpid()}-{version}"
+    with cgroups.memory_cgroup(version, 10**9, name) as cgroup:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", CACHE_THEN_HOG, str(cgroup), str(tmp_path / "data")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert worker.stdout.readline().strip() == "cached"
+            reader = MemoryReader(worker.pid, skip=0)
+            cached = reader.sample()
+            assert 10**9 - cached["limit"] < 4096  # the kernel rounds to pages
+            assert cached["used"] < 100 * 10**6, cached
+            worker.stdin.write("\n")
+            worker.stdin.flush()
+            assert worker.stdout.readline().strip() == "touched"
+            touched = reader.sample()
+            assert 200 * 10**6 <= touched["used"] < 10**9, touched
+            assert touched["peak"] >= touched["used"]
+        finally:
+            worker.kill()
+            worker.wait()
+
+
+def test_a_worker_without_a_limit_is_its_process_tree():
+    """No cgroup of its own: the worker and its children, their RSS summed; the peak holds."""
+    if MemoryReader(os.getpid(), skip=0).sample()["limit"] is not None:
+        pytest.skip("this test runs in a memory cgroup with a limit: its workers are read from it")
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', "
+        "'h = bytearray(150 * 10**6)\\nfor i in range(0, len(h), 4096): h[i] = 1\\n"
+        "print(1, flush=True)\\nimport time; time.sleep(60)'], stdout=subprocess.PIPE)\n"
+        "child.stdout.readline()\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "ready"
+        found = MemoryReader(worker.pid, skip=0).sample()
+        assert found["limit"] is None
+        assert 150 * 10**6 <= found["used"] <= found["peak"] < 400 * 10**6, found
+    finally:
+        for child in descendants(worker.pid, 0)[::-1]:
+            os.kill(child, signal.SIGKILL)
+        worker.wait()

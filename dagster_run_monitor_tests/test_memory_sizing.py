@@ -136,3 +136,28 @@ def test_history_and_the_reports_json_show_the_advice(make_instance):
         memory = json.loads(report.output)["memory"]
         assert [a["worker"] for a in memory["etl (__repository__@loc)"]] == ["run", "step:train"]
         assert memory["etl (__repository__@loc)"][0]["recommended"] == "311Mi"
+
+
+def test_a_runs_peaks_tags_and_event_from_its_workers_rows():
+    """A resumed worker's two rows keep the higher peak (and the OOM kill seen on either)."""
+    from dagster_run_monitor.core.heartbeats import Peak, memory_key, parse_peak
+    from dagster_run_monitor.core.memory_use import peak_message, peak_tags, run_peaks
+
+    rows = {
+        memory_key("r1", "run", "aa"): '{"peak": 188743680, "limit": null, "oom": false}',
+        memory_key("r1", "run", "bb"): '{"peak": 100000000, "limit": null, "oom": true}',
+        memory_key("r1", "step:train", "cc"): '{"peak": 3328599654, "limit": 4294967296}',
+        memory_key("r1", "step:load", "dd"): "damaged",
+    }
+    found = [p for key, value in rows.items() if (p := parse_peak(key, value))]
+    assert all(run_id == "r1" for run_id, _ in found)
+    peaks = run_peaks(peak for _, peak in found)
+    assert peaks["run"] == Peak("run", 188743680, None, True)
+    assert peak_tags(peaks) == {
+        c.PEAK_MEMORY_TAG: "3175Mi",
+        c.MEMORY_TAG: '{"run":[188743680,null],"step:train":[3328599654,4294967296]}',
+    }
+    assert (
+        peak_message(peaks)
+        == "Memory: run worker 180Mi (no limit); step 'train' 3.1Gi of 4Gi (77%)."
+    )

@@ -57,7 +57,13 @@ def run_durations(
         return found
     with storage.connect() as conn:
         if conn.dialect.name == "postgresql":
-            rows = conn.execute(_per_job_lateral(wanted, runs))
+            # Its estimated cost makes PostgreSQL JIT-compile the plan, which took longer than
+            # running it (0.37 s of 0.77 s at 1,000,000 runs): off for this statement only.
+            conn.execute(db.text("SET jit = off"))
+            try:
+                rows = conn.execute(_per_job_lateral(wanted, runs)).fetchall()
+            finally:
+                conn.execute(db.text("RESET jit"))
         else:
             rows = conn.execute(_per_job_window(wanted, runs))
         for job, label, run_id, start, end, memory in rows:
@@ -66,22 +72,26 @@ def run_durations(
     return found
 
 
-def _counted(runs: db.FromClause) -> list[db.ColumnElement]:
-    excluded = db.select(1).where(
-        RUN_TAGS.c.run_id == runs.c.run_id, RUN_TAGS.c.key.in_(NOT_COUNTED)
-    )
+def _finished(runs: db.FromClause) -> list[db.ColumnElement]:
     return [
         runs.c.status == DagsterRunStatus.SUCCESS.value,
         runs.c.start_time.isnot(None),
         runs.c.end_time.isnot(None),
-        ~db.exists(excluded),
     ]
+
+
+def _counted(runs: db.FromClause) -> list[db.ColumnElement]:
+    excluded = db.select(1).where(
+        RUN_TAGS.c.run_id == runs.c.run_id, RUN_TAGS.c.key.in_(NOT_COUNTED)
+    )
+    return [*_finished(runs), ~db.exists(excluded)]
 
 
 def _per_job_lateral(wanted: Sequence[JobKey], limit: int) -> db.Select:
     """PostgreSQL: for each job, its newest ``CANDIDATES`` x ``limit`` runs read backwards from
     the (job, id) index, a plan that stops early whatever the planner estimates; of those, the
-    newest ``limit`` counted runs of its code location."""
+    newest ``limit`` counted runs of its code location. Each candidate's tags are read once
+    (its label, whether it is counted, its memory), the one index lookup per run."""
     jobs = db.values(db.column("job", db.Text), db.column("label", db.Text), name="wanted").data(
         list(wanted)
     )
@@ -92,7 +102,16 @@ def _per_job_lateral(wanted: Sequence[JobKey], limit: int) -> db.Select:
         .limit(CANDIDATES * limit)
         .lateral("newest")
     )
-    label = RUN_TAGS.alias("label")
+    value, key = RUN_TAGS.c.value, RUN_TAGS.c.key
+    tags = (
+        db.select(
+            db.func.max(value).filter(key == REPOSITORY_LABEL_TAG).label("label"),
+            db.func.max(value).filter(key == MEMORY_TAG).label("memory"),
+            db.func.count().filter(key.in_(NOT_COUNTED)).label("excluded"),
+        )
+        .where(RUN_TAGS.c.run_id == newest.c.run_id)
+        .lateral("tags")
+    )
     numbered = (
         db.select(
             jobs.c.job,
@@ -100,12 +119,17 @@ def _per_job_lateral(wanted: Sequence[JobKey], limit: int) -> db.Select:
             newest.c.run_id,
             newest.c.start_time,
             newest.c.end_time,
+            tags.c.memory,
             db.func.row_number()
             .over(partition_by=(jobs.c.job, jobs.c.label), order_by=newest.c.id.desc())
             .label("n"),
         )
-        .select_from(jobs.join(newest, db.true()).outerjoin(label, _label_of(label, newest)))
-        .where(label.c.value.is_not_distinct_from(jobs.c.label), *_counted(newest))
+        .select_from(jobs.join(newest, db.true()).join(tags, db.true()))
+        .where(
+            tags.c.label.is_not_distinct_from(jobs.c.label),
+            tags.c.excluded == 0,
+            *_finished(newest),
+        )
         .subquery()
     )
     return _newest(numbered, limit)
@@ -113,7 +137,7 @@ def _per_job_lateral(wanted: Sequence[JobKey], limit: int) -> db.Select:
 
 def _per_job_window(wanted: Sequence[JobKey], limit: int) -> db.Select:
     """SQLite, MySQL: the jobs' counted runs numbered newest first per (job, label)."""
-    label = RUN_TAGS.alias("label")
+    label, memory = RUN_TAGS.alias("label"), RUN_TAGS.alias("memory")
     numbered = (
         db.select(
             RUNS.c.pipeline_name.label("job"),
@@ -121,11 +145,16 @@ def _per_job_window(wanted: Sequence[JobKey], limit: int) -> db.Select:
             RUNS.c.run_id,
             RUNS.c.start_time,
             RUNS.c.end_time,
+            memory.c.value.label("memory"),
             db.func.row_number()
             .over(partition_by=(RUNS.c.pipeline_name, label.c.value), order_by=RUNS.c.id.desc())
             .label("n"),
         )
-        .select_from(RUNS.outerjoin(label, _label_of(label, RUNS)))
+        .select_from(
+            RUNS.outerjoin(label, _label_of(label, RUNS)).outerjoin(
+                memory, db.and_(memory.c.run_id == RUNS.c.run_id, memory.c.key == MEMORY_TAG)
+            )
+        )
         .where(RUNS.c.pipeline_name.in_(sorted({job for job, _ in wanted})), *_counted(RUNS))
         .subquery()
     )
@@ -137,15 +166,9 @@ def _label_of(label: db.FromClause, runs: db.FromClause) -> db.ColumnElement:
 
 
 def _newest(numbered: db.Subquery, limit: int) -> db.Select:
-    """The newest ``limit`` of each job, with their memory tag (the index on run_tags)."""
     c = numbered.c
-    memory = RUN_TAGS.alias("memory")
-    joined = numbered.outerjoin(
-        memory, db.and_(memory.c.run_id == c.run_id, memory.c.key == MEMORY_TAG)
-    )
     return (
-        db.select(c.job, c.label, c.run_id, c.start_time, c.end_time, memory.c.value)
-        .select_from(joined)
+        db.select(c.job, c.label, c.run_id, c.start_time, c.end_time, c.memory)
         .where(c.n <= limit)
         .order_by(c.job, c.label, c.n)
     )
@@ -176,18 +199,55 @@ def by_step(per_run: Iterable[Mapping[str, float]]) -> dict[str, list[float]]:
     return steps
 
 
-def job_keys(instance: DagsterInstance, job: str | None = None) -> list[JobKey]:
-    """Every (job, repository label) with a SUCCESS run, or those of ``job``."""
+def job_keys(instance: DagsterInstance, job: str | None = None, runs: int = 30) -> list[JobKey]:
+    """Every (job, repository label) with a SUCCESS run, or those of ``job``. On PostgreSQL,
+    the jobs by a skip scan of the (job, id) index and the labels of each one's newest
+    ``CANDIDATES`` x ``runs`` successful runs (what a history counts): not a pass over every
+    run."""
     label = RUN_TAGS.alias("label")
-    query = (
-        db.select(RUNS.c.pipeline_name, label.c.value)
-        .distinct()
-        .select_from(RUNS.outerjoin(label, _label_of(label, RUNS)))
-        .where(RUNS.c.status == DagsterRunStatus.SUCCESS.value)
-    )
+    with instance.run_storage.connect() as conn:  # type: ignore[attr-defined]
+        if conn.dialect.name == "postgresql":
+            query = _recent_job_keys(label, job, CANDIDATES * runs)
+        else:
+            query = (
+                db.select(RUNS.c.pipeline_name, label.c.value)
+                .distinct()
+                .select_from(RUNS.outerjoin(label, _label_of(label, RUNS)))
+                .where(RUNS.c.status == DagsterRunStatus.SUCCESS.value)
+            )
+            if job is not None:
+                query = query.where(RUNS.c.pipeline_name == job)
+        found = [tuple(row) for row in conn.execute(query)]
+    return sorted(found, key=lambda k: (k[0], k[1] or ""))  # type: ignore[return-value]
+
+
+def _recent_job_keys(label: db.FromClause, job: str | None, candidates: int) -> db.Select:
     if job is not None:
-        query = query.where(RUNS.c.pipeline_name == job)
-    return sorted(_rows(instance, query), key=lambda k: (k[0], k[1] or ""))
+        names: db.FromClause = db.select(db.literal(job, db.Text).label("name")).subquery("names")
+    else:
+        name = RUNS.c.pipeline_name
+        first = db.select(name.label("name")).order_by(name).limit(1).subquery("first")
+        anchor = db.select(first.c.name).cte("names", recursive=True)
+        after = db.select(name).where(name > anchor.c.name).order_by(name).limit(1)
+        names = anchor.union_all(
+            db.select(after.scalar_subquery().label("name")).where(anchor.c.name.isnot(None))
+        )
+    newest = (
+        db.select(RUNS.c.run_id)
+        .where(
+            RUNS.c.pipeline_name == names.c.name,
+            RUNS.c.status == DagsterRunStatus.SUCCESS.value,
+        )
+        .order_by(RUNS.c.id.desc())
+        .limit(candidates)
+        .lateral("newest")
+    )
+    return (
+        db.select(names.c.name, label.c.value)
+        .distinct()
+        .select_from(names.join(newest, db.true()).outerjoin(label, _label_of(label, newest)))
+        .where(names.c.name.isnot(None))
+    )
 
 
 def oom_recoveries(instance: DagsterInstance) -> dict[str, list[Mapping[str, str]]]:
