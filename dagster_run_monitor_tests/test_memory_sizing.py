@@ -12,6 +12,7 @@ from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.crash_cause import CrashCause
 from dagster_run_monitor.core.learned import Sample
 from dagster_run_monitor.core.memory_sizing import advice
+from dagster_run_monitor.core.memory_use import mebibytes, quantity
 from dagster_run_monitor.core.model import Health, RunFacts
 from dagster_run_monitor.core.policy import decide
 from dagster_run_monitor.core.step_crashes import StepCrash, StepEnd, raised_step_config
@@ -161,3 +162,74 @@ def test_a_runs_peaks_tags_and_event_from_its_workers_rows():
         peak_message(peaks)
         == "Memory: run worker 180Mi (no limit); step 'train' 3.1Gi of 4Gi (77%)."
     )
+
+
+def test_two_daemons_write_an_ended_runs_memory_once_and_remove_its_rows(make_instance):
+    """A worker's watcher keeps its peak as it stops; the run ends; two daemons' sights pass at
+    once: one event, the tags, no row left."""
+    import subprocess
+    import sys
+    import threading
+
+    from dagster._core.events import DagsterEventType
+
+    from dagster_run_monitor.config.parse import settings_from_config
+    from dagster_run_monitor.core.heartbeats import beat_key, memory_key, stack_key
+    from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
+    from dagster_run_monitor.integration.internals import run_storage_database
+    from dagster_run_monitor.storage.heartbeats import read_peaks, read_rows
+    from dagster_run_monitor.worker.watcher import Watcher
+    from dagster_run_monitor_tests.support.runs import messages, report
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with make_instance(run_monitoring={}) as instance:
+        run = make_run(instance, S.STARTED, started=T0 - 100)
+        database, target = run_storage_database(instance)
+        watcher = Watcher(
+            {
+                "database": database,
+                "target": target,
+                "key": beat_key(run.run_id),
+                "stack_key": stack_key(run.run_id),
+                "memory_key": memory_key(run.run_id, "run", "t1"),
+                "token": "t1",
+                "pid": worker.pid,
+                "host": "worker-host",
+                "interval": 30,
+            }
+        )
+        watcher.beat()
+        watcher.stop()
+        worker.kill()
+        worker.wait()
+        (peak,) = read_peaks(instance, [run.run_id])[run.run_id].values()
+        assert peak.peak > 10 * MI and peak.limit is None
+        report(instance, run, DagsterEventType.RUN_SUCCESS)
+
+        config = settings_from_config({"enabled": True})
+        sights = [HeartbeatSight(), HeartbeatSight()]
+        for sight in sights:
+            sight.read(instance, config, T0)
+        start = threading.Barrier(2)
+
+        def finish(sight: HeartbeatSight) -> None:
+            start.wait()
+            sight.forget_ended(instance, set(), T0, 180)
+
+        threads = [threading.Thread(target=finish, args=(s,)) for s in sights]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for sight in sights:  # the one that did not hold the claim: its next pass
+            sight.read(instance, config, T0 + 1)
+            sight.forget_ended(instance, set(), T0 + 1, 180)
+
+        summary = [m for m in messages(instance, run.run_id) if m.startswith("Memory: ")]
+        assert summary == [f"Memory: run worker {quantity(peak.peak)} (no limit)."]
+        tags = instance.get_run_by_id(run.run_id).tags
+        assert tags[c.PEAK_MEMORY_TAG] == mebibytes(peak.peak)
+        assert json.loads(tags[c.MEMORY_TAG]) == {"run": [peak.peak, None]}
+        beats, peaks = read_rows(instance)
+        assert [b for b in beats if b.run_id == run.run_id] == []
+        assert [p for run_id, p in peaks if run_id == run.run_id] == []

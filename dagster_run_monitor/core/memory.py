@@ -1,6 +1,8 @@
-"""More memory for a run worker the OOM killer ended, in the run tags its launcher reads when
-it starts the resumed worker: ``dagster-k8s/config`` (``K8sRunLauncher``), ``ecs/memory`` and
-``ecs/cpu`` (``EcsRunLauncher``). Pure."""
+"""More memory for a worker the OOM killer ended: its size (``raised_size``: the killed limit
+times ``multiplier``, 1.15 x its usual peak, or the killed limit + 100Mi, whichever is largest,
+capped), and for a run worker the run tags its launcher reads when it starts the resumed
+worker: ``dagster-k8s/config`` (``K8sRunLauncher``), ``ecs/memory`` and ``ecs/cpu``
+(``EcsRunLauncher``). Pure."""
 
 import json
 import math
@@ -79,6 +81,7 @@ class OomMemory:
 
 
 def whose(worker: str) -> str:
+    """Whose peaks size a worker: a job's (its run worker) or an op's (its step worker)."""
     return "this job's" if worker == RUN_WORKER else "this op's"
 
 
@@ -140,8 +143,9 @@ def raised_k8s_memory(
     oom: OomMemory,
     usual: Sample | None = None,
 ) -> RaisedMemory | None:
-    """The run's ``dagster-k8s/config`` tag with the worker container's memory limit and
-    request (``memory``: what the killed container had) multiplied, up to the cap; None if
+    """The run's ``dagster-k8s/config`` tag with the worker container's memory limit raised
+    (``raised_size``) and its request in proportion (``memory``: what the killed container
+    had); None if
     the container had no limit (the node ran out, not the container) or the tag is not
     JSON."""
     if not memory.get("limits"):
@@ -179,7 +183,7 @@ def raised_k8s_memory(
 def raised_ecs_memory(
     memory: Mapping[str, str], oom: OomMemory, usual: Sample | None = None, worker: str = RUN_WORKER
 ) -> RaisedMemory | None:
-    """The run's ``ecs/memory`` tag multiplied, up to the cap; on Fargate, the smallest valid
+    """The run's ``ecs/memory`` tag raised (``raised_size``); on Fargate, the smallest valid
     size at or above that memory, its CPU in ``ecs/cpu`` when it grows (None: the task's size
     is unknown)."""
     try:

@@ -70,7 +70,7 @@ class HeartbeatSight:
         rows removed, but fences younger than ``FENCE_KEPT_SECONDS``. A failure is logged;
         the next pass tries again."""
         kept = {i for i, at in self._fences.items() if now - at < FENCE_KEPT_SECONDS}
-        stray = self._runs - in_progress - kept  # a fenced run has no other row
+        stray = self._runs - in_progress
         if not stray:
             return
         try:
@@ -90,7 +90,8 @@ class HeartbeatSight:
                 else:
                     due[run_id] = peaks
             done = write_peaks(instance, due)
-            forget(instance, set(ended) - waiting - (set(due) - done))
+            # a fenced run keeps its fence (and so its other rows: it has none but peaks)
+            forget(instance, set(ended) - waiting - (set(due) - done) - kept)
         except Exception:
             LOGGER.warning("Could not write ended runs' memory or remove their heartbeats")
 
@@ -102,18 +103,20 @@ class HeartbeatSight:
 
 def write_peaks(instance: DagsterInstance, due: Mapping[str, Mapping[str, Peak]]) -> set[str]:
     """Under each run's claim, unless another daemon wrote them: its peaks in its tags, then
-    one event. The runs done (written here or before)."""
+    one event. The runs done (written here or before, or gone); one run's failure is logged and
+    leaves it to the next pass, never the others."""
     done = set()
     with claims(instance, sorted(due)) as held:
-        for record in ended_runs(instance, held).values():
-            if record is None:
+        for run_id, record in ended_runs(instance, held).items():
+            try:
+                run = record.dagster_run if record is not None else None
+                if run is not None and PEAK_MEMORY_TAG not in run.tags:
+                    instance.add_run_tags(run_id, peak_tags(due[run_id]))
+                    instance.report_engine_event(peak_message(due[run_id]), run)
+            except Exception:
+                LOGGER.warning("Could not write the memory of run %s", run_id, exc_info=True)
                 continue
-            run = record.dagster_run
-            if PEAK_MEMORY_TAG not in run.tags:
-                peaks = due[run.run_id]
-                instance.add_run_tags(run.run_id, peak_tags(peaks))
-                instance.report_engine_event(peak_message(peaks), run)
-            done.add(run.run_id)
+            done.add(run_id)
     return done
 
 
