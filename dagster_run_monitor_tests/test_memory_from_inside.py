@@ -37,7 +37,7 @@ def record_alert(alert) -> None:
 
 
 @contextmanager
-def memory_daemon(tmp_path: Path, warn_fraction: float = 0.9):
+def memory_daemon(tmp_path: Path, warn_fraction: float = 0.9, launcher=None):
     home = tmp_path / "home"
     config = instance_config(
         {
@@ -47,7 +47,7 @@ def memory_daemon(tmp_path: Path, warn_fraction: float = 0.9):
             "memory": {"warn_fraction": warn_fraction},
             "alerts": {"callable": {"module": __name__, "function": "record_alert"}},
         },
-        None,
+        launcher,
         None,
         run_coordinator={
             "module": "dagster._core.run_coordinator",
@@ -151,3 +151,23 @@ def test_a_step_near_its_cgroup_limit_is_warned_and_one_past_it_is_oom_killed(tm
             "the dead step's event",
         )
         assert died[0].startswith("Step 'touch' worker died (cause: oom_killed, "), died
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_run_worker_oom_killed_in_its_cgroup_under_process_run_launcher_is_oom_killed(
+    tmp_path, version
+):
+    why = cgroups.unavailable(version)
+    if why:
+        pytest.skip(why)
+    launcher = {"module": "dagster_run_monitor", "class": "ProcessRunLauncher"}
+    name = f"run-monitor-run-worker-{os.getpid()}-{version}"
+    with (
+        cgroups.memory_cgroup(version, 200 * MB, name) as cgroup,
+        memory_daemon(tmp_path, launcher=launcher) as (home, instance, context),
+    ):
+        run = submit(instance, context, "in_process_touch", megabytes=300, cgroup=str(cgroup))
+        wait_until(lambda: status_of(instance, run.run_id) == S.FAILURE, 120, "the kill")
+        failed = [m for m in messages(instance, run.run_id) if "Detected run worker status" in m]
+        assert len(failed) == 1 and "(cause: oom_killed, " in failed[0], failed
+        assert instance.get_run_by_id(run.run_id).tags[c.CRASH_CAUSE_TAG] == "oom_killed"
