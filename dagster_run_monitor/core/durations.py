@@ -1,5 +1,7 @@
-"""Durations as people write them: ``90``, ``"90s"``, ``"1h30m"``, ``"PT1H30M"``."""
+"""Durations as people write them: ``90``, ``"90s"``, ``"1h30m"``, ``"PT1H30M"``; and times
+as the monitor shows them (``2026-12-07T01:42:00+00:00``)."""
 
+import datetime
 import re
 
 import pendulum
@@ -40,3 +42,8 @@ def _parse_text(text: str) -> float:
         if isinstance(parsed, pendulum.Duration):
             return parsed.total_seconds()
     raise ValueError(f"not a duration: {text!r}")
+
+
+def iso_time(timestamp: float) -> str:
+    """A UNIX time to the second, in UTC, ISO 8601: ``2026-12-07T01:42:00+00:00``."""
+    return datetime.datetime.fromtimestamp(round(timestamp), datetime.timezone.utc).isoformat()

@@ -1,9 +1,10 @@
 """A pause of the monitor ("stand back during the migration"): while it lasts every daemon
 observes (metrics, the log, its heartbeat) and acts on nothing; it ends by itself. Pure."""
 
-import datetime
 import json
 from dataclasses import asdict, dataclass
+
+from dagster_run_monitor.core.durations import iso_time
 
 PAUSE_KEY = "run_monitor/pause"  # the row in Dagster's key-value store
 
@@ -23,7 +24,7 @@ class Pause:
         left = max(0, round((self.until - now) / 60))
         reason = f": {self.reason}" if self.reason else ""
         return (
-            f"paused by {self.by} at {_iso(self.at)} until {_iso(self.until)}"
+            f"paused by {self.by} at {iso_time(self.at)} until {iso_time(self.until)}"
             f" ({left} min left){reason}"
         )
 
@@ -50,7 +51,3 @@ def parse_pause(value: str | None) -> Pause | None:
         )
     except (ValueError, TypeError, KeyError):
         return None
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(round(timestamp), datetime.timezone.utc).isoformat()

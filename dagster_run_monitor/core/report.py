@@ -3,13 +3,13 @@ on, how many resumed runs ended SUCCESS, how long from a crash's detection to th
 how long the runs it ended had made no progress, and the jobs that crashed most. Pure: built
 from the rows ``storage.report`` reads."""
 
-import datetime
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.durations import iso_time
 from dagster_run_monitor.core.learned import percentile
 
 ENDED = ("FAILURE", "CANCELED")
@@ -156,7 +156,7 @@ def render(report: Report, form: str = "text") -> str:
     """The report as ``text`` (aligned columns), ``markdown`` (tables) or ``json``."""
     if form == "json":
         return json.dumps(report.as_dict(), indent=2, sort_keys=True)
-    span = f"{_iso(report.since)} to {_iso(report.until)}"
+    span = f"{iso_time(report.since)} to {iso_time(report.until)}"
     head = [
         f"Recovery report, {span}: {report.total['runs']} run(s) acted on"
         f" (read in {report.statements} statements)."
@@ -205,7 +205,3 @@ def _cell(value: object, key: str) -> str:
 
 def _p(values: Sequence[float], q: float) -> float | None:
     return round(percentile(sorted(values), q), 1) if values else None
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.datetime.fromtimestamp(round(timestamp), datetime.timezone.utc).isoformat()
