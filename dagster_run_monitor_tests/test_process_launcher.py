@@ -18,10 +18,12 @@ from dagster._time import get_current_timestamp
 from dagster_run_monitor.config.parse import read_settings
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.policy import decide
+from dagster_run_monitor.core.report import new_worker_delays
 from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor.daemon.observe import observe
 from dagster_run_monitor.launchers.process.executor import recorded_step_processes
 from dagster_run_monitor.launchers.process.processes import is_alive
+from dagster_run_monitor.storage.report import acted_runs
 from dagster_run_monitor_tests.support.home import monitor_instance
 from dagster_run_monitor_tests.support.runs import first_lines, messages, status_of, tags_of
 from dagster_run_monitor_tests.support.subprocesses import wait_until
@@ -139,6 +141,11 @@ def test_killed_worker_group_is_resumed_and_finished_steps_do_not_run_again(
         ], detected
         assert tags_of(instance, run.run_id)[c.CRASH_CAUSE_TAG] == "signal"
         assert not is_alive(pid)
+        # The report times the new worker: `dagster api resume_run` says "Started process
+        # for resuming job", not "... for run".
+        (acted,) = acted_runs(instance, 0)[0]
+        (delay,) = new_worker_delays(acted)
+        assert 0 <= delay < 60
 
 
 def test_a_run_read_before_its_workers_exit_was_recorded_still_gets_the_exits_cause(

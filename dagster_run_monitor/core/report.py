@@ -37,7 +37,9 @@ class ActedRun:
     resumes: int = 0
     ended_at: float | None = None
     detections: Sequence[float] = ()  # each resume's event: "Launching a new run worker ..."
-    worker_starts: Sequence[float] = ()  # each "Started process for run" event
+    worker_starts: Sequence[
+        float
+    ] = ()  # each worker start ("Started process for run", or "... for resuming job")
     last_progress: float | None = None
 
 

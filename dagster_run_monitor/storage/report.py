@@ -17,7 +17,9 @@ from dagster_run_monitor.core.report import ActedRun
 from dagster_run_monitor.integration.internals import EVENT_LOGS, RUN_TAGS, RUNS
 from dagster_run_monitor.storage.eventlog import chunks, single_database
 
-WORKER_STARTED = "Started process for run"  # Dagster's run worker, first thing (dagster api)
+# Dagster's run worker, first thing: `dagster api execute_run` (and a code server's run
+# subprocess), and `dagster api resume_run` for a resumed run.
+WORKER_STARTED = ("Started process for run", "Started process for resuming job")
 KEYS = (c.REASON_TAG, c.CRASH_CAUSE_TAG, c.RESUMED_TAG)
 # Events that are not the run's own work: the launcher's, the monitor's, status changes.
 NOT_WORK = tuple(
@@ -111,7 +113,7 @@ def _events(instance: DagsterInstance, run_ids: Sequence[str]) -> tuple[Events, 
                 table.c.dagster_event_type == DagsterEventType.ENGINE_EVENT.value,
                 db.or_(
                     table.c.event.like(f"%{c.RESUME_RUN_LOG_MESSAGE}%"),
-                    table.c.event.like(f"%{WORKER_STARTED}%"),
+                    *(table.c.event.like(f"%{text}%") for text in WORKER_STARTED),
                 ),
             )
             for run_id, timestamp, text in conn.execute(ours):
@@ -138,5 +140,5 @@ def _sort(run: tuple[list[float], list[float], float | None], text: str, at: flo
     """A resume's event goes to the detections, a worker's start to the starts."""
     if c.RESUME_RUN_LOG_MESSAGE in text:
         run[0].append(at)
-    elif WORKER_STARTED in text:
+    elif any(started in text for started in WORKER_STARTED):
         run[1].append(at)
