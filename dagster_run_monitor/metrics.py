@@ -5,6 +5,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from dagster_run_monitor.core.constants import REASON_STEP_CRASH
+from dagster_run_monitor.core.crash_cause import CAUSES
 from dagster_run_monitor.core.model import (
     Action,
     CancelRun,
@@ -66,6 +67,15 @@ class Metrics(NoMetrics):
             ["action", "reason", "cause"],
             registry=r,
         )
+        self.crashes = PromCounter(
+            f"{PREFIX}_crashes",
+            "Crashes acted on (a resume, a failure or a step retry with a cause), by cause;"
+            " every cause's series from 0, so a rate counts a cause's first crash",
+            ["cause"],
+            registry=r,
+        )
+        for cause in CAUSES:
+            self.crashes.labels(cause)
         self.pass_seconds = Histogram(
             f"{PREFIX}_pass_duration_seconds",
             "Duration of a pass (full: every poll interval; crashes: the checks in between)",
@@ -187,12 +197,16 @@ class Metrics(NoMetrics):
 
     def applied(self, actions: Sequence[Action]) -> None:
         for action in actions:
-            self.actions.labels(*action_labels(action)).inc()
+            labels = action_labels(action)
+            self.actions.labels(*labels).inc()
+            if labels[2]:  # a crash's cause
+                self.crashes.labels(labels[2]).inc()
 
     def retried(self, made: Mapping[str, int]) -> None:
         """Step retries made, by cause (kind ``retry``, reason ``step_crash``)."""
         for cause, count in made.items():
             self.actions.labels("retry", REASON_STEP_CRASH, cause).inc(count)
+            self.crashes.labels(cause).inc(count)
 
 
 KINDS = {

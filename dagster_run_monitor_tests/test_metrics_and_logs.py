@@ -38,6 +38,9 @@ def test_the_metrics_endpoint_counts_a_known_pass(make_instance, workspace_conte
     warned = "run_monitor/warned/max_runtime_seconds"
     assert m[(actions, (("action", "notice"), ("cause", ""), ("reason", warned)))] == 1
     assert sum(v for (name, _), v in m.items() if name == actions) == 3
+    crashes = "dagster_run_monitor_crashes_total"  # every cause from 0: rates count the first
+    assert m[(crashes, (("cause", "unknown"),))] == 1
+    assert m[(crashes, (("cause", "oom_killed"),))] == 0
     assert m[("dagster_run_monitor_runs", (("status", "STARTED"),))] == 3
     assert m[("dagster_run_monitor_runs", (("status", "STARTING"),))] == 1
     assert m[("dagster_run_monitor_runs", (("status", "QUEUED"),))] == 1
