@@ -9,7 +9,14 @@ from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.crash_cause import CrashCause
 from dagster_run_monitor.core.crashes import with_heartbeats
 from dagster_run_monitor.core.heartbeats import Beat, by_run, parse_beat, watch
-from dagster_run_monitor.core.model import FailRun, Health, ResumeRun, RunFacts, TerminateAndFail
+from dagster_run_monitor.core.model import (
+    FailRun,
+    Health,
+    Notice,
+    ResumeRun,
+    RunFacts,
+    TerminateAndFail,
+)
 from dagster_run_monitor.core.policy import plan
 from dagster_run_monitor.core.settings import Heartbeats, MonitorSettings
 
@@ -146,7 +153,7 @@ def test_the_breaker_stays_closed_below_its_thresholds(lost, healthy):
 
 
 def hang_facts(workers, last_event_at: float, tags=None) -> RunFacts:
-    from dagster_run_monitor.core.heartbeats import quiet_since
+    from dagster_run_monitor.core.heartbeats import quiet_since, seen_until
 
     quiet = max(quiet_since(workers), last_event_at)
     return RunFacts(
@@ -159,6 +166,7 @@ def hang_facts(workers, last_event_at: float, tags=None) -> RunFacts:
         last_event_at=last_event_at,
         workers=workers,
         quiet_since=quiet,
+        quiet_seen_until=seen_until(workers),
     )
 
 
@@ -174,6 +182,28 @@ def test_a_blocked_worker_is_hung_and_a_busy_one_is_not():
     # Sleeping, with no hang limit: alive.
     workers = sights_after(*blocked)["r1"]
     assert plan([hang_facts(workers, NOW, tags={})], SETTINGS, NOW + 690).due == []
+
+
+def test_with_the_default_interval_no_verdict_comes_before_a_beat_that_shows_the_hang():
+    """A hang timeout of 12 s, beats every 30 s (the default): 13 s after a beat nothing shows
+    that the run made no progress, so no verdict (found failing a busy loop as hung); the next
+    beat decides: a busy loop's CPU time advanced, a blocked one's did not. The timeout being
+    shorter than the beats' interval is said once."""
+    tags = {c.HANG_TIMEOUT_TAG: "12"}
+    first = (NOW, [beat(1, cpu=3.0, stack_hash="a")])
+    early = plan([hang_facts(sights_after(first)["r1"], NOW, tags)], SETTINGS, NOW + 13).due
+    [(_, [notice])] = early
+    assert isinstance(notice, Notice) and notice.message == (
+        "The hang timeout of 12 seconds is shorter than the heartbeats' interval (30 s): a hang"
+        " is judged only on beats that show it, so it is seen at a beat at least that long after"
+        " the run last made progress."
+    )
+    warned = {**tags, notice.tag: notice.value}
+    busy = sights_after(first, (NOW + 30, [beat(2, cpu=33.0, stack_hash="a")]))["r1"]
+    assert plan([hang_facts(busy, NOW, warned)], SETTINGS, NOW + 31).due == []
+    blocked = sights_after(first, (NOW + 30, [beat(2, cpu=3.0, stack_hash="a")]))["r1"]
+    [(_, [action])] = plan([hang_facts(blocked, NOW, warned)], SETTINGS, NOW + 31).due
+    assert isinstance(action, TerminateAndFail) and action.reason == c.REASON_HUNG
 
 
 @pytest.mark.parametrize(

@@ -264,3 +264,11 @@ def step_still_running_message(step: str, where: str) -> str:
         f"Not retrying: step '{step}' never ended and its worker still runs ({where}); a retry"
         " would run it a second time."
     )
+
+
+def hang_shorter_than_beats_message(limit: float, interval: float) -> str:
+    return (
+        f"The hang timeout of {limit:g} seconds is shorter than the heartbeats' interval"
+        f" ({interval:g} s): a hang is judged only on beats that show it, so it is seen at a"
+        " beat at least that long after the run last made progress."
+    )

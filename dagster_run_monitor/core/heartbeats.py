@@ -250,6 +250,13 @@ def quiet_since(sights: Iterable[Sight]) -> float | None:
     return max((s.quiet_since for s in sights), default=None)
 
 
+def seen_until(sights: Iterable[Sight]) -> float | None:
+    """Until when the run's workers' beats show what they did: the pass that first saw the
+    oldest of their latest beats (None: no beats). No progress is proven up to here only,
+    never by a beat that has not come yet."""
+    return min((s.since for s in sights), default=None)
+
+
 def where_text(workers: Iterable[Sight], stacks: Mapping[str, str], now: float) -> str:
     """Where each of the run's workers was last seen, for the event of an action."""
     parts = []

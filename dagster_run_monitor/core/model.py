@@ -90,6 +90,7 @@ class RunFacts:
     limits: "Limits | None" = None  # resolved once per pass (None: decide resolves them)
     workers: tuple[Sight, ...] = ()  # its workers' heartbeats as this daemon saw them
     quiet_since: float | None = None  # no event, same stacks, no CPU time since (hang clock)
+    quiet_seen_until: float | None = None  # the latest beats that showed it (the evidence)
     history: History | None = None  # its job's recent successful runs (learned limits)
     steps_gone: frozenset[str] = frozenset()  # lost step workers the platform shows gone
 

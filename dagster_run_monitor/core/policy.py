@@ -1,5 +1,6 @@
 """Decide: facts + settings + now -> actions. Pure: no Dagster calls, no clock, no I/O."""
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -68,6 +69,8 @@ def decide(run: RunFacts, settings: MonitorSettings, now: float) -> list[Action]
         actions += threshold_warnings(run, limits, settings, now)
         actions += slower_than_usual(run, limits, now)
         actions += memory_warnings(run, settings.memory.warn_fraction)
+        if status == DagsterRunStatus.STARTED:
+            actions += hang_shorter_than_beats(run, limits[HANG_TIMEOUT.key], settings)
     return actions
 
 
@@ -198,12 +201,23 @@ def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) 
 
 def hung(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> list[Action]:
     """A run whose workers wrote no event, kept their stacks and used no CPU time for the hang
-    timeout (``quiet_since``, from their heartbeats)."""
-    if not limit.seconds or run.quiet_since is None or now - run.quiet_since < limit.seconds:
+    timeout (``quiet_since``, from their heartbeats), as beats seen that long after it show
+    (``quiet_seen_until``): a beat not yet come is no evidence."""
+    quiet, seen = run.quiet_since, run.quiet_seen_until
+    if not limit.seconds or quiet is None or seen is None or seen - quiet < limit.seconds:
         return []
-    quiet = now - run.quiet_since
-    message = c.hang_message(limit.seconds, quiet, limit.source)
-    return resume_or_stop(run, message, c.REASON_HUNG, limit.seconds, quiet, settings)
+    message = c.hang_message(limit.seconds, now - quiet, limit.source)
+    return resume_or_stop(run, message, c.REASON_HUNG, limit.seconds, now - quiet, settings)
+
+
+def hang_shorter_than_beats(run: RunFacts, limit: Limit, settings: MonitorSettings) -> list[Action]:
+    """Once per run: its hang timeout is shorter than the beats' interval (see ``hung``)."""
+    interval = settings.heartbeats.interval_seconds
+    tag = f"{c.WARNED_TAG_PREFIX}{c.HANG_TIMEOUT_TAG.rpartition('/')[2]}"
+    if not limit.seconds or limit.seconds >= interval or tag in run.tags or not run.workers:
+        return []
+    message = c.hang_shorter_than_beats_message(limit.seconds, interval)
+    return [Notice(message, tag, f"{limit.seconds:g}", level=logging.INFO)]
 
 
 def resume_or_stop(

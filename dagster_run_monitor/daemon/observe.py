@@ -8,7 +8,7 @@ from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor.core.constants import MAX_STEP_RUNTIME_TAG
 from dagster_run_monitor.core.crashes import with_heartbeats
-from dagster_run_monitor.core.heartbeats import RUN_WORKER, quiet_since
+from dagster_run_monitor.core.heartbeats import RUN_WORKER, quiet_since, seen_until
 from dagster_run_monitor.core.limit_table import HANG_TIMEOUT, STALL_TIMEOUT
 from dagster_run_monitor.core.limits import location_of, run_limits, with_history
 from dagster_run_monitor.core.model import (
@@ -179,6 +179,7 @@ def observe(
                 last_resume_at=last_resume_at,
                 workers=workers.get(run_id, ()),
                 quiet_since=quiet if run_id in hang_watched else None,
+                quiet_seen_until=seen_until(workers.get(run_id, ())),
                 history=learned.get(run_id),
                 steps_gone=gone.get(run_id, frozenset()),
             )
