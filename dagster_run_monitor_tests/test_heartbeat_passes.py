@@ -219,3 +219,34 @@ def test_a_worker_host_whose_clock_is_off_is_neither_lost_nor_kept_alive(
                 interval=0.5,
             )
         assert time.time() - silent_at >= 4 - 1  # not before the timeout (less a beat)
+
+
+def test_a_worker_the_launcher_cannot_stop_is_fenced_and_the_stack_is_on_the_first_event(
+    make_instance, workspace_context
+):
+    """A run over its max runtime whose launcher's terminate raises (a code server killed under
+    DefaultRunLauncher): it is forcibly failed, its worker's row is fenced, so its watcher stops
+    it at its next beat, and its stack is on the canceling event, the first one written."""
+    from dagster_run_monitor.core.heartbeats import FENCED
+    from dagster_run_monitor_tests.support.launchers import TERMINATE_TAG
+
+    config = {"max_runtime_seconds": 100, "max_resume_run_attempts": 0}
+    with make_instance(run_monitoring=config) as instance, workspace_context(instance) as ctx:
+        run = make_run(instance, S.STARTED, started=T0 - 200, tags={TERMINATE_TAG: "raise"})
+        writers = watchers(instance, [run])
+        writers[run.run_id].sample = {
+            "stacks": ["Thread MainThread:", '  File "etl.py", line 42, in wait_for_partner_api'],
+            "hash": "a",
+            "steps": [],
+        }
+        writers[run.run_id].beat()
+        daemon = RunMonitorDaemon.from_instance(instance)
+        assert monitor_pass(instance, ctx, T0, daemon) == []
+        assert status_of(instance, run.run_id) == S.FAILURE
+        log = messages(instance, run.run_id)
+        canceling = next(m for m in log if m.startswith("Canceling due to exceeding"))
+        assert "in wait_for_partner_api" in canceling
+        stored = instance.run_storage.get_cursor_values({beat_key(run.run_id)})
+        # fenced: the worker's watcher, at its next beat, finds the row not its own and stops
+        # it (test_worker_beats.py kills a real worker that way)
+        assert stored[beat_key(run.run_id)].startswith(f"{FENCED}|")

@@ -205,8 +205,12 @@ Action = FailRun | CancelRun | TerminateAndFail | ResumeRun | Notice
 
 def with_where(action: Action, where: str) -> Action:
     """The action with where the run's workers were appended to its event's message."""
-    if isinstance(action, TerminateAndFail):
-        return replace(action, failure_message=f"{action.failure_message}\n{where}")
+    if isinstance(action, TerminateAndFail):  # on its first event too: it survives every path
+        return replace(
+            action,
+            canceling_message=f"{action.canceling_message}\n{where}",
+            failure_message=f"{action.failure_message}\n{where}",
+        )
     if isinstance(action, (FailRun, ResumeRun)):
         return replace(action, message=f"{action.message}\n{where}")
     prefixes = (c.STEP_WORKER_LOST_TAG_PREFIX, c.MEMORY_WARNED_TAG_PREFIX)

@@ -216,7 +216,8 @@ def _apply(
             notice(instance, run, action)
         elif isinstance(action, FailRun):
             fail(instance, run, action, logger)
-            if action.reason == c.REASON_WORKER_LOST and run.run_id in beating:
+            stopped = action.terminate_first or action.reason == c.REASON_WORKER_LOST
+            if stopped and run.run_id in beating:
                 take_over(instance, run.run_id, get_current_timestamp())  # it stops if back
         elif isinstance(action, CancelRun):
             message = action.message
@@ -226,6 +227,8 @@ def _apply(
             instance.report_run_canceled(run, message)
         elif isinstance(action, TerminateAndFail):
             terminate_and_fail(instance, run, action)
+            if run.run_id in beating:  # a worker the launcher could not stop: its watcher does
+                take_over(instance, run.run_id, get_current_timestamp())
         elif isinstance(action, ResumeRun):
             if prepared is None:  # a stalled or lost run: its worker stopped first
                 if action.kill_first:
