@@ -156,7 +156,7 @@ def test_a_runs_peaks_tags_and_event_from_its_workers_rows():
     assert peaks["run"] == Peak("run", 188743680, None, True)
     assert peak_tags(peaks) == {
         c.PEAK_MEMORY_TAG: "3175Mi",
-        c.MEMORY_TAG: '{"run":[188743680,null],"step:train":[3328599654,4294967296]}',
+        c.MEMORY_TAG: '{"run":[188743680,null,true],"step:train":[3328599654,4294967296]}',
     }
     assert (
         peak_message(peaks)

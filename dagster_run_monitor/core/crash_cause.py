@@ -18,6 +18,7 @@ SIGNAL = "signal"
 WORKER_LOST = "worker_lost"  # its heartbeats stopped (worker.watcher)
 UNKNOWN = "unknown"
 RUNNING = "running"  # not a cause: a step worker the platform still shows running
+UNREPORTED = "unreported"  # not a cause (yet): a dead step worker its watcher has not reported
 CAUSES = (
     OOM_KILLED,
     EVICTED,

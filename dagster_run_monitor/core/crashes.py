@@ -21,6 +21,7 @@ from dagster_run_monitor.core.heartbeats import (
     run_worker,
     steps_of,
 )
+from dagster_run_monitor.core.limits import Limit
 from dagster_run_monitor.core.memory import raised_memory
 from dagster_run_monitor.core.model import (
     Action,
@@ -264,3 +265,12 @@ def is_crashed(run: RunFacts, settings: MonitorSettings, now: float, starting: b
         return True
     since = now if run.unhealthy_since is None else run.unhealthy_since
     return now - since >= settings.worker_unknown_grace_seconds
+
+
+def hang_shorter_than_beats(run: RunFacts, limit: Limit, settings: MonitorSettings) -> list:
+    """Once per run: its hang timeout is shorter than the beats' interval (see ``hung``)."""
+    interval, tag = settings.heartbeats.interval_seconds, f"{c.WARNED_TAG_PREFIX}hang_timeout"
+    if not limit.seconds or limit.seconds >= interval or tag in run.tags or not run.workers:
+        return []
+    message = c.hang_shorter_than_beats_message(limit.seconds, interval)
+    return [Notice(message, tag, f"{limit.seconds:g}", level=logging.INFO)]

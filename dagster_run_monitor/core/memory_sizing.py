@@ -20,8 +20,10 @@ def tagged_peaks(value: str | None) -> dict[str, Peak]:
     try:
         found = json.loads(value or "{}")
         return {
-            worker: Peak(worker, int(peak), int(limit) if limit else None)
-            for worker, (peak, limit) in found.items()
+            worker: Peak(
+                worker, int(seen[0]), int(seen[1]) if seen[1] else None, seen[2:] == [True]
+            )
+            for worker, seen in found.items()
         }
     except (ValueError, TypeError, AttributeError):
         return {}

@@ -58,10 +58,11 @@ def _ordered(peaks: Mapping[str, Peak]) -> list[Peak]:
 
 def peak_tags(peaks: Mapping[str, Peak]) -> dict[str, str]:
     """``run_monitor/peak_memory`` (the highest, ``312Mi``) and ``run_monitor/memory``
-    (``{"run": [peak, limit], "step:train": [...]}`` in bytes, what history reads)."""
+    (``{"run": [peak, limit], "step:train": [...]}`` in bytes, what history reads; a third
+    element ``true`` for a worker whose watcher saw its cgroup count an OOM kill as it ended)."""
     if not peaks:
         return {}
-    workers = {p.worker: [p.peak, p.limit] for p in _ordered(peaks)}
+    workers = {p.worker: [p.peak, p.limit, *([True] if p.oom else [])] for p in _ordered(peaks)}
     return {
         c.PEAK_MEMORY_TAG: mebibytes(max(p.peak for p in peaks.values())),
         c.MEMORY_TAG: json.dumps(workers, separators=(",", ":")),

@@ -1,6 +1,5 @@
 """Decide: facts + settings + now -> actions. Pure: no Dagster calls, no clock, no I/O."""
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -10,7 +9,12 @@ from dagster._core.events import RunFailureReason
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import WARNING
-from dagster_run_monitor.core.crashes import lost_step_workers, start_failure, worker_crash
+from dagster_run_monitor.core.crashes import (
+    hang_shorter_than_beats,
+    lost_step_workers,
+    start_failure,
+    worker_crash,
+)
 from dagster_run_monitor.core.limit_table import (
     BY_KEY,
     CANCEL_TIMEOUT,
@@ -201,23 +205,13 @@ def stalled(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) 
 
 def hung(run: RunFacts, limit: Limit, settings: MonitorSettings, now: float) -> list[Action]:
     """A run whose workers wrote no event, kept their stacks and used no CPU time for the hang
-    timeout (``quiet_since``, from their heartbeats), as beats seen that long after it show
-    (``quiet_seen_until``): a beat not yet come is no evidence."""
+    timeout (``quiet_since``), as beats seen that long after it show (``quiet_seen_until``):
+    a beat not yet come is no evidence."""
     quiet, seen = run.quiet_since, run.quiet_seen_until
     if not limit.seconds or quiet is None or seen is None or seen - quiet < limit.seconds:
         return []
     message = c.hang_message(limit.seconds, now - quiet, limit.source)
     return resume_or_stop(run, message, c.REASON_HUNG, limit.seconds, now - quiet, settings)
-
-
-def hang_shorter_than_beats(run: RunFacts, limit: Limit, settings: MonitorSettings) -> list[Action]:
-    """Once per run: its hang timeout is shorter than the beats' interval (see ``hung``)."""
-    interval = settings.heartbeats.interval_seconds
-    tag = f"{c.WARNED_TAG_PREFIX}{c.HANG_TIMEOUT_TAG.rpartition('/')[2]}"
-    if not limit.seconds or limit.seconds >= interval or tag in run.tags or not run.workers:
-        return []
-    message = c.hang_shorter_than_beats_message(limit.seconds, interval)
-    return [Notice(message, tag, f"{limit.seconds:g}", level=logging.INFO)]
 
 
 def resume_or_stop(

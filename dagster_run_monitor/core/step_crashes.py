@@ -7,7 +7,7 @@ import logging
 import re
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dagster_run_monitor.core import constants as c
@@ -17,6 +17,7 @@ from dagster_run_monitor.core.crash_cause import (
     RUNNING,
     SIGNAL,
     UNKNOWN,
+    UNREPORTED,
     CrashCause,
 )
 from dagster_run_monitor.core.heartbeats import STEP_WORKER_PREFIX
@@ -209,6 +210,10 @@ def decide_failed_run(run: FailedRun, settings: MonitorSettings, now: float) -> 
     """The cause event of every crashed step worker, and a retry from failure when every
     failed step crashed of a cause ``crash_policy`` resumes, within the budget, after the
     back-off."""
+    if any(cause.kind == UNREPORTED for cause in run.causes.values()):
+        if now - run.failed_at < settings.heartbeats.timeout_seconds:
+            return StepVerdict(wait_until=now)  # its watcher's report is moments away
+        run = replace(run, causes=_reported(run))  # it never came: what the messages say
     crashes = run.crashes()
     if not crashes:
         return StepVerdict()
@@ -246,6 +251,20 @@ def decide_failed_run(run: FailedRun, settings: MonitorSettings, now: float) -> 
     if now - run.failed_at < wait:
         return StepVerdict(events, wait_until=run.failed_at + wait)
     return StepVerdict(events, retry=_retry(run, failed, settings, uncounted))
+
+
+def _reported(run: FailedRun) -> dict[int, CrashCause]:
+    """The causes with those never reported by a watcher read from the messages alone."""
+    return {
+        i: (message_cause(run.ends[i]) or CrashCause(UNKNOWN))
+        if cause.kind == UNREPORTED
+        else cause
+        for i, cause in run.causes.items()
+    }
+
+
+def _from_messages(end: StepEnd) -> CrashCause:
+    return message_cause(end) or CrashCause(UNKNOWN, worker_name(end))
 
 
 def _retry(

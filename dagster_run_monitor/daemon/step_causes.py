@@ -8,12 +8,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dagster import DagsterInstance
-from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.storage.dagster_run import DagsterRun, RunsFilter
 
+from dagster_run_monitor.core.constants import MEMORY_TAG
 from dagster_run_monitor.core.crash_cause import (
     OOM_KILLED,
     RUNNING,
     UNKNOWN,
+    UNREPORTED,
     CrashCause,
     docker_cause,
     ecs_cause,
@@ -21,6 +23,7 @@ from dagster_run_monitor.core.crash_cause import (
 )
 from dagster_run_monitor.core.heartbeats import STEP_WORKER_PREFIX
 from dagster_run_monitor.core.memory import format_memory
+from dagster_run_monitor.core.memory_sizing import tagged_peaks
 from dagster_run_monitor.core.step_crashes import (
     CRASH,
     DOCKER,
@@ -40,7 +43,7 @@ from dagster_run_monitor.core.step_crashes import (
     worker_name,
 )
 from dagster_run_monitor.launchers.process.processes import hostname, is_alive
-from dagster_run_monitor.storage.heartbeats import read_peaks
+from dagster_run_monitor.storage.heartbeats import live_workers, read_peaks
 
 LOGGER = logging.getLogger(__name__)
 ECS_BATCH = 100  # tasks per describe_tasks
@@ -102,13 +105,24 @@ def _multiprocess_causes(
     instance: DagsterInstance, runs: Mapping[str, DagsterRun], items: Sequence[Any]
 ) -> dict[tuple[str, int], CrashCause]:
     """A child SIGKILLed while the OOM-kill count of its memory cgroup moved, as its watcher
-    saw it end (its memory row, one statement for the pass): ``oom_killed``."""
-    peaks = read_peaks(instance, sorted({run.run_id for run, _, _ in items}))
+    saw it end (its memory row, or the run's ``run_monitor/memory`` tag once the rows are
+    written there; three statements for the pass): ``oom_killed``; ``unreported`` while its
+    watcher still beats for it (it writes that row moments after the child died)."""
+    ids = sorted({run.run_id for run, _, _ in items})
+    peaks, beating = read_peaks(instance, ids), live_workers(instance, ids)
+    for record in instance.get_run_records(RunsFilter(run_ids=ids)):  # rows gone: their tag
+        written = tagged_peaks(record.dagster_run.tags.get(MEMORY_TAG))
+        peaks[record.dagster_run.run_id] = {**written, **peaks.get(record.dagster_run.run_id, {})}
     found = {}
     for run, i, end in items:
         cause = message_cause(end)
-        peak = peaks.get(run.run_id, {}).get(f"{STEP_WORKER_PREFIX}{end.step_key}")
-        if cause is not None and cause.exit_code == -9 and peak is not None and peak.oom:
+        worker = f"{STEP_WORKER_PREFIX}{end.step_key}"
+        peak = peaks.get(run.run_id, {}).get(worker)
+        if cause is None or cause.exit_code != -9:
+            continue
+        if peak is None and worker in beating.get(run.run_id, ()):
+            found[(run.run_id, i)] = CrashCause(UNREPORTED, "its watcher has not reported yet")
+        elif peak is not None and peak.oom:
             limit = f" of limit {format_memory(peak.limit)}" if peak.limit else ""
             detail = (
                 f"SIGKILL while the kernel's OOM killer acted in its memory cgroup (peak"

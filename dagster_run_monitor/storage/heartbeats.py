@@ -68,6 +68,24 @@ def read_peaks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str,
     return {run_id: run_peaks(found) for run_id, found in peaks.items()}
 
 
+def live_workers(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str, set[str]]:
+    """run id -> its workers whose watcher still beats (not ``ended``; one statement)."""
+    storage = instance.run_storage
+    if not run_ids or not isinstance(storage, SqlRunStorage):
+        return {}
+    query = db.select(KVS.c.key, KVS.c.value).where(
+        _prefixed(*(f"{BEAT_PREFIX}{i}/" for i in run_ids))
+    )
+    with storage.connect() as conn:
+        rows = conn.execute(query).fetchall()
+    live: dict[str, set[str]] = {}
+    for key, value in rows:
+        beat = parse_beat(key, value)
+        if beat is not None and not beat.ended and not beat.fenced:
+            live.setdefault(beat.run_id, set()).add(beat.worker)
+    return live
+
+
 def read_stacks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str, dict[str, str]]:
     """run id -> worker -> its last stacks (one statement)."""
     storage = instance.run_storage
