@@ -4,21 +4,21 @@ what a run carries when it ends (the tag ``run_monitor/peak_memory``, the per-wo
 daemon writes what this decides."""
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import WARNING
 from dagster_run_monitor.core.heartbeats import RUN_WORKER, STEP_WORKER_PREFIX, Peak, Sight
+from dagster_run_monitor.core.memory import MIB, mebibytes_up
 from dagster_run_monitor.core.model import Alert, Notice, RunFacts
 
-MIB, GIB = 2**20, 2**30
+GIB = 2**30
 WARN_LIMIT = "memory.warn_fraction"  # the warning's alert limit
 
 
 def mebibytes(size: int) -> str:
     """A Kubernetes quantity in Mi, rounded up: ``312Mi``."""
-    return f"{math.ceil(size / MIB)}Mi"
+    return f"{mebibytes_up(size) // MIB}Mi"
 
 
 def quantity(size: int) -> str:

@@ -51,18 +51,21 @@ def read_rows(instance: DagsterInstance) -> tuple[list[Beat], list[tuple[str, Pe
     return beats, peaks
 
 
-def read_peaks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str, dict[str, Peak]]:
-    """run id -> worker -> the peak its watcher kept as it ended (one statement)."""
+def _rows_of(instance: DagsterInstance, prefix: str, run_ids: Collection[str]) -> list:
+    """(key, value) of the rows under ``prefix`` of those runs: one statement (none where the
+    run storage is not SQL)."""
     storage = instance.run_storage
     if not run_ids or not isinstance(storage, SqlRunStorage):
-        return {}
-    query = db.select(KVS.c.key, KVS.c.value).where(
-        _prefixed(*(f"{MEMORY_PREFIX}{i}/" for i in run_ids))
-    )
+        return []
+    query = db.select(KVS.c.key, KVS.c.value).where(_prefixed(*(f"{prefix}{i}/" for i in run_ids)))
     with storage.connect() as conn:
-        rows = conn.execute(query).fetchall()
+        return [tuple(row) for row in conn.execute(query).fetchall()]
+
+
+def read_peaks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str, dict[str, Peak]]:
+    """run id -> worker -> the peak its watcher kept as it ended (one statement)."""
     peaks: dict[str, list[Peak]] = {}
-    for key, value in rows:
+    for key, value in _rows_of(instance, MEMORY_PREFIX, run_ids):
         if (found := parse_peak(key, value)) is not None:
             peaks.setdefault(found[0], []).append(found[1])
     return {run_id: run_peaks(found) for run_id, found in peaks.items()}
@@ -70,16 +73,8 @@ def read_peaks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str,
 
 def live_workers(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str, set[str]]:
     """run id -> its workers whose watcher still beats (not ``ended``; one statement)."""
-    storage = instance.run_storage
-    if not run_ids or not isinstance(storage, SqlRunStorage):
-        return {}
-    query = db.select(KVS.c.key, KVS.c.value).where(
-        _prefixed(*(f"{BEAT_PREFIX}{i}/" for i in run_ids))
-    )
-    with storage.connect() as conn:
-        rows = conn.execute(query).fetchall()
     live: dict[str, set[str]] = {}
-    for key, value in rows:
+    for key, value in _rows_of(instance, BEAT_PREFIX, run_ids):
         beat = parse_beat(key, value)
         if beat is not None and not beat.ended and not beat.fenced:
             live.setdefault(beat.run_id, set()).add(beat.worker)
@@ -88,16 +83,8 @@ def live_workers(instance: DagsterInstance, run_ids: Collection[str]) -> dict[st
 
 def read_stacks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str, dict[str, str]]:
     """run id -> worker -> its last stacks (one statement)."""
-    storage = instance.run_storage
-    if not run_ids or not isinstance(storage, SqlRunStorage):
-        return {}
-    query = db.select(KVS.c.key, KVS.c.value).where(
-        _prefixed(*(f"{STACK_PREFIX}{i}/" for i in run_ids))
-    )
-    with storage.connect() as conn:
-        rows = conn.execute(query).fetchall()
     stacks: dict[str, dict[str, str]] = {}
-    for key, value in rows:
+    for key, value in _rows_of(instance, STACK_PREFIX, run_ids):
         run_id, _, worker = key[len(STACK_PREFIX) :].partition("/")
         stacks.setdefault(run_id, {})[worker] = value
     return stacks
