@@ -31,6 +31,17 @@ def sleeps():
 
 
 @op
+def ignore_sigterm():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(300)
+
+
+@job(executor_def=in_process_executor)
+def ignores_sigterm():
+    ignore_sigterm()
+
+
+@op
 def hang_silently():
     time.sleep(300)  # no events: a stall
 
@@ -73,5 +84,13 @@ def main_thread_exits_first_job():
 
 
 defs = Definitions(
-    jobs=[crash_demo, always_dies, sleeps, hangs, exits_three, main_thread_exits_first_job]
+    jobs=[
+        crash_demo,
+        always_dies,
+        sleeps,
+        ignores_sigterm,
+        hangs,
+        exits_three,
+        main_thread_exits_first_job,
+    ]
 )

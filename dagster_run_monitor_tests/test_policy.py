@@ -69,6 +69,18 @@ def test_cancel_timeout_from_last_canceling_event(age, fires):
     assert decide(run, SETTINGS, NOW) == (expected if fires else [])
 
 
+def test_a_run_left_canceling_by_a_daemon_that_was_failing_it_is_failed_not_canceled():
+    """The daemon stopped between terminate and the failure it was writing (its reason in
+    ``run_monitor/failing``): at the cancel timeout the run ends FAILURE for that reason."""
+    run = facts(S.CANCELING, canceling_at=NOW - 180, tags={c.FAILING_TAG: c.REASON_HUNG})
+    (action,) = decide(run, SETTINGS, NOW)
+    assert action == FailRun(
+        "Run failed (hung): its worker was stopped, and the run was still canceling 180 seconds"
+        " later (the daemon failing it stopped before it could).",
+        c.REASON_HUNG,
+    )
+
+
 def test_cancel_timeout_zero_disables():
     settings = MonitorSettings(enabled=True, cancel_timeout_seconds=0)
     assert decide(facts(S.CANCELING, canceling_at=NOW - 10**6), settings, NOW) == []

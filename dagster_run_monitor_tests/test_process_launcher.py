@@ -97,6 +97,22 @@ def has_event(instance, run_id, event_type, step_key=None) -> bool:
     )
 
 
+RUN_ENDS = {
+    DagsterEventType.RUN_SUCCESS,
+    DagsterEventType.RUN_FAILURE,
+    DagsterEventType.RUN_CANCELED,
+}
+
+
+def run_ends(instance, run_id) -> list[DagsterEventType]:
+    """The run's terminal events, in order."""
+    return [
+        e.dagster_event.event_type
+        for e in instance.all_logs(run_id)
+        if e.dagster_event and e.dagster_event.event_type in RUN_ENDS
+    ]
+
+
 def worker_pid(instance, run_id) -> int:
     return int(instance.get_run_by_id(run_id).tags[c.WORKER_PID_TAG])
 
@@ -297,8 +313,30 @@ def test_max_runtime_stops_the_worker_and_its_steps(process_instance, workspace_
         watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE, 60)
         log = first_lines(messages(instance, run.run_id))
         assert "Exceeded maximum runtime of 2 seconds." in log
+        # one end: the worker, stopped while CANCELING, does not write RUN_CANCELED before
+        # the monitor's RUN_FAILURE (Dagster's sequence writes both)
+        assert run_ends(instance, run.run_id) == [DagsterEventType.RUN_FAILURE]
         assert not is_alive(pid), "run worker left behind"
         assert not is_alive(step.pid, step.start_ticks), "step process left behind"
+
+
+def test_max_runtime_fails_a_worker_that_ignores_sigterm_with_one_end(
+    process_instance, workspace_context
+):
+    """The worker ignores SIGTERM: killed after the grace, it is said in an engine event, and
+    the run's one end is the monitor's FAILURE (not the launcher's RUN_CANCELED)."""
+    with process_instance() as instance, workspace_context(instance) as ctx:
+        run = launch(instance, "ignores_sigterm", tags={c.MAX_RUNTIME_TAG: "2"})
+        wait_until(
+            lambda: has_event(instance, run.run_id, DagsterEventType.STEP_START), 60, "the step"
+        )
+        watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE, 60)
+        log = first_lines(messages(instance, run.run_id))
+        pid = worker_pid(instance, run.run_id)
+        killed = f"[ProcessRunLauncher] Run worker process {pid} did not stop within 5 seconds"
+        assert any(m.startswith(killed) for m in log), "\n".join(log)
+        assert "Exceeded maximum runtime of 2 seconds." in log
+        assert run_ends(instance, run.run_id) == [DagsterEventType.RUN_FAILURE]
 
 
 def test_a_stalled_run_is_resumed_by_killing_its_hung_worker(process_instance, workspace_context):
@@ -351,3 +389,4 @@ def test_explain_shows_the_cause_and_the_crash_policy_entry_that_applies(process
             for line in lines
         )
         assert status_of(instance, run.run_id) == S.STARTED  # explain changes nothing
+

@@ -15,6 +15,9 @@ LEARNED_LIMITS_TAG = "run_monitor/learned_limits"  # "off": no limit learned for
 # Run tags we write.
 TAG_PREFIX = "run_monitor/"
 REASON_TAG = f"{TAG_PREFIX}reason"  # why the monitor ended or resumed the run
+# Set with RUN_CANCELING when the monitor terminates a run to fail it (its reason): the worker,
+# stopped, writes no RUN_CANCELED (``integration.instance``); the monitor writes the one end.
+FAILING_TAG = f"{TAG_PREFIX}failing"
 WARNED_TAG_PREFIX = f"{TAG_PREFIX}warned/"  # one warning per cause: warned/<cause> = value
 STEP_WORKER_LOST_TAG_PREFIX = f"{WARNED_TAG_PREFIX}step_worker_lost/"  # + step worker = token
 CRASH_CAUSE_TAG = f"{TAG_PREFIX}crash_cause"  # the latest crash's cause (crash_cause.CAUSES)
@@ -108,6 +111,19 @@ def _minutes(seconds: float) -> str:
 TERMINATE_EXCEPTION_MESSAGE = (
     "Exception while attempting to terminate run. Run will still be marked as failed."
 )
+
+
+def stopped_for_failure_message(reason: str) -> str:
+    return f"Execution stopped: the run monitor is failing this run ({reason}) and writes its end."
+
+
+def failing_left_message(reason: str, seconds: float) -> str:
+    return (
+        f"Run failed ({reason}): its worker was stopped, and the run was still canceling"
+        f" {_num(seconds)} seconds later (the daemon failing it stopped before it could)."
+    )
+
+
 FORCE_FAILED_MESSAGE = (
     "This job is being forcibly marked as failed. The computational resources created by the"
     " run may not have been fully cleaned up."

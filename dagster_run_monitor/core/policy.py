@@ -236,6 +236,10 @@ def cancel_timeout(run: RunFacts, limits: Limits, now: float) -> list[Action]:
     since = clock_start(CANCEL_TIMEOUT, run)
     if not limit or since is None or now - since < limit:
         return []
+    failing = run.tags.get(c.FAILING_TAG)
+    if failing:  # the daemon that was failing it stopped between terminate and the failure
+        message = c.failing_left_message(failing, limit)
+        return [FailRun(message, failing, limit=limit, observed=now - since)]
     return [CancelRun(c.cancel_timeout_message(limit), limit=limit, observed=now - since)]
 
 

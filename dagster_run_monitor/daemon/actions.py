@@ -313,12 +313,16 @@ def fail(
 def terminate_and_fail(
     instance: DagsterInstance, run: DagsterRun, action: TerminateAndFail
 ) -> None:
-    """Dagster's max-runtime sequence, message for message."""
-    instance.add_run_tags(run.run_id, {c.REASON_TAG: action.reason, **action.tags})
+    """Dagster's max-runtime sequence, message for message, with one end: the worker it stops
+    writes no RUN_CANCELED (``FAILING_TAG``), and a run that ended meanwhile is left as is."""
+    tags = {c.REASON_TAG: action.reason, c.FAILING_TAG: action.reason, **action.tags}
+    instance.add_run_tags(run.run_id, tags)
     instance.report_run_canceling(run, message=action.canceling_message)
     try:
         if instance.run_launcher.terminate(run_id=run.run_id):
-            instance.report_run_failed(run, action.failure_message)
+            current = instance.get_run_by_id(run.run_id)
+            if current is not None and not current.is_finished:
+                instance.report_run_failed(current, action.failure_message)
     except Exception:
         instance.report_engine_event(
             c.TERMINATE_EXCEPTION_MESSAGE,

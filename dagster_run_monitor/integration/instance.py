@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from dagster import DagsterInstance
 from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.events import DagsterEvent, DagsterEventType, EngineEventData
 from dagster._core.instance.config import DAGSTER_CONFIG_YAML_FILENAME
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRunStatus
@@ -14,7 +15,11 @@ from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from dagster_run_monitor.config.parse import read_settings
 from dagster_run_monitor.config.schema import run_monitoring_config_field
-from dagster_run_monitor.core.constants import DAEMON_TYPE
+from dagster_run_monitor.core.constants import (
+    DAEMON_TYPE,
+    FAILING_TAG,
+    stopped_for_failure_message,
+)
 
 BUILTIN_MONITORING_DAEMON = "MONITORING"
 
@@ -102,6 +107,8 @@ class RunMonitorInstanceMixin:
         failure as soon as it is stored, and decides by itself if the tag is not there yet); a
         step worker starts its heartbeat at STEP_WORKER_STARTED."""
         dagster_event = event.get_dagster_event() if event.is_dagster_event else None
+        if dagster_event is not None and dagster_event.event_type == DagsterEventType.RUN_CANCELED:
+            event = self._stopped_for_failure(event, dagster_event)
         if dagster_event is not None and dagster_event.is_run_failure:
             if self.run_retries_enabled and self._left_to_step_retries(event.run_id):  # type: ignore[attr-defined]
                 self.add_run_tags(event.run_id, {WILL_RETRY_TAG: "false"})
@@ -109,6 +116,29 @@ class RunMonitorInstanceMixin:
         from dagster_run_monitor.worker import beats
 
         beats.event_handled(self, event)
+
+    def _stopped_for_failure(self, event: Any, dagster_event: DagsterEvent) -> Any:
+        """A worker's RUN_CANCELED for a run the monitor is failing (``FAILING_TAG``) becomes
+        an engine event: the monitor writes the run's one end, FAILURE (Dagster's sequence has
+        both). Events the daemon or the UI write (no pid) are kept; never raises."""
+        if dagster_event.pid is None:
+            return event
+        try:
+            run = self.get_run_by_id(event.run_id)  # type: ignore[attr-defined]
+            reason = run.tags.get(FAILING_TAG) if run is not None else None
+            if not reason:
+                return event
+            message = stopped_for_failure_message(reason)
+            engine = DagsterEvent(
+                event_type_value=DagsterEventType.ENGINE_EVENT.value,
+                job_name=dagster_event.job_name,
+                message=message,
+                event_specific_data=EngineEventData(),
+                pid=dagster_event.pid,
+            )
+            return event._replace(dagster_event=engine, user_message=message)
+        except Exception:
+            return event
 
     def dispose(self) -> None:
         from dagster_run_monitor.worker import beats

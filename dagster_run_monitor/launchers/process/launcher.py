@@ -323,12 +323,14 @@ class ProcessRunLauncher(RunLauncher, ConfigurableClass):
             return False
         if outcome == "killed":
             current = self._instance.get_run_by_id(run_id)
-            if current and not current.is_finished:
-                self._instance.report_run_canceled(
-                    current,
-                    f"Run worker process {pid} did not stop within {self.terminate_grace_seconds}"
-                    " seconds of SIGTERM and was killed with SIGKILL.",
-                )
+            message = (
+                f"Run worker process {pid} did not stop within {self.terminate_grace_seconds}"
+                " seconds of SIGTERM and was killed with SIGKILL."
+            )
+            if current and c.FAILING_TAG in current.tags:  # the monitor writes its one end
+                self._instance.report_engine_event(message, current, cls=self.__class__)
+            elif current and not current.is_finished:
+                self._instance.report_run_canceled(current, message)
         return True
 
     def kill_worker(self, run: DagsterRun) -> None:
