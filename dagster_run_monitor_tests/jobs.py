@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from dagster import Definitions, in_process_executor, job, op
+from dagster import Definitions, in_process_executor, job, multiprocess_executor, op
 
 from dagster_run_monitor import process_step_executor
 from dagster_run_monitor.demo_job import crash_demo  # four steps, each its own process
@@ -27,6 +27,11 @@ def sleep_long():
 
 @job(executor_def=process_step_executor)
 def sleeps():
+    sleep_long()
+
+
+@job(executor_def=multiprocess_executor)
+def sleeps_in_a_child():
     sleep_long()
 
 
@@ -88,6 +93,7 @@ defs = Definitions(
         crash_demo,
         always_dies,
         sleeps,
+        sleeps_in_a_child,
         ignores_sigterm,
         hangs,
         exits_three,

@@ -390,3 +390,19 @@ def test_explain_shows_the_cause_and_the_crash_policy_entry_that_applies(process
         )
         assert status_of(instance, run.run_id) == S.STARTED  # explain changes nothing
 
+
+def test_a_multiprocess_child_whose_run_worker_died_stops_at_once(process_instance):
+    """A SIGKILL of the run worker alone leaves its multiprocess child orphaned: its watcher
+    stops it within seconds (a resume runs its step again; nothing takes its results), not
+    at the end of its 300-second step."""
+    with process_instance(max_resume_run_attempts=0) as instance:
+        run = launch(instance, "sleeps_in_a_child")
+        (start,) = wait_until(
+            lambda: instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_START),
+            60,
+            "the step to start in its child process",
+        )
+        child = start.dagster_event.pid
+        os.kill(worker_pid(instance, run.run_id), signal.SIGKILL)
+        wait_until(lambda: not is_alive(child), 15, "the orphaned child to stop")
+        assert not has_event(instance, run.run_id, DagsterEventType.STEP_SUCCESS)

@@ -11,6 +11,7 @@ nothing here ever raises into the run."""
 import functools
 import hashlib
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -71,6 +72,8 @@ class Heartbeat:
             "host": socket.gethostname(),
             "interval": interval,
         }
+        if worker != RUN_WORKER and multiprocessing.parent_process() is not None:
+            settings["parent"] = os.getppid()  # a multiprocess child: useless once orphaned
         self._send(json.dumps(settings))
         self._thread = threading.Thread(target=self._sample, name="run_monitor_heartbeat")
         self._thread.daemon = True

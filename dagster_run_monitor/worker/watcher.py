@@ -19,7 +19,8 @@ an upsert; the stacks' row is written only when they change. A beat that cannot 
 written is tried again at the next interval. A row found taken over (another token, or
 ``fenced``: the monitor gave the run to a new worker) stops the worker with SIGKILL, so a
 worker cut off by a partition writes nothing more once it is back; a row found deleted (the run
-ended) stops the watcher."""
+ended) stops the watcher. A ``multiprocess`` child (``parent`` in its settings) whose run worker
+died is stopped at once: nothing takes its results, and a resume runs its step again."""
 
 import json
 import os
@@ -101,6 +102,21 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Watcher:
     def __init__(self, settings: dict) -> None:
         self.s = settings
@@ -164,11 +180,14 @@ class Watcher:
     def lost_row(self) -> bool:
         row = self.rows.run("SELECT value FROM kvs WHERE key = ?", (self.s["key"],))
         if row is not None and not str(row[0]).startswith(self.prefix):
-            try:  # taken over: the run has another worker, or the monitor ended it
-                os.kill(self.s["pid"], signal.SIGKILL)
-            except OSError:
-                pass
+            kill(self.s["pid"])  # taken over: the run has another worker, or it ended
         return False
+
+    def orphaned(self) -> bool:
+        """A multiprocess child whose run worker died (``parent``: its parent then): nothing
+        will take its results, a resume runs its step again, so it stops at once."""
+        parent = self.s.get("parent")
+        return parent is not None and parent_of(self.s["pid"]) not in (parent, None)
 
     def keep_peak(self, oom: bool = False) -> None:
         """The worker's memory row: its peak and limit (and an OOM kill seen), kept after its
@@ -197,6 +216,8 @@ class Watcher:
             if os.getppid() != parent:  # the worker's process is gone
                 self.beat(ended=True)
                 return
+            if self.orphaned():
+                kill(parent)  # its end is seen at the next tick
             if time.monotonic() >= next_beat:
                 if not self.beat():
                     return
