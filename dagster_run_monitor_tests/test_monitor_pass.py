@@ -69,6 +69,27 @@ def test_starting_run_past_start_timeout_fails_and_its_worker_is_terminated(
     assert status_of(instance, on_time.run_id) == S.STARTING
 
 
+def test_a_launch_stamped_by_a_clock_ten_minutes_behind_is_not_timed_out_early(
+    instance, workspace_context
+):
+    """The launching host's clock is 10 minutes behind: its STARTING event says the run has
+    waited 600 s. This daemon saw the run NOT_STARTED at its pass 5 s before: the start
+    timeout (180 s) counts from that pass, never from the other host's time."""
+    run = make_run(instance, S.NOT_STARTED, created=T0 - 6)
+    daemon = RunMonitorDaemon.from_instance(instance)
+    with workspace_context(instance) as ctx:
+        assert monitor_pass(instance, ctx, T0 - 5, daemon) == []
+        with at(T0 - 600):  # the launcher's clock
+            report(instance, run, DagsterEventType.PIPELINE_STARTING)
+        assert monitor_pass(instance, ctx, T0, daemon) == []
+        assert status_of(instance, run.run_id) == S.STARTING
+        assert monitor_pass(instance, ctx, T0 + 174, daemon) == []
+        assert status_of(instance, run.run_id) == S.STARTING
+        assert monitor_pass(instance, ctx, T0 + 176, daemon) == []  # 181 s after that pass
+    assert status_of(instance, run.run_id) == S.FAILURE
+    assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_START_TIMEOUT
+
+
 def test_not_started_run_times_out_from_its_creation(instance, workspace_context):
     run = make_run(instance, S.NOT_STARTED, created=T0 - 180)
     with workspace_context(instance) as ctx:

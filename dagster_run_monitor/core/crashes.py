@@ -274,3 +274,13 @@ def hang_shorter_than_beats(run: RunFacts, limit: Limit, settings: MonitorSettin
         return []
     message = c.hang_shorter_than_beats_message(limit.seconds, interval)
     return [Notice(message, tag, f"{limit.seconds:g}", level=logging.INFO)]
+
+
+def unhealthy_clock(health: Health | None, since: float | None, now: float) -> float | None:
+    """When the worker was first seen unhealthy: now for a new result, as before while a
+    check has no answer (a hung API call neither starts nor resets the clock)."""
+    if health is None or health.healthy:
+        return None
+    if since is None:
+        return now if health.answered else None
+    return since

@@ -3,6 +3,7 @@ the run status whose time it limits, when its clock starts, the run tags that se
 a rule may set it, and whether threshold warnings watch it. Rule keys, tag lookups, message
 labels and the CLI's clocks all derive from this table."""
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dagster import DagsterRunStatus as S
@@ -111,3 +112,19 @@ def clock_start(kind: LimitKind, run: object) -> float | None:
     return next(
         (value for name in kind.clock if (value := getattr(run, name, None)) is not None), None
     )
+
+
+Seen = Mapping[str, tuple[str, float | None]]  # run id -> (status, entered it after)
+
+
+def status_bounds(previous: Seen, last_read: float | None, statuses: Mapping[str, str]) -> Seen:
+    """Each run's status and the earliest time it can have entered it by this daemon's own
+    clock: the previous complete read, where that read saw the run in another status or not
+    in progress (None: this daemon has not seen it enter its status). Timestamps written by
+    another host (a launcher's, a worker's) can be minutes off; a limit's clock starts no
+    earlier than this bound, so a skewed clock never makes a run look older than it is."""
+    bounds = {}
+    for run_id, status in statuses.items():
+        seen = previous.get(run_id)
+        bounds[run_id] = (status, seen[1] if seen and seen[0] == status else last_read)
+    return bounds

@@ -34,7 +34,6 @@ from dagster_run_monitor.core.model import (
     Alert,
     CancelRun,
     FailRun,
-    Health,
     Notice,
     ResumeRun,
     RunFacts,
@@ -391,13 +390,3 @@ def still_due(
     if resume and (resumed_during_pass or resumes != resume.attempt - 1):
         return None
     return [a for a in actions if not isinstance(a, Notice) or current.tags.get(a.tag) != a.value]
-
-
-def unhealthy_clock(health: Health | None, since: float | None, now: float) -> float | None:
-    """When the worker was first seen unhealthy: now for a new result, as before while a
-    check has no answer (a hung API call neither starts nor resets the clock)."""
-    if health is None or health.healthy:
-        return None
-    if since is None:
-        return now if health.answered else None
-    return since

@@ -7,7 +7,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
 from dagster_run_monitor.core.constants import MAX_STEP_RUNTIME_TAG
-from dagster_run_monitor.core.crashes import with_heartbeats
+from dagster_run_monitor.core.crashes import unhealthy_clock, with_heartbeats
 from dagster_run_monitor.core.heartbeats import RUN_WORKER, quiet_since, seen_until
 from dagster_run_monitor.core.limit_table import HANG_TIMEOUT, STALL_TIMEOUT
 from dagster_run_monitor.core.limits import location_of, run_limits, with_history
@@ -18,7 +18,6 @@ from dagster_run_monitor.core.model import (
     Health,
     RunFacts,
 )
-from dagster_run_monitor.core.policy import unhealthy_clock
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon.health import HealthChecks
 from dagster_run_monitor.daemon.heartbeats import HeartbeatSight
@@ -55,6 +54,8 @@ def observe(
     judge heartbeats by the daemon's clock across passes (without: this pass is the first), its
     ``histories`` keep jobs' histories between their refreshes (without: read now)."""
     records = reader.read(instance, statuses) if reader else read_all(instance, statuses)
+    complete = set(statuses) >= set(MONITORED_STATUSES)
+    entered = reader.entered_after(records, now, complete) if reader else {}
     storage = instance.event_log_storage
     # Beats before the launcher's checks: a launcher that sees a worker running is never
     # weighed against a later beat (a worker dying in between would read lost, not its cause).
@@ -152,21 +153,22 @@ def observe(
         quiet = quiet_since(workers.get(run_id, ()))
         if quiet is not None and run_id in last_event:
             quiet = max(quiet, last_event[run_id])
+        at_least = _not_before(entered.get(run_id))  # another host's clock may be behind
         facts.append(
             RunFacts(
                 run_id=run_id,
                 job_name=record.dagster_run.job_name,
                 status=record.dagster_run.status,
-                created_at=record.create_timestamp.timestamp(),
-                updated_at=record.update_timestamp.timestamp(),
+                created_at=at_least(record.create_timestamp.timestamp()),
+                updated_at=at_least(record.update_timestamp.timestamp()),
                 tags=record.dagster_run.tags,
-                started_at=record.start_time,
-                launched_at=launched.get(run_id),
-                canceling_at=canceling.get(run_id),
+                started_at=at_least(record.start_time),
+                launched_at=at_least(launched.get(run_id)),
+                canceling_at=at_least(canceling.get(run_id)),
                 location=location_of(record.dagster_run),
-                enqueued_at=enqueued.get(run_id),
-                last_event_at=last_event.get(run_id),
-                running_steps=steps.get(run_id, {}),
+                enqueued_at=at_least(enqueued.get(run_id)),
+                last_event_at=at_least(last_event.get(run_id)),
+                running_steps={k: at_least(t) for k, t in steps.get(run_id, {}).items()},
                 step_limits=step_limits.get(run_id, {}),
                 limits=limits.get(run_id),
                 health=health.get(run_id),
@@ -185,6 +187,16 @@ def observe(
             )
         )
     return facts
+
+
+def _not_before(bound: float | None):
+    """``t`` no earlier than ``bound``: when this daemon saw the run's status begin at the
+    earliest (``RunReader.entered_after``), as times written by other hosts may be behind."""
+
+    def at_least(t):
+        return t if t is None or bound is None else max(t, bound)
+
+    return at_least
 
 
 _STEP_TAGS_CACHE: dict[str, dict[str, str]] = {}  # execution plan snapshots never change

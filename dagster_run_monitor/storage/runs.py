@@ -20,6 +20,7 @@ from dagster._core.storage.event_log.base import EventLogStorage
 from dagster._time import utc_datetime_from_naive
 
 from dagster_run_monitor.core.constants import RESUMED_TAG
+from dagster_run_monitor.core.limit_table import Seen, status_bounds
 from dagster_run_monitor.core.limits import Limits, run_limits
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.integration.internals import RUNS, SqlRunStorage
@@ -44,6 +45,20 @@ class RunReader:
         self._ended_seen: dict[str, None] = {}  # their ids (the newest ENDED_SEEN_AT_MOST)
         self.failed_since: float | None = None  # also read runs that failed after (step retries)
         self._failed: list[DagsterRun] = []
+        self._seen: Seen = {}  # each run's status at the last complete read, and its bound
+        self._last_complete_read: float | None = None
+
+    def entered_after(
+        self, records: Sequence[RunRecord], now: float, complete: bool
+    ) -> dict[str, float | None]:
+        """When each run entered its status at the earliest, by this daemon's clock
+        (``limit_table.status_bounds``); a ``complete`` read (every monitored status, at
+        ``now``) is the reference of the next."""
+        statuses = {r.dagster_run.run_id: r.dagster_run.status.value for r in records}
+        bounds = status_bounds(self._seen, self._last_complete_read, statuses)
+        if complete:
+            self._seen, self._last_complete_read = bounds, now
+        return {run_id: bound for run_id, (_, bound) in bounds.items()}
 
     def limits(
         self, runs: Mapping[str, DagsterRun], settings: MonitorSettings
