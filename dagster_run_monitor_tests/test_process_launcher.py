@@ -406,3 +406,25 @@ def test_a_multiprocess_child_whose_run_worker_died_stops_at_once(process_instan
         os.kill(worker_pid(instance, run.run_id), signal.SIGKILL)
         wait_until(lambda: not is_alive(child), 15, "the orphaned child to stop")
         assert not has_event(instance, run.run_id, DagsterEventType.STEP_SUCCESS)
+
+
+def test_a_run_failed_after_its_worker_died_stops_its_step_process(
+    process_instance, workspace_context
+):
+    """No resume left: the monitor fails the run whose worker was SIGKILLed, and fences its
+    workers' rows, so the step process that outlived the worker (its own process group) stops
+    at its next beat instead of running on into a failed run."""
+    beats = {"interval_seconds": 1, "timeout_seconds": 10}
+    with (
+        process_instance(max_resume_run_attempts=0, worker_heartbeats=beats) as instance,
+        workspace_context(instance) as ctx,
+    ):
+        run = launch(instance, "sleeps")
+        wait_until(
+            lambda: has_event(instance, run.run_id, DagsterEventType.STEP_START), 60, "the step"
+        )
+        (step,) = recorded_step_processes(instance, run.run_id).values()
+        os.kill(worker_pid(instance, run.run_id), signal.SIGKILL)
+        watch(instance, ctx, run.run_id, lambda: status_of(instance, run.run_id) == S.FAILURE)
+        wait_until(lambda: not is_alive(step.pid, step.start_ticks), 15, "the step to stop")
+        assert not has_event(instance, run.run_id, DagsterEventType.STEP_SUCCESS)

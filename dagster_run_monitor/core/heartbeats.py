@@ -29,8 +29,10 @@ CPU_PROGRESS = 0.02  # a worker using this fraction of a core is making progress
 FENCE_KEPT_SECONDS = 86400.0  # how long a taken-over row waits for its old worker to return
 
 
-def fenced_value(now: float) -> str:
-    return f"{FENCED}|{json.dumps({'at': now})}"
+def fenced_value(now: float, ended: bool = False) -> str:
+    """A taken-over row; ``ended``: the monitor ended the run (a step worker whose first beat
+    comes after it stops)."""
+    return f"{FENCED}|{json.dumps({'at': now, 'ended': True} if ended else {'at': now})}"
 
 
 def beat_key(run_id: str, worker: str = RUN_WORKER) -> str:

@@ -215,20 +215,23 @@ def _apply(
         if isinstance(action, Notice):
             notice(instance, run, action)
         elif isinstance(action, FailRun):
+            # its workers' rows fenced (before the failure, where no worker is terminated
+            # first): one that is still running, or comes back, stops at its next beat
+            if not action.terminate_first:
+                end_rows(instance, run, beating)
             fail(instance, run, action, logger)
-            stopped = action.terminate_first or action.reason == c.REASON_WORKER_LOST
-            if stopped and run.run_id in beating:
-                take_over(instance, run.run_id, get_current_timestamp())  # it stops if back
+            if action.terminate_first:
+                end_rows(instance, run, beating)
         elif isinstance(action, CancelRun):
             message = action.message
             if action.debug_info:
                 message = _with_debug_info(instance, run, message, logger)
             instance.add_run_tags(run.run_id, {c.REASON_TAG: action.reason})
+            end_rows(instance, run, beating)
             instance.report_run_canceled(run, message)
         elif isinstance(action, TerminateAndFail):
             terminate_and_fail(instance, run, action)
-            if run.run_id in beating:  # a worker the launcher could not stop: its watcher does
-                take_over(instance, run.run_id, get_current_timestamp())
+            end_rows(instance, run, beating)  # a worker the launcher could not stop
         elif isinstance(action, ResumeRun):
             if prepared is None:  # a stalled or lost run: its worker stopped first
                 if action.kill_first:
@@ -242,6 +245,12 @@ def _apply(
         if alert is not None:
             alerts.send(alert)
     return actions
+
+
+def end_rows(instance: DagsterInstance, run: DagsterRun, beating: frozenset[str]) -> None:
+    """The monitor ends the run: every worker's row is fenced (``take_over``)."""
+    if run.run_id in beating:
+        take_over(instance, run.run_id, get_current_timestamp(), ended=True)
 
 
 def stop_worker(launcher: RunLauncher, run: DagsterRun) -> None:

@@ -13,6 +13,7 @@ from dagster_run_monitor.core.heartbeats import (
     BEAT_PREFIX,
     MEMORY_PREFIX,
     STACK_PREFIX,
+    STEP_WORKER_PREFIX,
     Beat,
     Peak,
     beat_key,
@@ -90,18 +91,25 @@ def read_stacks(instance: DagsterInstance, run_ids: Collection[str]) -> dict[str
     return stacks
 
 
-def take_over(instance: DagsterInstance, run_id: str, now: float) -> None:
-    """The run's rows are the monitor's now: its workers' beats and stacks go, and the run
-    worker's row says ``fenced``, which stops an old worker that comes back (a healed
-    partition); the new worker's first beat replaces it."""
+def take_over(instance: DagsterInstance, run_id: str, now: float, ended: bool = False) -> None:
+    """The run's rows are the monitor's now: its stacks go, and the run worker's row says
+    ``fenced``, which stops an old worker that comes back (a healed partition); the new
+    worker's first beat replaces it. Its step workers' rows go (a resumed run worker adopts
+    the step workers it finds running), or, once the monitor ``ended`` the run, are fenced
+    too: each step worker still running stops at its next beat."""
     storage = instance.run_storage
     if not isinstance(storage, SqlRunStorage):
         return
+    fence = fenced_value(now, ended)
+    steps = _prefixed(f"{BEAT_PREFIX}{run_id}/{STEP_WORKER_PREFIX}")
     with transaction(storage) as conn:
-        conn.execute(
-            KVS.delete().where(_prefixed(f"{BEAT_PREFIX}{run_id}/", f"{STACK_PREFIX}{run_id}/"))
-        )
-        conn.execute(KVS.insert().values(key=beat_key(run_id), value=fenced_value(now)))
+        conn.execute(KVS.delete().where(_prefixed(f"{STACK_PREFIX}{run_id}/")))
+        conn.execute(KVS.delete().where(KVS.c.key == beat_key(run_id)))
+        if ended:
+            conn.execute(KVS.update().where(steps).values(value=fence))
+        else:
+            conn.execute(KVS.delete().where(steps))
+        conn.execute(KVS.insert().values(key=beat_key(run_id), value=fence))
 
 
 def ended_runs(instance: DagsterInstance, run_ids: Iterable[str]) -> dict[str, RunRecord | None]:

@@ -72,8 +72,10 @@ class Heartbeat:
             "host": socket.gethostname(),
             "interval": interval,
         }
-        if worker != RUN_WORKER and multiprocessing.parent_process() is not None:
-            settings["parent"] = os.getppid()  # a multiprocess child: useless once orphaned
+        if worker != RUN_WORKER:
+            settings["run_key"] = beat_key(run_id)  # read once, before its first beat
+            if multiprocessing.parent_process() is not None:
+                settings["parent"] = os.getppid()  # a multiprocess child: useless orphaned
         self._send(json.dumps(settings))
         self._thread = threading.Thread(target=self._sample, name="run_monitor_heartbeat")
         self._thread.daemon = True

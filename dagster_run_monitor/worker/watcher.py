@@ -20,7 +20,9 @@ written is tried again at the next interval. A row found taken over (another tok
 ``fenced``: the monitor gave the run to a new worker) stops the worker with SIGKILL, so a
 worker cut off by a partition writes nothing more once it is back; a row found deleted (the run
 ended) stops the watcher. A ``multiprocess`` child (``parent`` in its settings) whose run worker
-died is stopped at once: nothing takes its results, and a resume runs its step again."""
+died is stopped at once: nothing takes its results, and a resume runs its step again. A step
+worker whose first beat comes after the monitor ended its run (the run worker's row fenced
+``ended``) stops too."""
 
 import json
 import os
@@ -159,6 +161,9 @@ class Watcher:
                     (key, self.value(ended, oom)),
                 )
             elif not self.owned:
+                if self.run_ended():
+                    kill(self.s["pid"])
+                    return False
                 self.rows.upsert(key, self.value(ended, oom))
                 self.owned = True
             elif not self.rows.run(
@@ -182,6 +187,14 @@ class Watcher:
         if row is not None and not str(row[0]).startswith(self.prefix):
             kill(self.s["pid"])  # taken over: the run has another worker, or it ended
         return False
+
+    def run_ended(self) -> bool:
+        """A step worker starting to beat after the monitor ended its run (its run worker's
+        row fenced ``ended``): its row was not there to be fenced."""
+        if "run_key" not in self.s:
+            return False
+        row = self.rows.run("SELECT value FROM kvs WHERE key = ?", (self.s["run_key"],))
+        return row is not None and str(row[0]).startswith("fenced|") and '"ended"' in str(row[0])
 
     def orphaned(self) -> bool:
         """A multiprocess child whose run worker died (``parent``: its parent then): nothing
