@@ -1,0 +1,117 @@
+"""The soak's code location: chains of 1 to 6 steps under ``process_step_executor`` and
+``multiprocess``, each step told by its op config how long to run and what to do.
+
+Every step records itself under ``$SOAK_DIR`` so that the fault injector and the checks need
+no access to Dagster's internals:
+- ``live/<run id>.<step>``: ``<its pid> <its run worker's pid>`` while the step runs;
+- ``markers/<root run id>``: a line ``<step>`` each time the step completes (appended in one
+  write), so that a step run twice in a run group shows;
+- ``once/<root run id>.<step>.<what>``: a planned OOM kill or hang happens once per run group.
+"""
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from dagster import Config, Definitions, OpExecutionContext, job, multiprocess_executor, op
+
+from dagster_run_monitor import process_step_executor
+
+MAX_STEPS = 6
+PROCESS_STEPS = process_step_executor.configured(
+    {"health_check_interval_seconds": 2}, name="soak_process_steps"
+)
+
+
+class StepConfig(Config):
+    seconds: float = 1.0
+    fail: bool = False  # raise: a failure of the op's own code
+    hang: bool = False  # block forever (once per run group): a hang
+    oom_cgroup: str = ""  # join this memory cgroup and allocate past its limit (once)
+
+
+def soak_dir() -> Path:
+    return Path(os.environ["SOAK_DIR"])
+
+
+def _root(context: OpExecutionContext) -> str:
+    return context.run.root_run_id or context.run.run_id
+
+
+def _once(context: OpExecutionContext, what: str) -> bool:
+    """True the first time a step of this run group asks for ``what``."""
+    path = soak_dir() / "once" / f"{_root(context)}.{context.op.name}.{what}"
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _run_worker_pid() -> int:
+    """The run worker: this step's parent (a step process's, a multiprocess child's)."""
+    return os.getppid()
+
+
+def _oom(cgroup: str) -> None:
+    Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    time.sleep(2)  # its watcher samples it in the cgroup before the kill
+    hog = bytearray(512 * 2**20)
+    for i in range(0, len(hog), 4096):
+        hog[i] = 1
+
+
+def run_step(context: OpExecutionContext, config: StepConfig) -> None:
+    live = soak_dir() / "live" / f"{context.run.run_id}.{context.op.name}"
+    live.write_text(f"{os.getpid()} {_run_worker_pid()}")
+    try:
+        if config.oom_cgroup and _once(context, "oom"):
+            _oom(config.oom_cgroup)
+        if config.hang and _once(context, "hang"):
+            threading.Event().wait()  # blocked: no event, the same stack, no CPU
+        time.sleep(config.seconds)
+        if config.fail:
+            raise RuntimeError(f"a bug in {context.op.name} (planned by the soak)")
+        with open(soak_dir() / "markers" / _root(context), "a") as markers:
+            markers.write(f"{context.op.name}\n")
+    finally:
+        live.unlink(missing_ok=True)
+
+
+def _step(index: int):
+    @op(name=f"s{index}")
+    def step(context: OpExecutionContext, config: StepConfig, after: int = 0) -> int:
+        run_step(context, config)
+        return index
+
+    return step
+
+
+STEPS = [_step(i) for i in range(1, MAX_STEPS + 1)]
+
+
+def _chain(name: str, steps: int, executor):
+    @job(name=name, executor_def=executor)
+    def chain():
+        value = STEPS[0]()
+        for step in STEPS[1:steps]:
+            value = step(value)
+
+    return chain
+
+
+EXECUTORS = {"process": PROCESS_STEPS, "multiprocess": multiprocess_executor}
+
+
+def job_name(executor: str, steps: int) -> str:
+    return f"soak_{executor}_{steps}"
+
+
+defs = Definitions(
+    jobs=[
+        _chain(job_name(executor, n), n, definition)
+        for executor, definition in EXECUTORS.items()
+        for n in range(1, MAX_STEPS + 1)
+    ]
+)
