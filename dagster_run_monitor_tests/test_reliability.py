@@ -429,3 +429,36 @@ def test_a_resume_between_health_check_and_resume_count_is_not_repeated(
         assert errors == []
         assert launched_attempts(instance.get_run_by_id(run.run_id)) == [1]
         assert messages(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE) == 1
+
+
+def test_a_resume_between_health_check_and_the_final_failure_keeps_the_new_worker(
+    make_instance, workspace_context
+):
+    """One resume allowed. Daemon B reads a crashed worker's health; daemon A resumes the run
+    before B counts its resumes. B's facts then say "crashed, no resume left": B must not fail
+    the run its new worker now runs (a worker event after the final failure, seen once in
+    test_process_launcher)."""
+    with make_instance(
+        launcher=RACING_LAUNCHER, run_monitoring={"max_resume_run_attempts": 1}
+    ) as instance:
+        run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED", RACE_TAG: "1"})
+        with workspace_context(instance) as ctx:
+
+            def daemon_a_resumes(raced) -> None:
+                message = c.resuming_message("FAILED: 'worker is failed'", raced.run_id)
+                apply_actions(
+                    instance,
+                    instance.get_run_by_id(raced.run_id),
+                    [ResumeRun(1, message)],
+                    ctx.create_request_context,
+                    logging.getLogger("daemon_a"),
+                )
+
+            RacingRunLauncher.race = daemon_a_resumes
+            try:
+                errors = monitor_pass(instance, ctx)  # daemon B
+            finally:
+                RacingRunLauncher.race = None
+        assert errors == []
+        assert status_of(instance, run.run_id) == S.STARTED
+        assert launched_attempts(instance.get_run_by_id(run.run_id)) == [1]

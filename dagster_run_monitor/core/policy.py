@@ -368,6 +368,12 @@ def resume_of(actions: Sequence[Action]) -> ResumeRun | None:
     return next((a for a in actions if isinstance(a, ResumeRun)), None)
 
 
+def crash_failure(actions: Sequence[Action]) -> bool:
+    """A failure for a crashed or lost worker (no resume left, or ``crash_policy: fail``)."""
+    crash = (c.REASON_WORKER_CRASH, c.REASON_WORKER_LOST)
+    return any(isinstance(a, FailRun) and a.reason in crash for a in actions)
+
+
 def still_due(
     observed: DagsterRunStatus,
     actions: Sequence[Action],
@@ -379,7 +385,8 @@ def still_due(
     """The actions to apply now that the run was re-read under its claim: None if it changed
     since this pass observed it (its status; for a resume, its resume count, or a resume
     written since ``observed_at``: another daemon resumed it after this pass checked its
-    worker), the actions otherwise, less the notices already written. A changed run's notices
+    worker; for a crash's failure, such a resume), the actions otherwise, less the notices
+    already written. A changed run's notices
     are left to the next pass."""
     if current is None or current.status != observed:
         return None
@@ -388,5 +395,7 @@ def still_due(
         observed_at is not None and last_resume_at is not None and last_resume_at >= observed_at
     )
     if resume and (resumed_during_pass or resumes != resume.attempt - 1):
+        return None
+    if resumed_during_pass and crash_failure(actions):  # about a worker since replaced
         return None
     return [a for a in actions if not isinstance(a, Notice) or current.tags.get(a.tag) != a.value]

@@ -25,7 +25,7 @@ from dagster_run_monitor.core.model import (
     action_alert,
     with_where,
 )
-from dagster_run_monitor.core.policy import Observed, resume_of, still_due
+from dagster_run_monitor.core.policy import Observed, crash_failure, resume_of, still_due
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon import resumes
 from dagster_run_monitor.daemon.debug_info import worker_debug_info
@@ -82,7 +82,7 @@ def apply_due(
                 else {}
             )
             history = resume_history(
-                storage, [s.run_id for s, actions in mine if resume_of(actions)]
+                storage, [s.run_id for s, actions in mine if about_a_crash(actions)]
             )
             todo: list[tuple[RunRecord, Sequence[Action]]] = []
             for seen, actions in mine:
@@ -97,12 +97,21 @@ def apply_due(
             beating = frozenset(s.run_id for s, _ in mine if getattr(s, "workers", ()))
             todo = _with_stacks(instance, todo, {seen.run_id: seen for seen, _ in mine}, logger)
             counts = {run_id: done for run_id, (done, _) in history.items()}
-            crashed = [r.dagster_run for r, actions in todo if resumes.batched(actions)]
+            crashed = [
+                r.dagster_run
+                for r, actions in todo
+                if resumes.batched(actions) or crash_failure(actions)
+            ]
             healthy = resumes.healthy_again(instance, crashed, settings, counts, logger)
             for run_id in healthy:
                 yield run_id, [], None
             todo = [(r, actions) for r, actions in todo if r.dagster_run.run_id not in healthy]
             yield from _act(instance, todo, workspace, logger, settings, alerts, beating)
+
+
+def about_a_crash(actions: Sequence[Action]) -> bool:
+    """A resume, or a crash's failure: both checked again against resumes since the pass."""
+    return resume_of(actions) is not None or crash_failure(actions)
 
 
 def _with_stacks(

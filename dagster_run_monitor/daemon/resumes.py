@@ -63,7 +63,7 @@ def healthy_again(
     healthy = set()
     for run_id, health in checks.results().items():
         if health.answered and health.healthy:
-            logger.info("Run %s: its worker is healthy again (%s); not resuming.", run_id, health)
+            logger.info("Run %s: its worker is healthy again (%s); left running.", run_id, health)
             healthy.add(run_id)
     return healthy
 
