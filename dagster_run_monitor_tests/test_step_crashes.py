@@ -5,6 +5,7 @@ their causes, and whether the run is retried from failure, with what memory."""
 import logging
 
 import pytest
+from dagster._core.errors import DagsterUserCodeUnreachableError
 
 from dagster_run_monitor.config.parse import settings_from_config
 from dagster_run_monitor.core import constants as c
@@ -22,6 +23,7 @@ from dagster_run_monitor.core.step_crashes import (
     message_cause,
     raised_step_config,
 )
+from dagster_run_monitor.daemon.step_retries import keep_trying
 
 NOW = 1_800_000_000.0
 # What Dagster writes (see test_step_retries_daemon for the real runs).
@@ -473,3 +475,14 @@ def test_step_retries_are_counted_in_the_actions_metric():
     value = metrics.registry.get_sample_value
     assert value("dagster_run_monitor_actions_total", {**labels, "cause": "oom_killed"}) == 2
     assert value("dagster_run_monitor_actions_total", {**labels, "cause": "preempted"}) == 1
+
+
+def test_a_retry_is_tried_again_while_its_code_location_cannot_be_reached():
+    """A code server down (a lost host, a deploy: found by the soak) is waited for, every pass
+    for ten minutes; any other error gives up after three passes."""
+    down = DagsterUserCodeUnreachableError("Could not reach user code server")
+    assert keep_trying(down, tries=50, first_failed_at=0.0, now=599.0)
+    assert not keep_trying(down, tries=51, first_failed_at=0.0, now=600.0)
+    bug = ValueError("a bad run config")
+    assert keep_trying(bug, tries=2, first_failed_at=0.0, now=1.0)
+    assert not keep_trying(bug, tries=3, first_failed_at=0.0, now=1.0)

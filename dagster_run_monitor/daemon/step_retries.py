@@ -20,6 +20,7 @@ from typing import Any
 
 from dagster import DagsterInstance
 from dagster._core.definitions.selector import JobSubsetSelector
+from dagster._core.errors import DagsterUserCodeUnreachableError
 from dagster._core.events import EngineEventData, RunFailureReason
 from dagster._core.execution.plan.resume_retry import ReexecutionStrategy
 from dagster._core.execution.retries import auto_reexecution_should_retry_run
@@ -51,6 +52,18 @@ from dagster_run_monitor.storage.heartbeats import read_stacks
 LOOKBACK_SECONDS = 3600.0  # a daemon starting looks at the runs that failed this long before
 CLOCK_MARGIN_SECONDS = 5.0
 MAX_TRIES = 3  # passes that try to retry a run before its error is left in the heartbeat
+UNREACHABLE_SECONDS = 600.0  # how long a code server that cannot be reached is waited for
+
+
+def keep_trying(error: BaseException, tries: int, first_failed_at: float, now: float) -> bool:
+    """Whether a retry that raised is tried again next pass: ``MAX_TRIES`` passes in all, but
+    while the code location cannot be reached (a lost host, a deploy: Dagster's own queue
+    retries such launches), every pass for ``UNREACHABLE_SECONDS``."""
+    if isinstance(error, DagsterUserCodeUnreachableError):
+        return now - first_failed_at < UNREACHABLE_SECONDS
+    return tries < MAX_TRIES
+
+
 HELD_AT_MOST = 10_000  # failed runs kept through a pause, at most
 
 
@@ -61,7 +74,7 @@ class StepRetries:
         self._since: float | None = None
         self._waiting: dict[str, float] = {}  # run id -> when its retry's back-off ends
         self._held: dict[str, DagsterRun] = {}  # failed while the monitor was paused
-        self._failures: dict[str, int] = {}  # run id -> passes whose retry raised
+        self._failures: dict[str, tuple[int, float]] = {}  # run id -> (failed passes, first)
         self.made: Counter[str] = Counter()  # retries made by cause, since the metrics took them
 
     def since(self, now: float) -> float:
@@ -133,12 +146,12 @@ class StepRetries:
                 if error is None and future.result() is not None:
                     self.made[future.result()] += 1
                 if error is not None:  # one run's trouble never stops the others
-                    tries = self._failures.pop(run_id, 0) + 1
-                    if tries < MAX_TRIES:  # tried again next pass (a code server restarting)
-                        self._failures[run_id] = tries
+                    tries, first = self._failures.pop(run_id, (0, now))
+                    if keep_trying(error, tries + 1, first, now):
+                        self._failures[run_id] = (tries + 1, first)
                         self._waiting[run_id] = now
                     else:
-                        _give_up(instance, run_id, error, logger)
+                        _give_up(instance, run_id, error, tries + 1, logger)
                 else:
                     self._failures.pop(run_id, None)
                 yield run_id, error
@@ -237,10 +250,14 @@ def apply_verdict(
 
 
 def _give_up(
-    instance: DagsterInstance, run_id: str, error: BaseException, logger: logging.Logger
+    instance: DagsterInstance,
+    run_id: str,
+    error: BaseException,
+    tries: int,
+    logger: logging.Logger,
 ) -> None:
-    """After ``MAX_TRIES`` passes whose retry raised: say so on the run, decide nothing more."""
-    message = c.step_retry_gave_up_message(MAX_TRIES, f"{type(error).__name__}: {error}")
+    """After the passes ``keep_trying`` allows: say so on the run, decide nothing more."""
+    message = c.step_retry_gave_up_message(tries, f"{type(error).__name__}: {error}")
     try:
         run = instance.get_run_by_id(run_id)
         if run is not None and c.STEP_RETRY_TAG not in run.tags:
