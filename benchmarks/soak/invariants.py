@@ -267,16 +267,25 @@ DAGSTER_ON_TWO_DAEMONS = "daemon is still sending heartbeats. You likely have mu
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \+0000 - ")
 
 
+CODE_SERVER_DOWN = 300.0  # seconds: Dagster's daemon reloads a dead code server meanwhile
+
+
 def daemons_healthy(history: History) -> list[Finding]:
-    """The daemons' logs hold no ERROR line but while the database is down (and a minute
-    after); an incarnation that lived 30 minutes or more grew less than 10% from its 10th
-    minute to its end."""
+    """The daemons' own log lines hold no ERROR but while the database is down (and a minute
+    after) or a code server is (after a lost host); an incarnation that lived 30 minutes or
+    more grew less than 10% from its 10th minute to its end. (Under DefaultRunLauncher the
+    run workers' output goes to the daemon's log too: their lines are the runs'.)"""
     found = []
     windows = [(a, b + 60) for a, b in outages(history)]
+    lost_hosts = [f.time for f in history.faults if f.kind == "kill_host"]
+    windows += [(t, t + CODE_SERVER_DOWN) for t in lost_hosts]
     for name, text in history.logs.items():
         for line in text.splitlines():
             match = _LOG_TIME.match(line)
-            if " - ERROR - " not in line or match is None or DAGSTER_ON_TWO_DAEMONS in line:
+            own = " - dagster.daemon." in line or " - dagster_run_monitor" in line
+            if " - ERROR - " not in line or match is None or not own:
+                continue
+            if DAGSTER_ON_TWO_DAEMONS in line:
                 continue
             at = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S")
             at_s = at.replace(tzinfo=timezone.utc).timestamp()
