@@ -182,7 +182,7 @@ class Driver:
                 self.skipped[kind] = self.skipped.get(kind, 0) + 1
                 return
             try:
-                fault = f.strike(kind, self.rng.choice(targets), self.rng)
+                fault = f.strike(kind, self.rng.choice(targets))
             except (OSError, ValueError):  # the step ended meanwhile
                 self.skipped[kind] = self.skipped.get(kind, 0) + 1
                 return
@@ -262,7 +262,7 @@ class Driver:
         next_fault = start + self.rng.expovariate(1 / self.mean_gap)
         next_sample = start
         while time.time() < end:
-            self.step(lambda: self.keep_running())
+            self.step(self.keep_running)
             if time.time() >= next_fault:
                 self.step(self.inject)
                 next_fault += self.rng.expovariate(1 / self.mean_gap)

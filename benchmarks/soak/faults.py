@@ -11,7 +11,6 @@ a host whose clock is 10 minutes off.
 
 import json
 import os
-import random
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -97,7 +96,7 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def strike(kind: str, target: LiveStep, rng: random.Random) -> Fault:
+def strike(kind: str, target: LiveStep) -> Fault:
     """Inject an immediate fault on ``target``'s run; the caller undoes a partition."""
     now = time.time()
     fault = Fault(kind, now, target.run_id, target.step)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -94,13 +94,12 @@ def soak_env(home: Path, soak_dir: Path) -> dict[str, str]:
 
 @dataclass
 class Daemon:
-    """One of the two daemons; each start is a new incarnation (pid, start time)."""
+    """One of the two daemons (started again after a kill: a new process)."""
 
     name: str
     home: Path
     soak_dir: Path
     process: subprocess.Popen | None = None
-    incarnations: list[tuple[int, float]] = field(default_factory=list)
 
     def start(self) -> None:
         log = open(self.soak_dir / f"daemon-{self.name}.log", "a")  # noqa: SIM115
@@ -113,7 +112,6 @@ class Daemon:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.incarnations.append((self.process.pid, time.time()))
 
     @property
     def pid(self) -> int | None:
