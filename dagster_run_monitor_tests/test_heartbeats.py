@@ -373,3 +373,52 @@ def test_a_step_worker_lost_while_its_run_worker_beats_is_one_warning(tmp_path, 
         f" {socket.gethostname()}, pid {step.pid}) for 5 seconds."
     )
     assert "in wait_for_partner_api" in message
+
+
+ORPHAN_CHILD = """
+import json, os, subprocess, sys, time
+settings = json.loads(sys.argv[1])
+settings.update(pid=os.getpid(), parent=os.getppid())  # a multiprocess child of its run worker
+watcher = subprocess.Popen([sys.executable, sys.argv[2]], stdin=subprocess.PIPE)
+watcher.stdin.write((json.dumps(settings) + "\\n").encode())
+watcher.stdin.flush()
+print("watched", flush=True)
+time.sleep(300)
+"""
+RUN_WORKER_OF = "import subprocess, sys, time; subprocess.Popen({!r}); time.sleep(300)"
+
+
+def test_an_orphaned_child_stopped_before_its_first_beat_leaves_no_row(make_instance):
+    """The run worker dies before its multiprocess child's first beat: the child's watcher
+    stops it and writes nothing (found by the soak: an 'ended' row written after the resume
+    took the run over was judged a lost step worker of the resumed run, which was failed)."""
+    from dagster_run_monitor.core.heartbeats import stack_key
+    from dagster_run_monitor.integration.internals import run_storage_database
+    from dagster_run_monitor_tests.support.runs import make_run
+
+    with make_instance(run_monitoring={"worker_heartbeats": BEATS}) as instance:
+        run = make_run(instance, S.STARTED)
+        database, target = run_storage_database(instance)
+        settings = {
+            "database": database,
+            "target": target,
+            "key": beat_key(run.run_id, "step:s4"),
+            "stack_key": stack_key(run.run_id, "step:s4"),
+            "memory_key": f"run_monitor/memory/{run.run_id}/step:s4/t",
+            "token": "orphan",
+            "host": socket.gethostname(),
+            "interval": BEATS["interval_seconds"],
+        }
+        from dagster_run_monitor.worker.beats import WATCHER
+
+        child = [sys.executable, "-c", ORPHAN_CHILD, json.dumps(settings), WATCHER]
+        run_worker = subprocess.Popen(
+            [sys.executable, "-c", RUN_WORKER_OF.format(child)],
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
+        assert run_worker.stdout.readline().strip() == b"watched"  # its first beat 1.5 s away
+        run_worker.kill()
+        run_worker.wait(10)
+        time.sleep(4)  # the watcher's ticks: the orphan stopped, its end seen
+        assert [b for b in read_beats(instance) if b.run_id == run.run_id] == []

@@ -229,8 +229,9 @@ class Watcher:
             if os.getppid() != parent:  # the worker's process is gone
                 self.beat(ended=True)
                 return
-            if self.orphaned():
-                kill(parent)  # its end is seen at the next tick
+            if self.orphaned():  # its run worker died: the run is resumed or failed as such
+                kill(parent)
+                return  # no beat: an 'ended' step worker would read as lost in a resumed run
             if time.monotonic() >= next_beat:
                 if not self.beat():
                     return
