@@ -3,7 +3,7 @@ more memory after an OOM kill) or fail it, as ``crash_policy`` says. Pure."""
 
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dagster._core.events import RunFailureReason
@@ -284,3 +284,9 @@ def unhealthy_clock(health: Health | None, since: float | None, now: float) -> f
     if since is None:
         return now if health.answered else None
     return since
+
+
+def fails_for_a_crash(actions: Sequence[Action]) -> bool:
+    """A failure for a crashed or lost worker (no resume left, or ``crash_policy: fail``)."""
+    crash = (c.REASON_WORKER_CRASH, c.REASON_WORKER_LOST)
+    return any(isinstance(a, FailRun) and a.reason in crash for a in actions)

@@ -10,6 +10,7 @@ from dagster._core.events import RunFailureReason
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.core.alert_settings import WARNING
 from dagster_run_monitor.core.crashes import (
+    fails_for_a_crash,
     hang_shorter_than_beats,
     lost_step_workers,
     start_failure,
@@ -368,12 +369,6 @@ def resume_of(actions: Sequence[Action]) -> ResumeRun | None:
     return next((a for a in actions if isinstance(a, ResumeRun)), None)
 
 
-def crash_failure(actions: Sequence[Action]) -> bool:
-    """A failure for a crashed or lost worker (no resume left, or ``crash_policy: fail``)."""
-    crash = (c.REASON_WORKER_CRASH, c.REASON_WORKER_LOST)
-    return any(isinstance(a, FailRun) and a.reason in crash for a in actions)
-
-
 def still_due(
     observed: DagsterRunStatus,
     actions: Sequence[Action],
@@ -396,6 +391,6 @@ def still_due(
     )
     if resume and (resumed_during_pass or resumes != resume.attempt - 1):
         return None
-    if resumed_during_pass and crash_failure(actions):  # about a worker since replaced
+    if resumed_during_pass and fails_for_a_crash(actions):  # about a worker since replaced
         return None
     return [a for a in actions if not isinstance(a, Notice) or current.tags.get(a.tag) != a.value]

@@ -15,6 +15,7 @@ from dagster._utils.error import serializable_error_info_from_exc_info
 
 from dagster_run_monitor.alerts.sender import AlertSender
 from dagster_run_monitor.core import constants as c
+from dagster_run_monitor.core.crashes import fails_for_a_crash
 from dagster_run_monitor.core.model import (
     Action,
     CancelRun,
@@ -25,7 +26,7 @@ from dagster_run_monitor.core.model import (
     action_alert,
     with_where,
 )
-from dagster_run_monitor.core.policy import Observed, crash_failure, resume_of, still_due
+from dagster_run_monitor.core.policy import Observed, resume_of, still_due
 from dagster_run_monitor.core.settings import MonitorSettings
 from dagster_run_monitor.daemon import resumes
 from dagster_run_monitor.daemon.debug_info import worker_debug_info
@@ -100,7 +101,7 @@ def apply_due(
             crashed = [
                 r.dagster_run
                 for r, actions in todo
-                if resumes.batched(actions) or crash_failure(actions)
+                if resumes.batched(actions) or fails_for_a_crash(actions)
             ]
             healthy = resumes.healthy_again(instance, crashed, settings, counts, logger)
             for run_id in healthy:
@@ -111,7 +112,7 @@ def apply_due(
 
 def about_a_crash(actions: Sequence[Action]) -> bool:
     """A resume, or a crash's failure: both checked again against resumes since the pass."""
-    return resume_of(actions) is not None or crash_failure(actions)
+    return resume_of(actions) is not None or fails_for_a_crash(actions)
 
 
 def _with_stacks(
