@@ -33,6 +33,7 @@ def require_chaos_tools() -> None:
     pytest.skip(reason)
 
 
+@pytest.mark.timeout(1200)  # 3 minutes of runs and faults, then the drain (at most 5)
 def test_three_minutes_of_random_faults_break_no_invariant(tmp_path):
     require_chaos_tools()
     out = tmp_path / "soak"
