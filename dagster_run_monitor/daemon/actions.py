@@ -101,13 +101,19 @@ def apply_due(
             crashed = [
                 r.dagster_run
                 for r, actions in todo
-                if resumes.batched(actions) or fails_for_a_crash(actions)
+                if resumes.batched(actions) or _launcher_saw_crash(actions)
             ]
             healthy = resumes.healthy_again(instance, crashed, settings, counts, logger)
             for run_id in healthy:
                 yield run_id, [], None
             todo = [(r, actions) for r, actions in todo if r.dagster_run.run_id not in healthy]
             yield from _act(instance, todo, workspace, logger, settings, alerts, beating)
+
+
+def _launcher_saw_crash(actions: Sequence[Action]) -> bool:
+    """A failure for a crash the launcher saw: its health, checked again, may have changed (a
+    worker lost by its heartbeats is not: the launcher may see it running)."""
+    return any(isinstance(a, FailRun) and a.reason == c.REASON_WORKER_CRASH for a in actions)
 
 
 def about_a_crash(actions: Sequence[Action]) -> bool:
