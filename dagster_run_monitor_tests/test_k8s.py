@@ -465,7 +465,8 @@ def test_a_job_that_keeps_failing_fails_the_run_with_the_launchers_debug_info(
         assert monitor_pass(instance, ctx, now=T0 + 120) == []
 
         assert cluster.count(f"of {NAMESPACE}") == {"list_namespaced_job": 1}  # the checks'
-        assert cluster.count(run.run_id) == {  # then the debug info
+        assert cluster.count(run.run_id) == {  # the re-check under the claim, the debug info
+            "read_namespaced_job_status": 1,  # the crash seen again before the failure
             "list_namespaced_pod": 3,  # the Job's pods (health, debug info), each pod by name
             "read_namespaced_pod_log": 1,
             "list_namespaced_event": 1,
