@@ -401,6 +401,27 @@ def test_hanging_health_checks_hold_up_only_their_own_runs(make_instance, worksp
 # --- a resume by another daemon in the middle of a pass -----------------------------------
 
 
+def pass_while_another_daemon_resumes(instance, workspace_context) -> list:
+    """Daemon B's pass (its errors), during whose health check daemon A resumes the run."""
+    with workspace_context(instance) as ctx:
+
+        def daemon_a_resumes(raced) -> None:
+            message = c.resuming_message("FAILED: 'worker is failed'", raced.run_id)
+            apply_actions(
+                instance,
+                instance.get_run_by_id(raced.run_id),
+                [ResumeRun(1, message)],
+                ctx.create_request_context,
+                logging.getLogger("daemon_a"),
+            )
+
+        RacingRunLauncher.race = daemon_a_resumes
+        try:
+            return monitor_pass(instance, ctx)  # daemon B
+        finally:
+            RacingRunLauncher.race = None
+
+
 def test_a_resume_between_health_check_and_resume_count_is_not_repeated(
     make_instance, workspace_context
 ):
@@ -409,23 +430,7 @@ def test_a_resume_between_health_check_and_resume_count_is_not_repeated(
     B must not launch a second worker for the same crash."""
     with make_instance(launcher=RACING_LAUNCHER) as instance:
         run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED", RACE_TAG: "1"})
-        with workspace_context(instance) as ctx:
-
-            def daemon_a_resumes(raced) -> None:
-                message = c.resuming_message("FAILED: 'worker is failed'", raced.run_id)
-                apply_actions(
-                    instance,
-                    instance.get_run_by_id(raced.run_id),
-                    [ResumeRun(1, message)],
-                    ctx.create_request_context,
-                    logging.getLogger("daemon_a"),
-                )
-
-            RacingRunLauncher.race = daemon_a_resumes
-            try:
-                errors = monitor_pass(instance, ctx)  # daemon B
-            finally:
-                RacingRunLauncher.race = None
+        errors = pass_while_another_daemon_resumes(instance, workspace_context)
         assert errors == []
         assert launched_attempts(instance.get_run_by_id(run.run_id)) == [1]
         assert messages(instance, run.run_id).count(c.RESUME_RUN_LOG_MESSAGE) == 1
@@ -442,23 +447,7 @@ def test_a_resume_between_health_check_and_the_final_failure_keeps_the_new_worke
         launcher=RACING_LAUNCHER, run_monitoring={"max_resume_run_attempts": 1}
     ) as instance:
         run = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED", RACE_TAG: "1"})
-        with workspace_context(instance) as ctx:
-
-            def daemon_a_resumes(raced) -> None:
-                message = c.resuming_message("FAILED: 'worker is failed'", raced.run_id)
-                apply_actions(
-                    instance,
-                    instance.get_run_by_id(raced.run_id),
-                    [ResumeRun(1, message)],
-                    ctx.create_request_context,
-                    logging.getLogger("daemon_a"),
-                )
-
-            RacingRunLauncher.race = daemon_a_resumes
-            try:
-                errors = monitor_pass(instance, ctx)  # daemon B
-            finally:
-                RacingRunLauncher.race = None
+        errors = pass_while_another_daemon_resumes(instance, workspace_context)
         assert errors == []
         assert status_of(instance, run.run_id) == S.STARTED
         assert launched_attempts(instance.get_run_by_id(run.run_id)) == [1]
