@@ -10,7 +10,6 @@ in the cluster.
 
 import os
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,21 +28,24 @@ from dagster._core.storage.tags import RUN_FAILURE_REASON_TAG
 
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor_tests.support.home import load_instance, write_container_home
+from dagster_run_monitor_tests.support.k8s import (
+    CLUSTER_DIR,
+    apis,
+    cluster_unavailable,
+    create_namespace,
+    delete_namespace,
+    put_instance_config_map,
+    worker_containers,
+)
+from dagster_run_monitor_tests.support.k8s import launcher_config as k8s_launcher_config
 from dagster_run_monitor_tests.support.runs import first_lines, monitor_pass
-from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT, daemon, wait_until
+from dagster_run_monitor_tests.support.subprocesses import daemon, wait_until
 
 pytestmark = [pytest.mark.k8s_cluster, pytest.mark.slow, pytest.mark.postgres]
 
-CLUSTER_DIR = Path(os.environ.get("DAGSTER_RUN_MONITOR_K8S_DIR", "/tmp/dagster-run-monitor-k8s"))
-KUBECONFIG = CLUSTER_DIR / "kubeconfig"
-NODE = "localhost"
 NAMESPACE = f"run-monitor-test-{os.getpid()}"
-IMAGE = "dagster-run-monitor-worker:bookworm"  # scripts/docker-engine's, loaded, never pulled
-DOCKER_HOST = "unix:///tmp/dagster-run-monitor-docker/docker.sock"  # scripts/docker-engine's
 JOBS_FILE = str(Path(__file__).with_name("k8s_jobs.py"))
 K8S_CONFIG_TAG = "dagster-k8s/config"  # dagster_k8s's USER_DEFINED_K8S_CONFIG_KEY
-INSTANCE_CONFIG_MAP = "dagster-instance"
-POD_DAGSTER_HOME = "/opt/dagster/dagster_home"  # where the launcher mounts the ConfigMap
 
 
 @dataclass
@@ -88,24 +90,8 @@ class Cluster:
             raise AssertionError(f"{timed_out}; left: {self.jobs(run_id)}, pods {pods}") from None
 
     def worker_container(self, run_id: str) -> Any:
-        """The Docker container of the run worker's pod (the kubelet's dockershim names it)."""
-        import docker
-
-        os.environ.setdefault("DOCKER_HOST", DOCKER_HOST)
-        client = docker.from_env()
-        found = client.containers.list(
-            filters={
-                "label": [
-                    f"io.kubernetes.pod.namespace={self.namespace}",
-                    "io.kubernetes.container.name=dagster",
-                ]
-            }
-        )
-        workers = [
-            container
-            for container in found
-            if container.labels["io.kubernetes.pod.name"].startswith(f"dagster-run-{run_id}")
-        ]
+        """The Docker container of the run worker's pod."""
+        workers = worker_containers(self.namespace, run_id)
         assert len(workers) == 1, f"expected one run worker container, found {workers}"
         return workers[0]
 
@@ -127,23 +113,6 @@ def job_state(job: Any) -> str:
     return "active"
 
 
-def cluster_unavailable() -> str | None:
-    """None if the cluster of scripts/k8s-cluster answers and its node is Ready."""
-    if not KUBECONFIG.exists():
-        return f"no {KUBECONFIG}: run scripts/k8s-cluster start (root, apt; builds Kubernetes once)"
-    try:
-        import kubernetes
-
-        api = kubernetes.config.new_client_from_config(str(KUBECONFIG))
-        node = kubernetes.client.CoreV1Api(api).read_node(NODE, _request_timeout=5)
-    except Exception as exc:
-        return f"the cluster of {KUBECONFIG} does not answer ({type(exc).__name__}: {exc})"
-    ready = [c.status for c in node.status.conditions or [] if c.type == "Ready"]
-    if ready != ["True"]:
-        return f"node {NODE} is not Ready"
-    return None
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     """A namespace of this test session's own with the service account run workers use to
@@ -154,100 +123,21 @@ def cluster() -> Iterator[Cluster]:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the Kubernetes tests, but {reason}")
         pytest.skip(reason)
-    import kubernetes
-    from kubernetes import client as k8s
-
-    api = kubernetes.config.new_client_from_config(str(KUBECONFIG))
-    core, batch, rbac = k8s.CoreV1Api(api), k8s.BatchV1Api(api), k8s.RbacAuthorizationV1Api(api)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=NAMESPACE)))
-    core.create_namespaced_service_account(
-        NAMESPACE, k8s.V1ServiceAccount(metadata=k8s.V1ObjectMeta(name="dagster"))
-    )
-    rule = k8s.V1PolicyRule(  # what the Helm chart's Role grants run workers
-        api_groups=["", "batch"],
-        resources=["jobs", "jobs/status", "pods", "pods/log", "pods/status", "events"],
-        verbs=["*"],
-    )
-    rbac.create_namespaced_role(
-        NAMESPACE, k8s.V1Role(metadata=k8s.V1ObjectMeta(name="dagster"), rules=[rule])
-    )
-    rbac.create_namespaced_role_binding(
-        NAMESPACE,
-        k8s.V1RoleBinding(
-            metadata=k8s.V1ObjectMeta(name="dagster"),
-            role_ref=k8s.V1RoleRef(
-                api_group="rbac.authorization.k8s.io", kind="Role", name="dagster"
-            ),
-            subjects=[
-                k8s.RbacV1Subject(kind="ServiceAccount", name="dagster", namespace=NAMESPACE)
-            ],
-        ),
-    )
-    wait_until(  # the token controller makes the account's token secret
-        lambda: core.read_namespaced_service_account("dagster", NAMESPACE).secrets,
-        60,
-        "the service account's token",
-    )
+    create_namespace(NAMESPACE)
+    core, batch, _ = apis()
     yield Cluster(core, batch, NAMESPACE)
-    core.delete_namespace(NAMESPACE, grace_period_seconds=0)
-
-    def gone() -> bool:  # the next module of this session makes it again, under the same name
-        try:
-            core.read_namespace(NAMESPACE)
-        except k8s.rest.ApiException as error:
-            if error.status == 404:
-                return True
-            raise
-        return False
-
-    wait_until(gone, 180, f"namespace {NAMESPACE} to be deleted", interval=1)
+    delete_namespace(NAMESPACE)  # the next module of this session makes it again
 
 
 def launcher_config(home: Path) -> dict[str, Any]:
-    """Dagster's K8sRunLauncher as a Helm deployment configures it, plus what this cluster
-    needs: host network, the local image, the host's Python and code mounted."""
-    mounts = {str(REPO_ROOT): True, sys.base_prefix: True, sys.prefix: True, str(home): False}
-    mounts[str(KUBECONFIG)] = True  # the daemon's launcher config names it; run workers load it
-    volumes = [{"name": f"host-{i}", "host_path": {"path": path}} for i, path in enumerate(mounts)]
-    volume_mounts = [
-        {"name": f"host-{i}", "mount_path": path, "read_only": read_only}
-        for i, (path, read_only) in enumerate(mounts.items())
-    ]
-    return {
-        "module": "dagster_k8s",
-        "class": "K8sRunLauncher",
-        "config": {
-            "service_account_name": "dagster",
-            "instance_config_map": INSTANCE_CONFIG_MAP,
-            "dagster_home": POD_DAGSTER_HOME,
-            "job_image": IMAGE,
-            "image_pull_policy": "Never",
-            "job_namespace": NAMESPACE,
-            "load_incluster_config": False,
-            "kubeconfig_file": str(KUBECONFIG),
-            "env_vars": [
-                f"PATH={Path(sys.executable).parent}:/usr/bin:/bin",
-                "HOME=/tmp",
-                "DAGSTER_DISABLE_TELEMETRY=1",
-                # The in-cluster config of step-launching run workers: the API server on
-                # loopback (the container's env wins over the injected service variables).
-                "KUBERNETES_SERVICE_HOST=127.0.0.1",
-                "KUBERNETES_SERVICE_PORT=6443",
-            ],
-            "volumes": volumes,
-            "volume_mounts": volume_mounts,
-            # Run worker and step pods: the host's network only (k8s_job_executor's step pods
-            # inherit the launcher's run_k8s_config).
-            "run_k8s_config": {"pod_spec_config": {"host_network": True}},
-        },
-    }
+    """The cluster's K8sRunLauncher in this test's namespace, the home writable."""
+    return k8s_launcher_config(NAMESPACE, writable=[str(home)])
 
 
 @pytest.fixture
 def k8s_home(tmp_path, cluster, postgres_database) -> Iterator[Callable[..., tuple]]:
     """Factory: ``home, instance = k8s_home(**run_monitoring)``; the namespace is cleared
     after the test."""
-    from kubernetes import client as k8s
 
     def factory(**run_monitoring: Any) -> tuple[Path, DagsterInstance]:
         home = tmp_path / "home"
@@ -258,14 +148,7 @@ def k8s_home(tmp_path, cluster, postgres_database) -> Iterator[Callable[..., tup
             **run_monitoring,
         }
         home = write_container_home(home, settings, launcher_config(home))
-        config_map = k8s.V1ConfigMap(
-            metadata=k8s.V1ObjectMeta(name=INSTANCE_CONFIG_MAP),
-            data={"dagster.yaml": (home / "dagster.yaml").read_text()},
-        )
-        try:
-            cluster.core.replace_namespaced_config_map(INSTANCE_CONFIG_MAP, NAMESPACE, config_map)
-        except k8s.rest.ApiException:
-            cluster.core.create_namespaced_config_map(NAMESPACE, config_map)
+        put_instance_config_map(NAMESPACE, (home / "dagster.yaml").read_text())
         instance = load_instance(home)
         instance.wipe()
         return home, instance

@@ -2,11 +2,13 @@
 PostgreSQL, a steady stream of runs and random faults, every invariant checked on the whole
 history at the end (exit status 1 if one broke).
 
-    sudo .venv/bin/python -m benchmarks.soak --minutes 60 --seed 7 --launcher process|default
+    sudo .venv/bin/python -m benchmarks.soak --minutes 60 --seed 7 --launcher process|default|k8s
 
 Needs root (a private PostgreSQL cluster run as ``postgres``, memory cgroups for the OOM
-kills) and Debian's faketime (the skewed clock). Prints a markdown section in the style of
-benchmarks/RESULTS.md and writes ``report.json`` and every log into ``--out``.
+kills) and Debian's faketime (the skewed clock); ``k8s`` needs the one-node cluster of
+scripts/k8s-cluster (run workers and steps in pods, in a namespace of the soak's own). Prints
+a markdown section in the style of benchmarks/RESULTS.md and writes ``report.json`` and every
+log into ``--out``.
 """
 
 import argparse
@@ -35,12 +37,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__)
     parser.add_argument("--minutes", type=float, default=60)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--launcher", choices=["process", "default"], default="process")
-    parser.add_argument("--concurrency", type=int, default=20, help="runs at once")
+    parser.add_argument("--launcher", choices=["process", "default", "k8s"], default="process")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="runs at once (20; 6 on the cluster)"
+    )
     parser.add_argument("--faults-per-minute", type=float, default=5)
     parser.add_argument("--drain-seconds", type=float, default=600)
     parser.add_argument("--out", type=Path, default=None, help="default: a new temp dir")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.concurrency is None:
+        args.concurrency = 6 if args.launcher == "k8s" else 20
+    return args
 
 
 def soak(args: argparse.Namespace) -> dict:
@@ -54,15 +61,19 @@ def soak(args: argparse.Namespace) -> dict:
     memory_cgroups = Cgroups(f"soak-{os.getpid()}") if cgroups.unavailable(1) is None else None
     daemons: list[system.Daemon] = []
     skewed = None
+    cluster = None
     try:
         home_a, home_b = system.write_homes(soak_dir, args.launcher, database.url)
+        if args.launcher == "k8s":
+            cluster = system.Namespace(home_a)
         instance = load_instance(home_a)
         target = WorkspaceFileTarget(paths=[str(home_a / "workspace.yaml")])
         with WorkspaceProcessContext(instance, target) as context:
             daemons = [system.Daemon("a", home_a, soak_dir), system.Daemon("b", home_b, soak_dir)]
             for daemon in daemons:
                 daemon.start()
-            skewed = system.Skewed(home_b, soak_dir) if system.faketime() else None
+            if system.faketime() and cluster is None:  # a pod's clock cannot be skewed
+                skewed = system.Skewed(home_b, soak_dir)
             driver = Driver(
                 soak_dir,
                 args.launcher,
@@ -75,6 +86,7 @@ def soak(args: argparse.Namespace) -> dict:
                 memory_cgroups,
                 args.concurrency,
                 args.faults_per_minute,
+                cluster,
             )
             started = time.time()
             print(f"soak: {args.minutes} min in {soak_dir}", file=sys.stderr)
@@ -86,11 +98,14 @@ def soak(args: argparse.Namespace) -> dict:
         dump(history, soak_dir / "history.json")
         findings = check(history)
         settings = {**vars(args), "out": str(soak_dir), "skipped": driver.skipped}
+        settings["cpu"] = driver.cpu
         result = summary(history, findings, settings)
         (soak_dir / "report.json").write_text(json.dumps(result, indent=2, default=str))
         return result
     finally:
         system.stop_everything(soak_dir, daemons, skewed)
+        if cluster is not None:
+            cluster.delete()
         database.destroy()
         if memory_cgroups is not None:
             memory_cgroups.remove()

@@ -4,10 +4,11 @@ the daemons' memory sampled; then a drain until every run has ended."""
 
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,18 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from benchmarks.soak import faults as f
-from benchmarks.soak.jobs import job_name
-from benchmarks.soak.system import HANG_TIMEOUT, JOBS, LOCATION, Daemon, Skewed, rss_bytes
+from benchmarks.soak.jobs import IN_POD, job_name
+from benchmarks.soak.system import (
+    HANG_TIMEOUT,
+    JOBS,
+    LOCATION,
+    Daemon,
+    Namespace,
+    Skewed,
+    rss_bytes,
+)
 from dagster_run_monitor.core.constants import HANG_TIMEOUT_TAG, MAX_RUNTIME_TAG
+from dagster_run_monitor_tests.support.k8s import kubelet_pid
 from dagster_run_monitor_tests.support.postgres import PrivateCluster
 from dagster_run_monitor_tests.support.workspace import create_run
 
@@ -62,6 +72,10 @@ class Plan:
             if step == self.oom_step:
                 config["oom_cgroup"] = self.oom
             ops[step] = {"config": config}
+        if self.executor == "k8s" and self.oom_step:  # the step pod's own memory limit
+            limits = {"limits": {"memory": OOM_POD_MEMORY}, "requests": {"memory": OOM_POD_MEMORY}}
+            per_step = {self.oom_step: {"container_config": {"resources": limits}}}
+            return {"ops": ops, "execution": {"config": {"per_step_k8s_config": per_step}}}
         return {"ops": ops}
 
     def tags(self) -> dict[str, str]:
@@ -73,13 +87,17 @@ class Plan:
         return tags
 
 
-def random_plan(rng: random.Random) -> Plan:
-    """1 to 6 steps lasting 2 to 60 s in all, under either executor; one run in ten fails in
-    its own code, one in ten has a max runtime (half of them crossed)."""
+EXECUTORS = {"k8s": ["k8s", "multiprocess"]}  # else process_step_executor and multiprocess
+OOM_POD_MEMORY = "256Mi"  # a step pod's limit when its step is to be OOM-killed
+
+
+def random_plan(rng: random.Random, executors: list[str]) -> Plan:
+    """1 to 6 steps lasting 2 to 60 s in all, under one of ``executors``; one run in ten fails
+    in its own code, one in ten has a max runtime (half of them crossed)."""
     steps = rng.randint(1, 6)
     total = rng.uniform(2, 60)
     plan = Plan(
-        executor=rng.choice(["process", "multiprocess"]),
+        executor=rng.choice(executors),
         seconds=[round(total / steps, 2)] * steps,
     )
     if rng.random() < 0.1:
@@ -110,8 +128,11 @@ class Driver:
         cgroups: "Cgroups | None",
         concurrency: int,
         faults_per_minute: float,
+        cluster: Namespace | None = None,
     ) -> None:
         self.soak_dir = soak_dir
+        self.cluster = cluster
+        self.executors = EXECUTORS.get(launcher, ["process", "multiprocess"])
         self.rng = rng
         self.instance = instance
         self.context = context
@@ -132,17 +153,22 @@ class Driver:
         self.unfinished = 0
         self.memory: list[dict[str, Any]] = []
         self.skipped: dict[str, int] = {}
+        self.cpu: dict[str, float] = {}
 
     # --- runs ---------------------------------------------------------------------------
 
     def submit(self) -> None:
-        plan = random_plan(self.rng)
+        plan = random_plan(self.rng, self.executors)
         planned = self.pending.pop(0) if self.pending else ""
         if planned == "hang":  # its other steps well within the hang timeout
             plan.seconds = [min(s, HANG_TIMEOUT / 4) for s in plan.seconds]
             plan.hang = f"s{self.rng.randint(1, len(plan.seconds))}"
             plan.max_runtime = 0.0
             plan.fail = ""
+        elif planned == "oom" and self.cluster is not None:
+            plan.executor = "k8s"  # a step pod with its own limit
+            plan.oom_step = f"s{self.rng.randint(1, len(plan.seconds))}"
+            plan.oom = IN_POD
         elif planned == "oom" and self.cgroups is not None:
             plan.oom_step = f"s{self.rng.randint(1, len(plan.seconds))}"
             plan.oom = self.cgroups.new()
@@ -182,13 +208,31 @@ class Driver:
                 self.skipped[kind] = self.skipped.get(kind, 0) + 1
                 return
             try:
-                fault = f.strike(kind, self.rng.choice(targets))
+                fault = self.strike(kind, self.rng.choice(targets))
             except (OSError, ValueError):  # the step ended meanwhile
                 self.skipped[kind] = self.skipped.get(kind, 0) + 1
                 return
             self.log.add(fault)
             if fault.seconds:
-                self.at(fault.time + fault.seconds, lambda: f.heal(fault), "heal a partition")
+                self.at(fault.time + fault.seconds, lambda: f.heal(fault), f"heal a {kind}")
+
+    def strike(self, kind: str, target: f.LiveStep) -> f.Fault:
+        """An immediate fault; on the cluster a run worker is found by its container, a step
+        pod is deleted through the API, and one lost node at a time."""
+        if self.cluster is None:
+            return f.strike(kind, target)
+        if kind == "delete_pod":
+            fault = f.Fault(kind, time.time(), target.run_id, target.step)
+            fault.detail = self.cluster.delete_step_pod(target.run_id, target.step)
+            return fault
+        if kind == "node_loss" and "kubelet" in self.busy:
+            raise ValueError("a node is lost already")
+        worker = target.worker or self.cluster.worker_pid(target.run_id)
+        fault = f.strike(kind, replace(target, worker=worker), kubelet=kubelet_pid())
+        if kind == "node_loss":
+            self.busy.add("kubelet")
+            self.at(fault.time + fault.seconds, lambda: self.busy.discard("kubelet"), "a node")
+        return fault
 
     def restart_daemon(self) -> None:
         if "daemon" in self.busy:
@@ -261,6 +305,7 @@ class Driver:
         end = start + minutes * 60
         next_fault = start + self.rng.expovariate(1 / self.mean_gap)
         next_sample = start
+        busy = busy_core_seconds()
         while time.time() < end:
             self.step(self.keep_running)
             if time.time() >= next_fault:
@@ -270,6 +315,10 @@ class Driver:
                 self.sample_memory()
                 next_sample += 30
             time.sleep(0.5)
+        self.cpu = {
+            "busy": busy_core_seconds() - busy,
+            "available": (time.time() - start) * os.cpu_count(),
+        }
         deadline = time.time() + drain_seconds
         while time.time() < deadline:
             self.run_timers()
@@ -299,6 +348,12 @@ class Driver:
             action()
         except Exception as error:
             logger.warning("soak driver: %s", str(error).splitlines()[0] if str(error) else error)
+
+
+def busy_core_seconds() -> float:
+    """The machine's CPU time so far, all cores, idle and iowait left out (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class Cgroups:

@@ -6,7 +6,10 @@ started it (a lost host, DefaultRunLauncher), SIGSTOP the run worker's whole pro
 twice the heartbeat timeout (a partition that heals). Global faults: SIGKILL a daemon and start
 it 10 to 60 s later; stop PostgreSQL for 5 to 20 s. Planned faults shape the next run: a step
 OOM-killed by the kernel in a memory cgroup, a step that blocks (a hang), a run launched from
-a host whose clock is 10 minutes off.
+a host whose clock is 10 minutes off. On the cluster (``--launcher k8s``) a run worker is its
+pod's container; a lost node is the kubelet frozen (SIGSTOP) while a run worker's container is
+killed, for twice the heartbeat timeout; a step pod is deleted through the API; an OOM kill is
+a step pod's own memory limit.
 """
 
 import json
@@ -18,14 +21,17 @@ from pathlib import Path
 
 from benchmarks.soak.system import BEAT_TIMEOUT, descendants
 
-IMMEDIATE = ("kill_run_worker", "kill_step", "kill_host", "partition")
+IMMEDIATE = ("kill_run_worker", "kill_step", "kill_host", "partition", "node_loss", "delete_pod")
 GLOBAL = ("daemon_restart", "pg_outage")
 PLANNED = ("oom", "hang", "skew")
+CLUSTER_ONLY = ("node_loss", "delete_pod")
 WEIGHTS = {
     "kill_run_worker": 3,
     "kill_step": 3,
     "kill_host": 2,
     "partition": 1,
+    "node_loss": 1,
+    "delete_pod": 2,
     "daemon_restart": 1,
     "pg_outage": 0.5,
     "oom": 1,
@@ -36,11 +42,16 @@ WEIGHTS = {
 
 def kinds_for(launcher: str, cgroups: bool) -> dict[str, float]:
     """The fault kinds this launcher meets (a lost host is DefaultRunLauncher's: there the
-    code server starts the run worker), OOM kills only with memory cgroups."""
+    code server starts the run worker; lost nodes and deleted pods the cluster's), OOM kills
+    with memory cgroups or pods' limits; no skewed clock in a pod."""
+    cluster = launcher == "k8s"
     return {
         kind: weight
         for kind, weight in WEIGHTS.items()
-        if (kind != "kill_host" or launcher == "default") and (kind != "oom" or cgroups)
+        if (kind != "kill_host" or launcher == "default")
+        and (kind not in CLUSTER_ONLY or cluster)
+        and (kind != "oom" or cgroups or cluster)
+        and (kind != "skew" or not cluster)
     }
 
 
@@ -71,7 +82,7 @@ def live_steps(soak_dir: Path) -> list[LiveStep]:
         except (OSError, ValueError):
             continue
         run_id, _, step = path.name.partition(".")
-        if _alive(pid) and _alive(worker):
+        if _alive(pid) and (worker == 0 or _alive(worker)):  # 0: a step pod
             found.append(LiveStep(run_id, step, pid, worker))
     return found
 
@@ -96,10 +107,13 @@ def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def strike(kind: str, target: LiveStep) -> Fault:
-    """Inject an immediate fault on ``target``'s run; the caller undoes a partition."""
+def strike(kind: str, target: LiveStep, kubelet: int = 0) -> Fault:
+    """Inject an immediate fault on ``target``'s run (not ``delete_pod``: the API's); the
+    caller undoes a partition or a lost node."""
     now = time.time()
     fault = Fault(kind, now, target.run_id, target.step)
+    if kind != "kill_step" and not target.worker:
+        raise ProcessLookupError(f"no run worker of {target.run_id} found")
     if kind == "kill_step":
         fault.pids = [target.pid]
         _kill(fault.pids, signal.SIGKILL)
@@ -117,6 +131,12 @@ def strike(kind: str, target: LiveStep) -> Fault:
         fault.pids = descendants(target.worker)
         fault.seconds = 2 * BEAT_TIMEOUT
         _kill(fault.pids, signal.SIGSTOP)
+    elif kind == "node_loss":  # healed: SIGCONT to the kubelet (the worker stays dead)
+        fault.pids = [kubelet]
+        fault.detail = f"run worker {target.worker} killed"
+        fault.seconds = 2 * BEAT_TIMEOUT
+        _kill([kubelet], signal.SIGSTOP)
+        _kill([target.worker], signal.SIGKILL)
     else:
         raise ValueError(kind)
     return fault

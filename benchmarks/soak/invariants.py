@@ -203,9 +203,10 @@ def worker_pids(events: list[Event]) -> set[int]:
 
 
 def adopted(run: Run, before: list[Event]) -> set[int]:
-    """Step processes of a step-delegating executor (``process_step_executor``): they outlive
-    a crashed run worker by design, and the resumed worker adopts them (or they finish first)."""
-    if run.tags.get("soak/executor") != "process":
+    """Step processes of a step-delegating executor (``process_step_executor``, step pods):
+    they outlive a crashed run worker by design, and the resumed worker adopts them (or they
+    finish first)."""
+    if run.tags.get("soak/executor") not in ("process", "k8s"):
         return set()
     return {e.pid for e in before if e.type == "STEP_WORKER_STARTED" and e.pid}
 
@@ -315,10 +316,15 @@ def daemons_healthy(history: History) -> list[Finding]:
     return found
 
 
-CHECKS = (every_run_ends, no_false_verdict, exactly_once, nothing_done_twice, fencing, nothing_lost)
-
-
-CHECKS = (*CHECKS, daemons_healthy)
+CHECKS = (
+    every_run_ends,
+    no_false_verdict,
+    exactly_once,
+    nothing_done_twice,
+    fencing,
+    nothing_lost,
+    daemons_healthy,
+)
 
 
 def check(history: History) -> list[Finding]:

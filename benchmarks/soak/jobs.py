@@ -1,5 +1,6 @@
-"""The soak's code location: chains of 1 to 6 steps under ``process_step_executor`` and
-``multiprocess``, each step told by its op config how long to run and what to do.
+"""The soak's code location: chains of 1 to 6 steps under ``process_step_executor``,
+``multiprocess`` and ``k8s_job_executor`` (step pods, in-cluster config), each step told by its
+op config how long to run and what to do.
 
 Every step records itself under ``$SOAK_DIR`` so that the fault injector and the checks need
 no access to Dagster's internals:
@@ -13,8 +14,19 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from dagster import Config, Definitions, OpExecutionContext, job, multiprocess_executor, op
+from dagster import (
+    Config,
+    Definitions,
+    Field,
+    OpExecutionContext,
+    Permissive,
+    job,
+    multiprocess_executor,
+    op,
+)
+from dagster_k8s import k8s_job_executor
 
 from dagster_run_monitor import process_step_executor
 
@@ -24,11 +36,25 @@ PROCESS_STEPS = process_step_executor.configured(
 )
 
 
+def _in_cluster(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "load_incluster_config": True, "kubeconfig_file": None}
+
+
+# Step pods created by the run worker's pod (in-cluster config, as in a Helm deployment); the
+# run config's per_step_k8s_config gives a step its memory limit (a planned OOM kill).
+K8S_STEPS = k8s_job_executor.configured(
+    _in_cluster,
+    config_schema={"per_step_k8s_config": Field(Permissive(), is_required=False)},
+    name="soak_k8s_steps",
+)
+IN_POD = "pod"  # oom_cgroup: allocate under the step pod's own memory limit
+
+
 class StepConfig(Config):
     seconds: float = 1.0
     fail: bool = False  # raise: a failure of the op's own code
     hang: bool = False  # block forever (once per run group): a hang
-    oom_cgroup: str = ""  # join this memory cgroup and allocate past its limit (once)
+    oom_cgroup: str = ""  # join this memory cgroup (or IN_POD) and allocate past its limit (once)
 
 
 def soak_dir() -> Path:
@@ -50,12 +76,19 @@ def _once(context: OpExecutionContext, what: str) -> bool:
 
 
 def _run_worker_pid() -> int:
-    """The run worker: this step's parent (a step process's, a multiprocess child's)."""
-    return os.getppid()
+    """The run worker: this step's parent (a step process's, a multiprocess child's); 0 in a
+    step pod, whose parent is its container's runtime."""
+    parent = os.getppid()
+    try:
+        argv = Path(f"/proc/{parent}/cmdline").read_bytes()
+    except OSError:
+        return 0
+    return parent if b"dagster" in argv else 0
 
 
 def _oom(cgroup: str) -> None:
-    Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
+    if cgroup != IN_POD:
+        Path(cgroup, "cgroup.procs").write_text(str(os.getpid()))
     time.sleep(2)  # its watcher samples it in the cgroup before the kill
     hog = bytearray(512 * 2**20)
     for i in range(0, len(hog), 4096):
@@ -101,7 +134,7 @@ def _chain(name: str, steps: int, executor):
     return chain
 
 
-EXECUTORS = {"process": PROCESS_STEPS, "multiprocess": multiprocess_executor}
+EXECUTORS = {"process": PROCESS_STEPS, "multiprocess": multiprocess_executor, "k8s": K8S_STEPS}
 
 
 def job_name(executor: str, steps: int) -> str:

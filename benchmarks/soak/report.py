@@ -102,6 +102,15 @@ def markdown(result: dict) -> str:
         f"- {sum(result['faults'].values())} faults of {result['fault_kinds']} kinds: "
         + ", ".join(f"{k} {n}" for k, n in sorted(result["faults"].items()))
         + ".",
+    ]
+    cpu = s.get("cpu")
+    if cpu:
+        share = 100 * cpu["busy"] / cpu["available"]
+        lines.append(
+            f"- The machine's CPU while runs were submitted: {cpu['busy']:.0f} of "
+            f"{cpu['available']:.0f} core-seconds busy ({share:.0f}%)."
+        )
+    lines += [
         "",
         "| fault | runs it hit, by how their group ended | fault to the monitor's first action"
         " (n, p50, p95) |",

@@ -1,6 +1,7 @@
 """The system under test: a private PostgreSQL cluster, two DAGSTER_HOMEs on it (the first
 with Dagster's run queue), two stock ``dagster-daemon run`` processes with our monitor, the
-code location of ``jobs.py``, and a run launcher under faketime for the skewed runs."""
+code location of ``jobs.py``, and a run launcher under faketime for the skewed runs; with
+``--launcher k8s``, a namespace of the one-node cluster for the run worker and step pods."""
 
 import os
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dagster_run_monitor.config.dagster_yaml import instance_config, write_dagster_yaml
+from dagster_run_monitor_tests.support import k8s
+from dagster_run_monitor_tests.support.home import NO_COMPUTE_LOG_CAPTURE
 from dagster_run_monitor_tests.support.postgres import PrivateCluster
 from dagster_run_monitor_tests.support.subprocesses import BIN, REPO_ROOT
 from dagster_run_monitor_tests.support.workspace import write_workspace
@@ -36,7 +39,7 @@ def monitoring(launcher: str) -> dict[str, Any]:
     """The monitor's settings, the same in both daemons."""
     return {
         "poll_interval_seconds": POLL_SECONDS,
-        "max_resume_run_attempts": MAX_RESUMES if launcher == "process" else 0,
+        "max_resume_run_attempts": MAX_RESUMES if launcher in ("process", "k8s") else 0,
         "step_retries": {"enabled": True, "max_retries": MAX_STEP_RETRIES},
         "worker_heartbeats": {"interval_seconds": BEAT_INTERVAL, "timeout_seconds": BEAT_TIMEOUT},
         "alerts": {
@@ -59,17 +62,30 @@ QUEUE = {
 }
 
 
+def k8s_launcher(root: Path) -> dict[str, Any]:
+    """K8sRunLauncher in the soak's namespace: the soak's directory writable in every pod,
+    and the host's process ids in them (the faults find a step's process by its pid file)."""
+    env = [f"SOAK_DIR={root}", "PYTHONDONTWRITEBYTECODE=1"]
+    return k8s.launcher_config(namespace(), [str(root)], env, pod_spec={"host_pid": True})
+
+
+def namespace() -> str:
+    return f"soak-{os.getpid()}"
+
+
 def write_homes(root: Path, launcher: str, url: str) -> tuple[Path, Path]:
     """Home ``a`` (Dagster's run queue: its daemon dequeues and launches) and ``b``; the same
     storage and monitor settings."""
-    launch = PROCESS_LAUNCHER if launcher == "process" else None
-    shared = {  # one place for the steps' outputs, whichever daemon's worker writes them
+    launch = {"process": PROCESS_LAUNCHER, "k8s": k8s_launcher(root)}.get(launcher)
+    shared: dict[str, Any] = {  # one place for the steps' outputs, whichever worker writes them
         "local_artifact_storage": {
             "module": "dagster._core.storage.root",
             "class": "LocalArtifactStorage",
             "config": {"base_dir": str(root / "artifacts")},
         }
     }
+    if launcher == "k8s":  # a pod's DAGSTER_HOME is its read-only ConfigMap
+        shared["compute_logs"] = NO_COMPUTE_LOG_CAPTURE
     homes = []
     # only ``a`` dequeues: Dagster's queue daemons do not share the queue (two would launch
     # a run twice), so ``b`` has the default coordinator
@@ -155,6 +171,42 @@ class Skewed:
         assert self.process.stdin is not None
         self.process.stdin.write(run_id + "\n")
         self.process.stdin.flush()
+
+
+class Namespace:
+    """The soak's namespace of the one-node cluster (scripts/k8s-cluster): the service
+    account run workers use, the instance ConfigMap; its pods' containers and the kubelet."""
+
+    def __init__(self, home: Path) -> None:
+        reason = k8s.cluster_unavailable()
+        if reason:
+            raise RuntimeError(reason)
+        self.name = namespace()
+        k8s.create_namespace(self.name)
+        k8s.put_instance_config_map(self.name, (home / "dagster.yaml").read_text())
+        self.core, self.batch, _ = k8s.apis()
+
+    def worker_pid(self, run_id: str) -> int:
+        """The host pid of the run's live run worker (its container's first process), or 0."""
+        for container in k8s.worker_containers(self.name, run_id):
+            pid = container.attrs.get("State", {}).get("Pid") or 0
+            if pid:
+                return int(pid)
+        return 0
+
+    def delete_step_pod(self, run_id: str, step: str) -> str:
+        """Delete the step's running pod through the API (its default grace period)."""
+        pods = self.core.list_namespaced_pod(
+            self.name, label_selector=f"dagster/run-id={run_id},dagster/op={step}"
+        ).items
+        running = [p for p in pods if p.status.phase == "Running"]
+        if not running:
+            raise ProcessLookupError(f"no running pod of step {step}")
+        self.core.delete_namespaced_pod(running[0].metadata.name, self.name)
+        return running[0].metadata.name
+
+    def delete(self) -> None:
+        k8s.delete_namespace(self.name)
 
 
 def start_database(soak_dir: Path) -> PrivateCluster:
