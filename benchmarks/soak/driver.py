@@ -16,6 +16,7 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from benchmarks.soak import faults as f
+from benchmarks.soak.cpu import CpuByKind
 from benchmarks.soak.jobs import IN_POD, job_name
 from benchmarks.soak.system import (
     HANG_TIMEOUT,
@@ -39,6 +40,9 @@ UNFINISHED = [
     DagsterRunStatus.STARTED,
     DagsterRunStatus.CANCELING,
 ]
+
+
+CPU_SAMPLE_SECONDS = 2.0
 
 
 @dataclass
@@ -153,7 +157,8 @@ class Driver:
         self.unfinished = 0
         self.memory: list[dict[str, Any]] = []
         self.skipped: dict[str, int] = {}
-        self.cpu: dict[str, float] = {}
+        self.cpu: dict[str, Any] = {}
+        self.cpu_by_kind = CpuByKind()
 
     # --- runs ---------------------------------------------------------------------------
 
@@ -306,6 +311,7 @@ class Driver:
         next_fault = start + self.rng.expovariate(1 / self.mean_gap)
         next_sample = start
         busy = busy_core_seconds()
+        next_cpu_sample = start
         while time.time() < end:
             self.step(self.keep_running)
             if time.time() >= next_fault:
@@ -314,10 +320,14 @@ class Driver:
             if time.time() >= next_sample:
                 self.sample_memory()
                 next_sample += 30
+            if time.time() >= next_cpu_sample:
+                self.cpu_by_kind.sample()
+                next_cpu_sample = time.time() + CPU_SAMPLE_SECONDS
             time.sleep(0.5)
         self.cpu = {
             "busy": busy_core_seconds() - busy,
             "available": (time.time() - start) * os.cpu_count(),
+            "by_kind": self.cpu_by_kind.totals(),
         }
         deadline = time.time() + drain_seconds
         while time.time() < deadline:

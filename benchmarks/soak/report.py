@@ -108,7 +108,13 @@ def markdown(result: dict) -> str:
         share = 100 * cpu["busy"] / cpu["available"]
         lines.append(
             f"- The machine's CPU while runs were submitted: {cpu['busy']:.0f} of "
-            f"{cpu['available']:.0f} core-seconds busy ({share:.0f}%)."
+            f"{cpu['available']:.0f} core-seconds busy ({share:.0f}%); by kind of process"
+            " (core-seconds, processes started): "
+            + ", ".join(
+                f"{kind} {v['core_seconds']:.0f} ({v['processes']})"
+                for kind, v in cpu.get("by_kind", {}).items()
+            )
+            + "."
         )
     lines += [
         "",
