@@ -6,11 +6,13 @@ other sinks nor the pass, and the monitor's own actions alerted once per run and
 import logging
 
 import pytest
+from dagster import DagsterInstance
 from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.events import DagsterEventType
+from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
-from dagster_run_monitor.config.parse import settings_from_config
+from dagster_run_monitor.config.parse import read_settings, settings_from_config
 from dagster_run_monitor.core import constants as c
 from dagster_run_monitor.daemon.monitor import RunMonitorDaemon
 from dagster_run_monitor_tests.support.launchers import HEALTH_TAG
@@ -354,3 +356,51 @@ def test_email_recipients_that_are_not_addresses_fail_at_start_up_naming_the_key
     with pytest.raises(DagsterInvalidConfigError) as raised:
         settings_from_config({"alerts": {"email": mail}})
     assert "run_monitoring.alerts.email.to" in "".join(str(e.message) for e in raised.value.errors)
+
+
+ALERTS_YAML = """
+instance_class:
+  module: dagster_run_monitor
+  class: RunMonitorInstance
+run_monitoring:
+  enabled: true
+  alerts:
+    {on_key}: [warning, failed]
+    slack: {{token: {{env: SLACK_TOKEN_FOR_TEST}}, channel: "#data-oncall"}}
+"""
+
+
+@pytest.mark.parametrize("on_key", ["on", '"on"'])
+def test_alerts_on_loads_as_people_write_it_quoted_or_not(tmp_path, monkeypatch, on_key):
+    """YAML reads an unquoted ``on:`` as the key true; both forms load with the real instance
+    class from a dagster.yaml as written (Dagster's validation failed on the unquoted one)."""
+    monkeypatch.setenv("SLACK_TOKEN_FOR_TEST", SECRET)
+    (tmp_path / "dagster.yaml").write_text(ALERTS_YAML.format(on_key=on_key))
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(tmp_path))) as instance:
+        settings = read_settings(instance)
+    assert settings.alerts.on == {"warning", "failed"}
+    assert settings.alerts.slack.token.value == SECRET
+
+
+@pytest.mark.parametrize(
+    ("alerts", "key", "why"),
+    [
+        ({"slak": {}}, "run_monitoring.alerts", "unknown key 'slak'"),
+        ({False: ["warning"]}, "run_monitoring.alerts", "quote off, no, yes in YAML"),
+        ({True: ["failed"], "on": ["warning"]}, "run_monitoring.alerts.on", "given twice"),
+        ({"slack": {"channel": "#x"}}, "run_monitoring.alerts.slack", "missing 'token'"),
+        (
+            {"slack": {"token": 12, "channel": "#x"}},
+            "run_monitoring.alerts.slack.token",
+            "expected ",
+        ),
+        ({"log": "maybe"}, "run_monitoring.alerts.log", "expected Bool"),
+    ],
+)
+def test_a_bad_alerts_key_fails_at_start_up_naming_it_without_the_secrets(alerts, key, why):
+    config = {"alerts": {**alerts, "webhook": {"url": f"https://hooks.example/{SECRET}"}}}
+    with pytest.raises(DagsterInvalidConfigError) as raised:
+        settings_from_config(config)
+    text = str(raised.value) + "".join(str(e.message) for e in raised.value.errors)
+    assert f"for {key}: " in text and why in text, text
+    assert SECRET not in text

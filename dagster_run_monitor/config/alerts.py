@@ -2,9 +2,20 @@
 Secrets take Dagster's ``{env: VAR}`` form or a plain string and are kept as ``Secret``."""
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
+from dagster._config import process_config, resolve_to_config_type
+from dagster._config.errors import (
+    FieldNotDefinedErrorData,
+    FieldsNotDefinedErrorData,
+    MissingFieldErrorData,
+    MissingFieldsErrorData,
+    RuntimeMismatchErrorData,
+)
+
+from dagster_run_monitor.config.schema import alerts_schema
 from dagster_run_monitor.core.alert_settings import (
     ALERT_EVENTS,
     PAGERDUTY_EVENTS_URL,
@@ -18,6 +29,56 @@ from dagster_run_monitor.core.alert_settings import (
     Slack,
     Webhook,
 )
+
+
+def read_alerts(raw: Any, invalid: Any) -> dict[str, Any]:
+    """``alerts:`` as written, checked against its schema (defaults filled in, ``{env: VAR}``
+    read). YAML 1.1 reads an unquoted ``on:`` as the key true: it is taken as ``on``."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise invalid("alerts", raw, "expected a mapping such as {on: [warning], slack: ...}")
+    config: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = "on" if key is True else key
+        if not isinstance(name, str):
+            raise invalid(
+                "alerts", key, "expected a key such as on or slack (quote off, no, yes in YAML)"
+            )
+        if name in config:
+            raise invalid("alerts.on", value, 'given twice (as on: and "on":)')
+        config[name] = value
+    result = process_config(resolve_to_config_type(alerts_schema().config_type), config)
+    if result.success:
+        return dict(result.value or {})
+    error = result.errors[0]  # type: ignore[index]
+    path = [e.field_name for e in error.stack.entries if hasattr(e, "field_name")]
+    value: Any = config
+    for name in path:
+        value = value.get(name) if isinstance(value, Mapping) else None
+    if (path and path[0] in SINKS) or isinstance(value, (Mapping, list)):
+        value = "***"  # a sink's block may hold a secret: never shown
+    raise invalid(".".join(["alerts", *path]), value, _why(error))
+
+
+def _why(error: Any) -> str:
+    """A Dagster validation error in a few words, without the value (it may be a secret)."""
+    data = error.error_data
+    if isinstance(data, (FieldNotDefinedErrorData, FieldsNotDefinedErrorData)):
+        names = getattr(data, "field_names", None) or [data.field_name]
+        return f"unknown key {', '.join(map(repr, names))}"
+    if isinstance(data, (MissingFieldErrorData, MissingFieldsErrorData)):
+        names = getattr(data, "field_names", None) or [data.field_name]
+        return f"missing {', '.join(map(repr, names))}"
+    if isinstance(data, RuntimeMismatchErrorData):
+        return f"expected {data.config_type_snap.given_name or data.config_type_snap.key}"
+    unset = _UNSET.search(error.message)
+    if unset:
+        return f"the environment variable {unset.group(1)} is not set"
+    return error.message.splitlines()[0]
+
+
+_UNSET = re.compile(r'environment variable "([^"]+)" which is not set')
 
 
 def alert_settings(config: Mapping[str, Any], invalid: Any) -> AlertSettings:

@@ -15,7 +15,7 @@ from dagster._config.errors import (
 from dagster._config.stack import EvaluationStackPathEntry, EvaluationStackRoot
 from dagster._core.errors import DagsterInvalidConfigError
 
-from dagster_run_monitor.config.alerts import alert_settings
+from dagster_run_monitor.config.alerts import alert_settings, read_alerts
 from dagster_run_monitor.config.schema import DAGSTER_KEYS
 from dagster_run_monitor.core.crash_cause import CAUSES
 from dagster_run_monitor.core.durations import parse_duration
@@ -81,7 +81,8 @@ def settings_from_config(
         "warn_after_fraction", config.get("warn_after_fraction")
     )
     values["resume_backoff"] = _backoff(config.get("resume_backoff") or {})
-    values["alerts"] = alert_settings(config.get("alerts") or {}, invalid_setting)
+    alerts = read_alerts(config.get("alerts"), invalid_setting)
+    values["alerts"] = alert_settings(alerts, invalid_setting)
     values.update(_metrics(config.get("metrics")))
     values["rules"] = tuple(_rule(i, rule) for i, rule in enumerate(config.get("rules") or [], 1))
     entries = config.get("crash_policy") or []
