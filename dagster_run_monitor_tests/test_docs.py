@@ -125,3 +125,19 @@ def test_the_reasons_table_lists_every_reason_the_code_writes():
     table = text.split("### `run_monitor/reason`: why the monitor acted", 1)[1].split("\n\n")[1]
     documented = set(re.findall(r"^\| `(\w+)` \|", table, re.M))
     assert documented == written
+
+
+def test_contributing_names_every_suite_module_and_benchmark():
+    """CONTRIBUTING.md's layout, test list and benchmark list keep up with the code."""
+    text = (ROOT / "CONTRIBUTING.md").read_text()
+    package = ROOT / "dagster_run_monitor"
+    missing = [p.name for p in (ROOT / "dagster_run_monitor_tests").glob("test_*.py")]
+    missing = [name for name in missing if name not in text]
+    for module in package.glob("*/*.py"):
+        if module.stem != "__init__" and f"`{module.stem}`" not in text:
+            missing.append(str(module.relative_to(ROOT)))
+    for bench in (ROOT / "benchmarks").iterdir():
+        if bench.name not in ("__init__.py", "RESULTS.md", "__pycache__"):
+            if bench.stem not in text:
+                missing.append(str(bench.relative_to(ROOT)))
+    assert missing == []

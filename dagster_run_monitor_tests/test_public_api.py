@@ -1,20 +1,15 @@
-"""What users write keeps working whatever the package's layout: the README's dagster.yaml
-and Python, the launcher's dagster.yaml of docs/launchers.md, the Helm overlay (loaded in
-test_helm.py), the public names and the dotted paths the docs gave."""
+"""What users write keeps working whatever the package's layout: the mixin's snippet, the
+public names and the dotted paths the docs gave (every dagster.yaml of the docs is loaded by
+test_docs.py, the Helm overlay by test_helm.py)."""
 
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
 from dagster import DagsterInstance
-from dagster._core.instance.ref import InstanceRef
 
 import dagster_run_monitor
-from dagster_run_monitor.config.parse import read_settings
-from dagster_run_monitor.core.constants import DAEMON_TYPE
 from dagster_run_monitor_tests.support.subprocesses import REPO_ROOT
 
 
@@ -23,56 +18,9 @@ def code_blocks(page: str, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
-def load(home: Path, config: dict) -> DagsterInstance:
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-
-
-def process_launcher(tmp_path: Path) -> dict:
-    block = next(b for b in code_blocks("docs/launchers.md", "yaml") if "ProcessRunLauncher" in b)
-    launcher = yaml.safe_load(block)["run_launcher"]
-    launcher["config"]["log_dir"] = str(tmp_path / "workers")  # the example's /var/log
-    return launcher
-
-
-def test_the_readmes_dagster_yaml_loads_unchanged(tmp_path):
-    """With a launcher that can resume (its max_resume_run_attempts: 3 is refused by
-    Dagster itself under the DefaultRunLauncher): the docs' ProcessRunLauncher."""
-    block = next(b for b in code_blocks("README.md", "yaml") if "instance_class:" in b)
-    config = yaml.safe_load(block)
-    assert config["instance_class"] == {
-        "module": "dagster_run_monitor",
-        "class": "RunMonitorInstance",
-    }
-    instance = load(tmp_path, {**config, "run_launcher": process_launcher(tmp_path)})
-    try:
-        assert type(instance) is dagster_run_monitor.RunMonitorInstance
-        assert DAEMON_TYPE in instance.get_required_daemon_types()
-        assert read_settings(instance).start_timeout_seconds == 180
-        assert type(instance.run_launcher) is dagster_run_monitor.ProcessRunLauncher
-    finally:
-        instance.dispose()
-
-
-def test_the_readmes_dagster_yaml_under_the_default_launcher_as_its_comment_says(tmp_path):
-    """Dagster refuses max_resume_run_attempts: 3 for a launcher that cannot resume; the
-    README's comment says to write 0 there, which loads."""
-    block = next(b for b in code_blocks("README.md", "yaml") if "instance_class:" in b)
-    assert "# 0 under Dagster's DefaultRunLauncher" in block
-    config = yaml.safe_load(block)
-    with pytest.raises(Exception, match="does not support resuming runs"):
-        load(tmp_path, config)
-    config["run_monitoring"]["max_resume_run_attempts"] = 0
-    instance = load(tmp_path, config)
-    try:
-        assert type(instance) is dagster_run_monitor.RunMonitorInstance
-        assert DAEMON_TYPE in instance.get_required_daemon_types()
-    finally:
-        instance.dispose()
-
-
-def test_the_readmes_mixin_snippet_runs():
-    block = next(b for b in code_blocks("README.md", "python") if "RunMonitorInstanceMixin" in b)
+def test_the_mixin_snippet_runs():
+    page = "docs/configuration.md"
+    block = next(b for b in code_blocks(page, "python") if "RunMonitorInstanceMixin" in b)
     namespace = {"MyExistingInstance": DagsterInstance}
     exec(block, namespace)
     assert issubclass(namespace["MyInstance"], dagster_run_monitor.RunMonitorInstanceMixin)
