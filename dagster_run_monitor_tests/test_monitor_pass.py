@@ -90,6 +90,21 @@ def test_a_launch_stamped_by_a_clock_ten_minutes_behind_is_not_timed_out_early(
     assert tags_of(instance, run.run_id)[c.REASON_TAG] == c.REASON_START_TIMEOUT
 
 
+def test_a_fresh_daemon_never_times_out_a_start_before_the_run_was_created(
+    instance, workspace_context
+):
+    """Found by the soak: a daemon restarted a moment before has no earlier pass to bound the
+    launch time by; the launching host's clock, 10 minutes behind, stamped STARTING 600 s
+    ago, and the run was failed for its start timeout 6 s after the database created it. No
+    status begins before the run's creation (the database's clock)."""
+    run = make_run(instance, S.NOT_STARTED, created=T0 - 6)
+    with at(T0 - 600):  # the launcher's clock
+        report(instance, run, DagsterEventType.PIPELINE_STARTING)
+    with workspace_context(instance) as ctx:
+        assert monitor_pass(instance, ctx, T0, RunMonitorDaemon.from_instance(instance)) == []
+    assert status_of(instance, run.run_id) == S.STARTING
+
+
 def test_not_started_run_times_out_from_its_creation(instance, workspace_context):
     run = make_run(instance, S.NOT_STARTED, created=T0 - 180)
     with workspace_context(instance) as ctx:

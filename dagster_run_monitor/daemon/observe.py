@@ -153,13 +153,14 @@ def observe(
         quiet = quiet_since(workers.get(run_id, ()))
         if quiet is not None and run_id in last_event:
             quiet = max(quiet, last_event[run_id])
-        at_least = _not_before(entered.get(run_id))  # another host's clock may be behind
+        created = record.create_timestamp.timestamp()  # by the database, not another host
+        at_least = _not_before(max(entered.get(run_id) or created, created))
         facts.append(
             RunFacts(
                 run_id=run_id,
                 job_name=record.dagster_run.job_name,
                 status=record.dagster_run.status,
-                created_at=at_least(record.create_timestamp.timestamp()),
+                created_at=created,
                 updated_at=at_least(record.update_timestamp.timestamp()),
                 tags=record.dagster_run.tags,
                 started_at=at_least(record.start_time),
@@ -190,8 +191,9 @@ def observe(
 
 
 def _not_before(bound: float | None):
-    """``t`` no earlier than ``bound``: when this daemon saw the run's status begin at the
-    earliest (``RunReader.entered_after``), as times written by other hosts may be behind."""
+    """``t`` no earlier than ``bound``: the run's creation (the database's clock), or later,
+    when this daemon saw the run's status begin at the earliest (``RunReader.entered_after``),
+    as times written by other hosts may be behind."""
 
     def at_least(t):
         return t if t is None or bound is None else max(t, bound)
