@@ -77,13 +77,14 @@ def _once(context: OpExecutionContext, what: str) -> bool:
 
 def _run_worker_pid() -> int:
     """The run worker: this step's parent (a step process's, a multiprocess child's); 0 in a
-    step pod, whose parent is its container's runtime."""
+    step pod, whose parent is its container's runtime (a shim whose command line may name
+    this machine's Docker directory, so the run worker is told by its command)."""
     parent = os.getppid()
     try:
         argv = Path(f"/proc/{parent}/cmdline").read_bytes()
     except OSError:
         return 0
-    return parent if b"dagster" in argv else 0
+    return parent if b"execute_run" in argv or b"resume_run" in argv else 0
 
 
 def _oom(cgroup: str) -> None:
