@@ -129,7 +129,7 @@ def make_run(
     status: DagsterRunStatus,
     *,
     tags: dict[str, str] | None = None,
-    created: float = T0 - 1000,
+    created: float | None = None,
     launched: float | None = None,
     started: float | None = None,
     canceling: float | None = None,
@@ -140,7 +140,12 @@ def make_run(
 ) -> DagsterRun:
     """A run brought to ``status`` through the events Dagster writes, at the given times.
     ``job_def`` stores its execution plan (op tags); ``location`` names its code location;
-    ``code_origin`` (a ``JobPythonOrigin``, with ``job_def``) is what launchers resume."""
+    ``code_origin`` (a ``JobPythonOrigin``, with ``job_def``) is what launchers resume. It is
+    created at ``created`` (by default ``T0 - 1000``, or before the earliest time given: no
+    run starts before it exists)."""
+    if created is None:
+        given = [t for t in (launched, started, canceling) if t is not None]
+        created = min([T0 - 1000, *(t - 3 for t in given)])
     first = DagsterRunStatus.QUEUED if status == DagsterRunStatus.QUEUED else None
     origin = remote_origin(job_def.name if job_def else job_name, location or "test_location")
     with at(created):
