@@ -210,6 +210,21 @@ def test_a_canceled_runs_interrupted_step_is_no_crash():
     assert decide_failed_run(failed(ended), settings(), NOW).events == ()
 
 
+@pytest.mark.parametrize(
+    "reason",
+    [c.REASON_MAX_RUNTIME, c.REASON_HUNG, c.REASON_STALLED, c.REASON_STEP_TIMEOUT],
+)
+def test_a_run_the_monitor_failed_for_a_limit_is_never_retried(reason):
+    """Found by the soak on the cluster: a run failed for its max runtime had a step worker
+    killed just before (its resumed run worker's), and the step retry ran it all again: the
+    limit undone by a retry. The cause is still written; the verdict stands."""
+    run = failed(HEALTH, causes={0: message_cause(HEALTH)}, tags={c.REASON_TAG: reason})
+    verdict = decide_failed_run(run, settings(), NOW)
+    assert verdict.retry is None
+    assert verdict.events == (("train", "Step 'train' worker died (cause: signal, SIGKILL)."),)
+    assert verdict.note == c.step_retry_after_limit_message(reason)
+
+
 def test_the_retry_waits_for_its_backoff():
     block = {"resume_backoff": {"initial_seconds": 60}}
     verdict = decide_failed_run(failed(HEALTH), settings(**block), NOW)

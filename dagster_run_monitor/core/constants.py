@@ -238,6 +238,14 @@ def step_retry_refused_message(step: str, cause: str, rule: str) -> str:
     return f"Not retrying: step '{step}' died ({cause}) and {rule} says fail."
 
 
+# The monitor's verdicts on a run that a step retry would undo (the run ran all again).
+LIMIT_REASONS = (REASON_MAX_RUNTIME, REASON_HUNG, REASON_STALLED, REASON_STEP_TIMEOUT)
+
+
+def step_retry_after_limit_message(reason: str) -> str:
+    return f"Not retrying: the monitor failed this run ({reason}); a retry would undo its verdict."
+
+
 def step_retries_used_message(cause: str, budget: int) -> str:
     return (
         f"Not retrying: a step died ({cause}), but the run's group has used all"

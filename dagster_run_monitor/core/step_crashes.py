@@ -224,6 +224,9 @@ def decide_failed_run(run: FailedRun, settings: MonitorSettings, now: float) -> 
     failed = [crash for crash in crashes if not crash.end.retried and crash.end in last.values()]
     if not settings.step_retries.enabled or not failed:
         return StepVerdict(events)
+    verdict = run.tags.get(c.REASON_TAG, "")
+    if verdict in c.LIMIT_REASONS:  # a step killed with its run for a limit, or just before
+        return StepVerdict(events, note=c.step_retry_after_limit_message(verdict))
     by_code = [k for k, e in last.items() if e is not None and kind_of(e) == CODE]
     if by_code:  # (a step interrupted by a cancel is neither: it runs again in the retry)
         steps = ", ".join(f"'{key}'" for key in by_code)
