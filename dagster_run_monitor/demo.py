@@ -90,13 +90,16 @@ def main() -> int:
 def story(instance: DagsterInstance, env: dict, home: Path) -> bool:
     wait_for(lambda: c.DAEMON_TYPE in instance.get_daemon_heartbeats(), 60, "the daemon")
     say(f"dagster-daemon run is up; its monitor daemon is {c.DAEMON_TYPE}.")
-    subprocess.run(
+    launch = subprocess.run(
         [str(BIN / "dagster"), "job", "launch", "-m", MODULE, "-j", "crash_demo"],
         env=env,
         cwd=home,
-        check=True,
         capture_output=True,
+        text=True,
     )
+    if launch.returncode != 0:  # say why, instead of a bare CalledProcessError
+        say(f"dagster job launch failed (exit {launch.returncode}):\n{launch.stderr[-3000:]}")
+        return False
     (run,) = instance.get_runs(limit=1)
     say(f"Submitted run {run.run_id} of job crash_demo: 4 steps, each its own process.")
 
