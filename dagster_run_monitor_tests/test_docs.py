@@ -141,3 +141,22 @@ def test_contributing_names_every_suite_module_and_benchmark():
             if bench.stem not in text:
                 missing.append(str(bench.relative_to(ROOT)))
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "config",
+    sorted((ROOT / "docs").glob("*/*.yaml")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_every_page_the_helm_and_observability_files_name_resolves(config):
+    """The overlays and the alert rules name pages of the repository (``docs/x.md#anchor``)
+    in comments and runbook annotations: each page exists, with that heading."""
+    broken = []
+    for target in re.findall(r"\bdocs/[\w/.-]+\.md(?:#[\w-]+)?", config.read_text()):
+        path, _, anchor = target.partition("#")
+        page = ROOT / path
+        if not page.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and anchor not in anchors(page):
+            broken.append(f"{target}: no heading with that anchor")
+    assert broken == []
