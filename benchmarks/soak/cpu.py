@@ -1,7 +1,8 @@
-"""Where the machine's CPU goes during the soak: every process's CPU time (utime + stime from
-/proc), sampled every few seconds, summed by kind of process (a daemon, a code server, a run
-worker, a step process, ...). A process is counted from its start if it was first seen after
-the first sample; what it spent after the last sample it was seen in is missed."""
+"""Where the machine's CPU goes during the soak: the machine's busy time (/proc/stat), and
+every process's CPU time (utime + stime from /proc), sampled every few seconds, summed by kind
+of process (a daemon, a code server, a run worker, a step process, ...). A process is counted
+from its start if it was first seen after the first sample; what it spent after the last
+sample it was seen in is missed."""
 
 import os
 from collections import Counter
@@ -32,6 +33,12 @@ def kind_of(argv: bytes) -> str:
         if needle in argv:
             return kind
     return "other"
+
+
+def busy_core_seconds() -> float:
+    """The machine's CPU time so far, all cores, idle and iowait left out (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
 
 
 Process = tuple[int, int]  # its pid and start time: a pid is reused

@@ -16,7 +16,7 @@ from dagster import DagsterInstance
 from dagster._core.storage.dagster_run import DagsterRunStatus, RunsFilter
 
 from benchmarks.soak import faults as f
-from benchmarks.soak.cpu import CpuByKind
+from benchmarks.soak.cpu import CpuByKind, busy_core_seconds
 from benchmarks.soak.jobs import IN_POD, job_name
 from benchmarks.soak.system import (
     HANG_TIMEOUT,
@@ -358,12 +358,6 @@ class Driver:
             action()
         except Exception as error:
             logger.warning("soak driver: %s", str(error).splitlines()[0] if str(error) else error)
-
-
-def busy_core_seconds() -> float:
-    """The machine's CPU time so far, all cores, idle and iowait left out (/proc/stat)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class Cgroups:
