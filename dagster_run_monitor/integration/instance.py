@@ -105,7 +105,12 @@ class RunMonitorInstanceMixin:
         """Dagster's; a run failure that step retries will decide is tagged
         ``dagster/will_retry: false`` before it is stored (Dagster's run-retry daemon reads a
         failure as soon as it is stored, and decides by itself if the tag is not there yet); a
-        step worker starts its heartbeat at STEP_WORKER_STARTED."""
+        step worker starts its heartbeat at STEP_WORKER_STARTED; a worker whose run was taken
+        over while it was stopped writes nothing (``beats.fenced``)."""
+        from dagster_run_monitor.worker import beats
+
+        if beats.fenced(self):
+            return
         dagster_event = event.get_dagster_event() if event.is_dagster_event else None
         if dagster_event is not None and dagster_event.event_type == DagsterEventType.RUN_CANCELED:
             event = self._stopped_for_failure(event, dagster_event)
@@ -113,8 +118,6 @@ class RunMonitorInstanceMixin:
             if self.run_retries_enabled and self._left_to_step_retries(event.run_id):  # type: ignore[attr-defined]
                 self.add_run_tags(event.run_id, {WILL_RETRY_TAG: "false"})
         super().handle_new_event(event, **kwargs)  # type: ignore[misc]
-        from dagster_run_monitor.worker import beats
-
         beats.event_handled(self, event)
 
     def _stopped_for_failure(self, event: Any, dagster_event: DagsterEvent) -> Any:

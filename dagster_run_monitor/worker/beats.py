@@ -6,18 +6,26 @@ worker ("Started process for run", with this pid: ``dagster api execute_run`` an
 ``resume_run``, and the code server's run subprocess) or as a step's (STEP_WORKER_STARTED with
 this pid: the multiprocess executor's children, ``dagster api execute_step``); stopped when
 that instance is disposed. One per process; inert unless ``worker_heartbeats`` is on, and
-nothing here ever raises into the run."""
+nothing here ever raises into the run.
+
+A worker stopped for a while (a partition, a frozen node: SIGSTOP) may have had its run taken
+over or ended meanwhile; when it runs again, it may write an event before its watcher's next
+beat stops it (a pending SIGTERM runs Dagster's handler at once). So once its sampling thread
+is seen late, the worker reads its row before it writes: a row that is no longer its own
+(``fenced``, or a new worker's) drops the event and stops the worker, as its watcher would."""
 
 import functools
 import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import socket
 import subprocess
 import sys
 import sysconfig
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +59,9 @@ class Heartbeat:
         self.owner = id(instance)  # the instance whose dispose stops it
         self.steps: set[str] = set()
         self.interval = interval
+        self.due = time.monotonic() + min(FIRST_SAMPLE_SECONDS, interval)  # the next sample
+        self.suspect = False  # a sample came late: the worker may have been stopped
+        self.fenced = False
         self._stop = threading.Event()
         database, target = run_storage_database(instance)  # type: ignore[misc]
         self.process = subprocess.Popen(
@@ -61,10 +72,11 @@ class Heartbeat:
             close_fds=True,
         )
         token = os.urandom(8).hex()
+        self.key, self.prefix = beat_key(run_id, worker), token + "|"
         settings = {
             "database": database,
             "target": target,
-            "key": beat_key(run_id, worker),
+            "key": self.key,
             "stack_key": stack_key(run_id, worker),
             "memory_key": memory_key(run_id, worker, token),
             "token": token,
@@ -89,13 +101,32 @@ class Heartbeat:
             self._stop.set()
 
     def _sample(self) -> None:
-        wait = min(FIRST_SAMPLE_SECONDS, self.interval)  # once the worker is under way
-        while not self._stop.wait(wait):
+        wait = self.due - time.monotonic()  # once the worker is under way
+        while not self._stop.wait(max(0.0, wait)):
+            if self._late():
+                self.suspect = True
             try:
                 self._send(json.dumps(sample(threading.get_ident(), self.steps)))
             except Exception:
                 pass
             wait = self.interval
+            self.due = time.monotonic() + wait
+
+    def _late(self) -> bool:
+        """The sample is overdue by half an interval: the process may have been stopped (the
+        monitor takes a run over after ``timeout_seconds``, at least two intervals)."""
+        return time.monotonic() - self.due > self.interval / 2
+
+    def taken_over(self, instance: Any) -> bool:
+        """After a late sample: whether this worker's row is no longer its own (one read, then
+        none until a sample is late again)."""
+        if self._stop.is_set():  # no watcher, no sampling: nothing to go by
+            return self.fenced
+        if not self.fenced and (self.suspect or self._late()):
+            self.suspect = False
+            value = instance.run_storage.get_cursor_values({self.key}).get(self.key)
+            self.fenced = value is not None and not value.startswith(self.prefix)
+        return self.fenced
 
     def stop(self) -> None:
         self._stop.set()
@@ -197,6 +228,20 @@ def event_handled(instance: Any, event: Any) -> None:
         beating.steps.add(dagster_event.step_key)
     elif kind in STEP_ENDS:
         beating.steps.discard(dagster_event.step_key)
+
+
+def fenced(instance: Any) -> bool:
+    """Whether this worker must not write: its run was taken over or ended while it was
+    stopped; then it stops (SIGKILL), as its watcher would at its next beat. False on any
+    error (no evidence)."""
+    beating = _BEATING.get(os.getpid())
+    try:
+        if beating is None or not beating.taken_over(instance):
+            return False
+    except Exception:
+        return False
+    os.kill(os.getpid(), signal.SIGKILL)
+    return True
 
 
 @guest
