@@ -6,6 +6,7 @@ import dagster._daemon.controller as controller
 import pytest
 from dagster import DagsterInstance
 from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.events import DagsterEvent, DagsterEventType
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.storage.dagster_run import DagsterRunStatus as S
 from dagster._core.test_utils import instance_for_test
@@ -192,3 +193,69 @@ def test_resumes_crash_policy_did_not_count_leave_the_attempts_to_a_stopping_wor
         assert instance.run_will_resume(run.run_id)  # 0 of 1 counted attempts used
         instance.report_engine_event(c.RESUME_RUN_LOG_MESSAGE, run)  # a counted one
         assert not instance.run_will_resume(run.run_id)  # 1 of 1; uncounted 2 of 2
+
+
+WORKER_PID = 4242  # an event with a pid is a worker's; the daemon's and the UI's have none
+
+
+def worker_end(instance: DagsterInstance, run, event_type: DagsterEventType, message: str) -> None:
+    """What a run worker writes at its run's end, through the instance's event path."""
+    event = DagsterEvent(
+        event_type_value=event_type.value, job_name=run.job_name, message=message, pid=WORKER_PID
+    )
+    instance.report_dagster_event(event, run.run_id)
+
+
+def ends(instance: DagsterInstance, run_id: str) -> list[str]:
+    ended = (
+        DagsterEventType.RUN_SUCCESS,
+        DagsterEventType.RUN_FAILURE,
+        DagsterEventType.RUN_CANCELED,
+    )
+    return [
+        e.dagster_event.event_type_value
+        for e in instance.all_logs(run_id)
+        if e.dagster_event and e.dagster_event.event_type in ended
+    ]
+
+
+@pytest.mark.parametrize(
+    "worker_ends", [DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS]
+)
+def test_a_worker_ending_a_run_the_monitor_already_ended_writes_an_engine_event(
+    make_instance, worker_ends
+):
+    """The monitor failed a hung run and its worker, told to stop, wrote its own RUN_FAILURE
+    after it (seen by the soak on Kubernetes: two terminal events): a worker's end of a run
+    that has ended is an engine event; the run has one end, the monitor's."""
+    with make_instance() as instance:
+        run = make_run(instance, S.STARTED)
+        instance.report_run_failed(run, "Run hung: ...")  # the daemon's: no pid
+        worker_end(instance, run, worker_ends, "Execution of run failed.")
+        assert status_of(instance, run.run_id) == S.FAILURE
+        assert ends(instance, run.run_id) == ["PIPELINE_FAILURE"]
+        last = instance.all_logs(run.run_id)[-1]
+        assert last.dagster_event.event_type == DagsterEventType.ENGINE_EVENT
+        assert last.message == (
+            "The run had already ended (FAILURE) when its worker (pid 4242) ended it: Execution"
+            " of run failed."
+        )
+
+
+def test_a_worker_failing_a_run_the_monitor_is_failing_leaves_the_end_to_the_monitor(
+    make_instance,
+):
+    """A worker's RUN_FAILURE while the monitor is failing its run (tagged
+    ``run_monitor/failing``, CANCELING) is an engine event, as its RUN_CANCELED is: the
+    monitor writes the one end."""
+    with make_instance() as instance:
+        run = make_run(instance, S.STARTED)
+        instance.add_run_tags(run.run_id, {c.FAILING_TAG: c.REASON_HUNG})
+        instance.report_run_canceling(run, message="Run hung: ...")
+        worker_end(instance, run, DagsterEventType.RUN_FAILURE, "Execution of run failed.")
+        assert status_of(instance, run.run_id) == S.CANCELING
+        assert ends(instance, run.run_id) == []
+        assert instance.all_logs(run.run_id)[-1].message == (
+            "Execution stopped: the run monitor is failing this run (hung) and writes its end."
+            " The worker's own end: Execution of run failed."
+        )
