@@ -18,10 +18,14 @@ from dagster_run_monitor.config.schema import run_monitoring_config_field
 from dagster_run_monitor.core.constants import (
     DAEMON_TYPE,
     FAILING_TAG,
+    ended_before_message,
     stopped_for_failure_message,
 )
 
 BUILTIN_MONITORING_DAEMON = "MONITORING"
+RUN_ENDS = frozenset(
+    {DagsterEventType.RUN_CANCELED, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS}
+)
 
 
 class RunMonitorInstanceMixin:
@@ -112,26 +116,35 @@ class RunMonitorInstanceMixin:
         if beats.fenced(self):
             return
         dagster_event = event.get_dagster_event() if event.is_dagster_event else None
-        if dagster_event is not None and dagster_event.event_type == DagsterEventType.RUN_CANCELED:
-            event = self._stopped_for_failure(event, dagster_event)
+        if dagster_event is not None and dagster_event.event_type in RUN_ENDS:
+            event = self._one_end(event, dagster_event)
+            dagster_event = event.get_dagster_event()
         if dagster_event is not None and dagster_event.is_run_failure:
             if self.run_retries_enabled and self._left_to_step_retries(event.run_id):  # type: ignore[attr-defined]
                 self.add_run_tags(event.run_id, {WILL_RETRY_TAG: "false"})
         super().handle_new_event(event, **kwargs)  # type: ignore[misc]
         beats.event_handled(self, event)
 
-    def _stopped_for_failure(self, event: Any, dagster_event: DagsterEvent) -> Any:
-        """A worker's RUN_CANCELED for a run the monitor is failing (``FAILING_TAG``) becomes
-        an engine event: the monitor writes the run's one end, FAILURE (Dagster's sequence has
+    def _one_end(self, event: Any, dagster_event: DagsterEvent) -> Any:
+        """A worker's end of its run (RUN_CANCELED, RUN_FAILURE, RUN_SUCCESS) becomes an engine
+        event where the run has ended already, or where the monitor is failing it
+        (``FAILING_TAG``: the monitor writes the run's one end, FAILURE; Dagster's sequence has
         both). Events the daemon or the UI write (no pid) are kept; never raises."""
         if dagster_event.pid is None:
             return event
         try:
             run = self.get_run_by_id(event.run_id)  # type: ignore[attr-defined]
-            reason = run.tags.get(FAILING_TAG) if run is not None else None
-            if not reason:
+            if run is None:
                 return event
-            message = stopped_for_failure_message(reason)
+            own = dagster_event.message or ""
+            if run.is_finished:
+                message = ended_before_message(run.status.value, dagster_event.pid, own)
+            elif run.tags.get(FAILING_TAG):
+                message = stopped_for_failure_message(run.tags[FAILING_TAG])
+                if dagster_event.event_type != DagsterEventType.RUN_CANCELED and own:
+                    message += f" The worker's own end: {own}"
+            else:
+                return event
             engine = DagsterEvent(
                 event_type_value=DagsterEventType.ENGINE_EVENT.value,
                 job_name=dagster_event.job_name,
