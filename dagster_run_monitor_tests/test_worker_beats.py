@@ -4,16 +4,22 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from dagster import MetadataValue
+from dagster._core.storage.dagster_run import DagsterRunStatus as S
 
 from dagster_run_monitor.core.heartbeats import RUN_WORKER
 from dagster_run_monitor.launchers.process.processes import is_alive
-from dagster_run_monitor.storage.heartbeats import read_beats, take_over
+from dagster_run_monitor.storage.heartbeats import forget, read_beats, take_over
 from dagster_run_monitor.worker import beats
+from dagster_run_monitor_tests.support.frozen_worker import CHILD
 from dagster_run_monitor_tests.support.home import load_instance, write_home
+from dagster_run_monitor_tests.support.runs import make_run, messages
 from dagster_run_monitor_tests.support.subprocesses import process_env, wait_until
+
+FROZEN_WORKER = "dagster_run_monitor_tests.support.frozen_worker"
 
 QUICK = {"worker_heartbeats": {"interval_seconds": 1, "timeout_seconds": 5}}
 
@@ -107,3 +113,75 @@ def test_a_worker_dead_before_its_first_beat_never_writes_over_the_monitors_row(
     else:
         assert beat.ended and beat.pid == worker.pid
     instance.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["run", "child"])
+def test_a_thawed_worker_whose_run_was_taken_over_or_ended_elsewhere_writes_nothing(
+    tmp_path, postgres_database, kind
+):
+    """A worker stopped (SIGSTOP) while its run was taken over, its watcher still stopped when
+    it runs again, writes no event and stops (found by the soak on Kubernetes):
+    - ``run``: the run ended elsewhere meanwhile (a resumed worker failed it, and the daemon
+      removed the run's rows): no row is left to be fenced;
+    - ``child``: a ``multiprocess`` child whose run was resumed: its row removed (a child is
+      never adopted) and its run worker's fenced.
+    On PostgreSQL: a watcher stopped while it writes would hold a SQLite database's lock."""
+    home = write_home(tmp_path / "home", QUICK, "postgres")
+    instance = load_instance(home)
+    run = make_run(instance, S.STARTED)
+    name = RUN_WORKER if kind == "run" else CHILD
+    written = f"written by {name}"
+    fifo = tmp_path / "tell"
+    os.mkfifo(fifo)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", FROZEN_WORKER, run.run_id, kind, str(fifo)],
+        env=process_env(home),
+        start_new_session=True,
+    )
+    tell = open(fifo, "w")  # noqa: SIM115 (open until the worker has read its last line)
+
+    def write() -> None:
+        tell.write("write\n")
+        tell.flush()
+
+    stopped: list[int] = []
+    try:
+        write()  # while its run is its own, it writes
+        wait_until(lambda: written in messages(instance, run.run_id), 60, "the first event")
+        [beat] = wait_until(
+            lambda: [b for b in rows(instance, run.run_id) if b.worker == name], 30, "its beat"
+        )
+        stopped = [beat.pid, *children(beat.pid)]  # the worker and its watcher
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        if kind == "run":
+            instance.report_run_failed(instance.get_run_by_id(run.run_id), "Failed elsewhere.")
+            forget(instance, [run.run_id])
+        else:
+            take_over(instance, run.run_id, time.time())
+        time.sleep(3 * QUICK["worker_heartbeats"]["interval_seconds"])  # longer than it may
+        os.kill(beat.pid, signal.SIGCONT)  # its watcher stays stopped
+        write()
+        wait_until(
+            lambda: not is_alive(beat.pid) or messages(instance, run.run_id).count(written) > 1,
+            30,
+            "the thawed worker to stop, or to write",
+        )
+        assert messages(instance, run.run_id).count(written) == 1
+        assert not is_alive(beat.pid)
+    finally:
+        tell.close()
+        os.killpg(worker.pid, signal.SIGKILL)
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        worker.wait(10)
+        instance.dispose()
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as found:
+        return [int(child) for child in found.read().split()]
