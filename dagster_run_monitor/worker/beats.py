@@ -11,8 +11,11 @@ nothing here ever raises into the run.
 A worker stopped for a while (a partition, a frozen node: SIGSTOP) may have had its run taken
 over or ended meanwhile; when it runs again, it may write an event before its watcher's next
 beat stops it (a pending SIGTERM runs Dagster's handler at once). So once its sampling thread
-is seen late, the worker reads its row before it writes: a row that is no longer its own
-(``fenced``, or a new worker's) drops the event and stops the worker, as its watcher would."""
+is seen late, the worker reads its rows before it writes, and drops the event and stops (as
+its watcher would) where its run is no longer its own: its row fenced or a new worker's; its
+row gone and its run ended by another; for a ``multiprocess`` child, which is never adopted,
+its run worker's row fenced or a new run worker's (the run worker's token is in the
+environment its children inherit)."""
 
 import functools
 import hashlib
@@ -46,6 +49,8 @@ LINES = 30  # of stacks in a beat
 FRAMES_PER_THREAD = 12
 FIRST_SAMPLE_SECONDS = 1.0
 STEP_ENDS = frozenset({"STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED", "STEP_UP_FOR_RETRY"})
+RUN_ENDS = frozenset({"PIPELINE_SUCCESS", "PIPELINE_FAILURE", "PIPELINE_CANCELED"})
+RUN_WORKER_TOKEN = "DAGSTER_RUN_MONITOR_RUN_WORKER_TOKEN"  # for its multiprocess children
 _STDLIB = tuple(
     p for p in {sysconfig.get_paths().get("stdlib"), sysconfig.get_paths().get("platstdlib")} if p
 )
@@ -62,6 +67,9 @@ class Heartbeat:
         self.due = time.monotonic() + min(FIRST_SAMPLE_SECONDS, interval)  # the next sample
         self.suspect = False  # a sample came late: the worker may have been stopped
         self.fenced = False
+        self.ended_run = False  # this process wrote its run's end
+        self.run_id = run_id
+        self.parent_token: str | None = None  # a multiprocess child's run worker's
         self._stop = threading.Event()
         database, target = run_storage_database(instance)  # type: ignore[misc]
         self.process = subprocess.Popen(
@@ -84,10 +92,13 @@ class Heartbeat:
             "host": socket.gethostname(),
             "interval": interval,
         }
-        if worker != RUN_WORKER:
+        if worker == RUN_WORKER:
+            os.environ[RUN_WORKER_TOKEN] = token
+        else:
             settings["run_key"] = beat_key(run_id)  # read once, before its first beat
             if multiprocessing.parent_process() is not None:
                 settings["parent"] = os.getppid()  # a multiprocess child: useless orphaned
+                self.parent_token = os.environ.get(RUN_WORKER_TOKEN)
         self._send(json.dumps(settings))
         self._thread = threading.Thread(target=self._sample, name="run_monitor_heartbeat")
         self._thread.daemon = True
@@ -118,15 +129,27 @@ class Heartbeat:
         return time.monotonic() - self.due > self.interval / 2
 
     def taken_over(self, instance: Any) -> bool:
-        """After a late sample: whether this worker's row is no longer its own (one read, then
-        none until a sample is late again)."""
+        """After a late sample: whether this worker's run is no longer its own (one read, two
+        where its row is gone; then none until a sample is late again)."""
         if self._stop.is_set():  # no watcher, no sampling: nothing to go by
             return self.fenced
         if not self.fenced and (self.suspect or self._late()):
             self.suspect = False
-            value = instance.run_storage.get_cursor_values({self.key}).get(self.key)
-            self.fenced = value is not None and not value.startswith(self.prefix)
+            self.fenced = self._read_fence(instance)
         return self.fenced
+
+    def _read_fence(self, instance: Any) -> bool:
+        run_key = beat_key(self.run_id)
+        rows = instance.run_storage.get_cursor_values({self.key, run_key})
+        own, run_worker = rows.get(self.key), rows.get(run_key)
+        if own is not None and not own.startswith(self.prefix):
+            return True  # fenced, or a new worker's
+        if self.parent_token and run_worker and not run_worker.startswith(self.parent_token):
+            return True  # a multiprocess child whose run worker's row is fenced, or a new one's
+        if own is None and not self.ended_run:  # the run's rows go when it ends
+            run = instance.get_run_by_id(self.run_id)
+            return run is not None and run.is_finished
+        return False
 
     def stop(self) -> None:
         self._stop.set()
@@ -222,6 +245,8 @@ def event_handled(instance: Any, event: Any) -> None:
     if kind == "STEP_WORKER_STARTED" and dagster_event.pid == os.getpid():
         start(instance, event.run_id, STEP_WORKER_PREFIX + (dagster_event.step_key or "steps"))
     beating = _BEATING.get(os.getpid())
+    if beating is not None and kind in RUN_ENDS and dagster_event.pid == os.getpid():
+        beating.ended_run = True
     if beating is None or not dagster_event.step_key:
         return
     if kind == "STEP_START":

@@ -19,10 +19,10 @@ an upsert; the stacks' row is written only when they change. A beat that cannot 
 written is tried again at the next interval. A row found taken over (another token, or
 ``fenced``: the monitor gave the run to a new worker) stops the worker with SIGKILL, so a
 worker cut off by a partition writes nothing more once it is back; a row found deleted (the run
-ended) stops the watcher. A ``multiprocess`` child (``parent`` in its settings) whose run worker
-died is stopped at once: nothing takes its results, and a resume runs its step again. A step
-worker whose first beat comes after the monitor ended its run (the run worker's row fenced
-``ended``) stops too."""
+ended) stops the watcher, and a ``multiprocess`` child (never adopted by a resumed worker). A
+``multiprocess`` child (``parent`` in its settings) whose run worker died is stopped at once:
+nothing takes its results, and a resume runs its step again. A step worker whose first beat
+comes after the monitor ended its run (the run worker's row fenced ``ended``) stops too."""
 
 import json
 import os
@@ -186,6 +186,8 @@ class Watcher:
         row = self.rows.run("SELECT value FROM kvs WHERE key = ?", (self.s["key"],))
         if row is not None and not str(row[0]).startswith(self.prefix):
             kill(self.s["pid"])  # taken over: the run has another worker, or it ended
+        elif row is None and self.s.get("parent") is not None:
+            kill(self.s["pid"])  # a multiprocess child's row goes when its run is taken over
         return False
 
     def run_ended(self) -> bool:
