@@ -78,13 +78,30 @@ def _once(context: OpExecutionContext, what: str) -> bool:
 def _run_worker_pid() -> int:
     """The run worker: this step's parent (a step process's, a multiprocess child's); 0 in a
     step pod, whose parent is its container's runtime (a shim whose command line may name
-    this machine's Docker directory, so the run worker is told by its command)."""
+    this machine's Docker directory, so the run worker is told by its command: ``dagster api
+    execute_run`` or ``resume_run``, or under DefaultRunLauncher a code server's
+    ``multiprocessing`` child)."""
     parent = os.getppid()
+    argv = _command(parent)
+    if b"execute_run" in argv or b"resume_run" in argv:
+        return parent
+    if b"spawn_main" in argv and b"api\0grpc" in _command(_parent_of(parent)):
+        return parent
+    return 0
+
+
+def _command(pid: int) -> bytes:
     try:
-        argv = Path(f"/proc/{parent}/cmdline").read_bytes()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
+        return b""
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
         return 0
-    return parent if b"execute_run" in argv or b"resume_run" in argv else 0
 
 
 def _oom(cgroup: str) -> None:
