@@ -400,13 +400,18 @@ def test_no_resume_when_the_user_terminates_during_the_pass(instance, workspace_
 # --- isolation ---------------------------------------------------------------------------
 
 
-def test_an_error_on_one_run_is_reported_and_the_others_are_handled(instance, workspace_context):
+def test_an_error_on_one_run_is_reported_and_the_others_are_handled(
+    instance, workspace_context, caplog
+):
     broken = make_run(instance, S.STARTED, tags={HEALTH_TAG: "FAILED", RESUME_RAISE_TAG: "1"})
     fine = make_run(instance, S.STARTING, launched=T0 - 500)
-    with workspace_context(instance) as ctx:
+    with workspace_context(instance) as ctx, caplog.at_level(logging.ERROR):
         errors = monitor_pass(instance, ctx)
     assert len(errors) == 1
     assert "could not start a new worker" in errors[0].to_string()
+    # the daemon's log names the error, with its traceback (the soak found "NoneType: None")
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("Hit error")]
+    assert logged.exc_info is not None and "could not start a new worker" in str(logged.exc_info[1])
     assert status_of(instance, fine.run_id) == S.FAILURE
     assert (
         status_of(instance, broken.run_id) == S.FAILURE
