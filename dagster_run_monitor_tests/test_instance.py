@@ -259,3 +259,19 @@ def test_a_worker_failing_a_run_the_monitor_is_failing_leaves_the_end_to_the_mon
             "Execution stopped: the run monitor is failing this run (hung) and writes its end."
             " The worker's own end: Execution of run failed."
         )
+
+
+def test_a_second_end_from_outside_the_worker_is_an_engine_event(make_instance):
+    """The monitor failed a run whose worker was SIGKILLed; the code server, which saw its run
+    subprocess die, then marked the run failed too (seen in the soak's default-launcher hour:
+    two PIPELINE_FAILURE): an end written after the run's end is an engine event, whoever
+    writes it."""
+    with make_instance() as instance:
+        run = make_run(instance, S.STARTED)
+        instance.report_run_failed(run, "Detected run worker status FAILED: ...")
+        instance.report_run_failed(run, "This run has been marked as failed from outside ...")
+        assert ends(instance, run.run_id) == ["PIPELINE_FAILURE"]
+        assert instance.all_logs(run.run_id)[-1].message == (
+            "The run had already ended (FAILURE) when another process ended it: This run has"
+            " been marked as failed from outside ..."
+        )
