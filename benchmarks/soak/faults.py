@@ -75,24 +75,38 @@ class LiveStep:
 
 
 def live_steps(soak_dir: Path) -> list[LiveStep]:
+    """The steps running now, by the files their ops write as they start (a killed step's
+    stays: its pid, reused by a later process, is not the step's)."""
     found = []
     for path in sorted((soak_dir / "live").iterdir()):
         try:
             pid, worker = map(int, path.read_text().split())
+            written = path.stat().st_mtime
         except (OSError, ValueError):
             continue
         run_id, _, step = path.name.partition(".")
-        if _alive(pid) and (worker == 0 or _alive(worker)):  # 0: a step pod
+        if _alive(pid, written) and (worker == 0 or _alive(worker, written)):  # 0: a step pod
             found.append(LiveStep(run_id, step, pid, worker))
     return found
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, before: float | None = None) -> bool:
+    """Running (not a zombie, not stopped already), and started by ``before`` when given."""
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return False
-    return state not in ("Z", "X", "T")  # not a zombie, not stopped already
+    if fields[0] in ("Z", "X", "T"):
+        return False
+    return before is None or _started(int(fields[19])) <= before + 1
+
+
+def _started(ticks: int) -> float:
+    """A process's start time (``/proc/<pid>/stat``'s field 22), as a timestamp."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    return 0.0
 
 
 def _kill(pids: list[int], sig: signal.Signals) -> None:

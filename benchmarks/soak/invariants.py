@@ -13,7 +13,12 @@ from dagster import DagsterEventType
 from benchmarks.soak.faults import IMMEDIATE, Fault
 from benchmarks.soak.history import Event, History, Run
 from benchmarks.soak.system import BEAT_INTERVAL, POLL_SECONDS
-from dagster_run_monitor.core.constants import REASON_TAG, RESUME_RUN_LOG_MESSAGE, STEP_RETRY_TAG
+from dagster_run_monitor.core.constants import (
+    REASON_STEP_CRASH,
+    REASON_TAG,
+    RESUME_RUN_LOG_MESSAGE,
+    STEP_RETRY_TAG,
+)
 
 TERMINAL = {
     DagsterEventType.RUN_SUCCESS.value: "SUCCESS",
@@ -274,8 +279,10 @@ def nothing_lost(history: History) -> list[Finding]:
                         "nothing lost", run.run_id, f"status {run.status}, terminal events {kinds}"
                     )
                 )
-        # the monitor's ends: not a worker's, on a run it tagged with its reason
-        monitor_ended = [e for e in terminal if e.pid is None and REASON_TAG in run.tags]
+        # the monitor's ends: not a worker's, on a run it tagged with its reason (not a step
+        # retry it created, which Dagster's queue may fail: it was acted on as a new run)
+        acted_on = run.tags.get(REASON_TAG) not in (None, REASON_STEP_CRASH)
+        monitor_ended = [e for e in terminal if e.pid is None and acted_on]
         for event, kind in [(e, "resumed") for e in resumes(run)] + [
             (e, "failed" if TERMINAL[e.type] == "FAILURE" else "canceled") for e in monitor_ended
         ]:
