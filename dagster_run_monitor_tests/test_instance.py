@@ -275,3 +275,15 @@ def test_a_second_end_from_outside_the_worker_is_an_engine_event(make_instance):
             "The run had already ended (FAILURE) when another process ended it: This run has"
             " been marked as failed from outside ..."
         )
+
+
+def test_a_step_retry_whose_parent_the_monitor_failed_ends_as_its_worker_says(make_instance):
+    """A step retry inherits its parent's tags, ``run_monitor/failing`` among them (the
+    monitor failed the parent): its worker's RUN_SUCCESS is its end (seen on the Kubernetes
+    soak: three resumed workers exited 0 and the retry was failed, its ends made engine
+    events). Only a run the monitor is failing (CANCELING) leaves its end to the monitor."""
+    with make_instance() as instance:
+        run = make_run(instance, S.STARTED, tags={c.FAILING_TAG: c.REASON_STEP_LOST})
+        worker_end(instance, run, DagsterEventType.RUN_SUCCESS, "Finished execution of run.")
+        assert status_of(instance, run.run_id) == S.SUCCESS
+        assert ends(instance, run.run_id) == ["PIPELINE_SUCCESS"]
