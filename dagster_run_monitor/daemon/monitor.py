@@ -1,5 +1,6 @@
 """The daemon: one pass = observe, decide, act; then free concurrency slots like Dagster's."""
 
+import sys
 import time
 from functools import cache
 
@@ -222,8 +223,13 @@ class RunMonitorDaemon(IntervalDaemon):
             yield None if error is None else self._error(run_id, error)
 
     def _error(self, run_id: str, error: BaseException) -> SerializableErrorInfo:
-        return DaemonErrorCapture.process_exception(
-            exc_info=(type(error), error, error.__traceback__),
-            logger=self._logger,
-            log_message=f"Hit error while monitoring run {run_id}",
-        )
+        """Dagster's capture of the error, logged with its traceback: the capture logs the
+        exception being handled, so it is called while ``error`` is."""
+        try:
+            raise error
+        except BaseException:
+            return DaemonErrorCapture.process_exception(
+                exc_info=sys.exc_info(),
+                logger=self._logger,
+                log_message=f"Hit error while monitoring run {run_id}",
+            )
