@@ -117,8 +117,8 @@ def stopped_for_failure_message(reason: str) -> str:
     return f"Execution stopped: the run monitor is failing this run ({reason}) and writes its end."
 
 
-def ended_before_message(status: str, pid: int, own: str) -> str:
-    return f"The run had already ended ({status}) when its worker (pid {pid}) ended it: {own}"
+def ended_before_message(status: str, who: str, own: str) -> str:
+    return f"The run had already ended ({status}) when {who} ended it: {own}"
 
 
 def failing_left_message(reason: str, seconds: float) -> str:

@@ -23,6 +23,7 @@ from dagster_run_monitor.core.constants import (
 )
 
 BUILTIN_MONITORING_DAEMON = "MONITORING"
+CANCELING = DagsterRunStatus.CANCELING
 RUN_ENDS = frozenset(
     {DagsterEventType.RUN_CANCELED, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS}
 )
@@ -126,20 +127,21 @@ class RunMonitorInstanceMixin:
         beats.event_handled(self, event)
 
     def _one_end(self, event: Any, dagster_event: DagsterEvent) -> Any:
-        """A worker's end of its run (RUN_CANCELED, RUN_FAILURE, RUN_SUCCESS) becomes an engine
-        event where the run has ended already, or where the monitor is failing it
-        (``FAILING_TAG``: the monitor writes the run's one end, FAILURE; Dagster's sequence has
-        both). Events the daemon or the UI write (no pid) are kept; never raises."""
-        if dagster_event.pid is None:
-            return event
+        """An end of a run (RUN_CANCELED, RUN_FAILURE, RUN_SUCCESS) becomes an engine event
+        where the run has ended already (whoever writes it: a worker, or a code server that saw
+        its run's process die after the monitor failed it), and a worker's where the monitor is
+        failing the run (CANCELING with ``FAILING_TAG``, a tag a step retry inherits from its
+        parent: the monitor writes the one end, FAILURE; Dagster's sequence has both). Never
+        raises."""
         try:
             run = self.get_run_by_id(event.run_id)  # type: ignore[attr-defined]
             if run is None:
                 return event
-            own = dagster_event.message or ""
+            own, pid = dagster_event.message or "", dagster_event.pid
             if run.is_finished:
-                message = ended_before_message(run.status.value, dagster_event.pid, own)
-            elif run.tags.get(FAILING_TAG):
+                who = "another process" if pid is None else f"its worker (pid {pid})"
+                message = ended_before_message(run.status.value, who, own)
+            elif pid is not None and run.status == CANCELING and run.tags.get(FAILING_TAG):
                 message = stopped_for_failure_message(run.tags[FAILING_TAG])
                 if dagster_event.event_type != DagsterEventType.RUN_CANCELED and own:
                     message += f" The worker's own end: {own}"
