@@ -23,7 +23,6 @@ from dagster_run_monitor.core.constants import (
 )
 
 BUILTIN_MONITORING_DAEMON = "MONITORING"
-CANCELING = DagsterRunStatus.CANCELING
 RUN_ENDS = frozenset(
     {DagsterEventType.RUN_CANCELED, DagsterEventType.RUN_FAILURE, DagsterEventType.RUN_SUCCESS}
 )
@@ -138,11 +137,13 @@ class RunMonitorInstanceMixin:
             if run is None:
                 return event
             own, pid = dagster_event.message or "", dagster_event.pid
+            canceling = run.status == DagsterRunStatus.CANCELING
+            failing = run.tags.get(FAILING_TAG) if canceling and pid is not None else None
             if run.is_finished:
                 who = "another process" if pid is None else f"its worker (pid {pid})"
                 message = ended_before_message(run.status.value, who, own)
-            elif pid is not None and run.status == CANCELING and run.tags.get(FAILING_TAG):
-                message = stopped_for_failure_message(run.tags[FAILING_TAG])
+            elif failing:
+                message = stopped_for_failure_message(failing)
                 if dagster_event.event_type != DagsterEventType.RUN_CANCELED and own:
                     message += f" The worker's own end: {own}"
             else:

@@ -68,7 +68,7 @@ class Heartbeat:
         self.suspect = False  # a sample came late: the worker may have been stopped
         self.fenced = False
         self.ended_run = False  # this process wrote its run's end
-        self.run_id = run_id
+        self.run_id, self.run_key = run_id, beat_key(run_id)
         self.parent_token: str | None = None  # a multiprocess child's run worker's
         self._stop = threading.Event()
         database, target = run_storage_database(instance)  # type: ignore[misc]
@@ -95,7 +95,7 @@ class Heartbeat:
         if worker == RUN_WORKER:
             os.environ[RUN_WORKER_TOKEN] = token
         else:
-            settings["run_key"] = beat_key(run_id)  # read once, before its first beat
+            settings["run_key"] = self.run_key  # read once, before its first beat
             if multiprocessing.parent_process() is not None:
                 settings["parent"] = os.getppid()  # a multiprocess child: useless orphaned
                 self.parent_token = os.environ.get(RUN_WORKER_TOKEN)
@@ -139,9 +139,8 @@ class Heartbeat:
         return self.fenced
 
     def _read_fence(self, instance: Any) -> bool:
-        run_key = beat_key(self.run_id)
-        rows = instance.run_storage.get_cursor_values({self.key, run_key})
-        own, run_worker = rows.get(self.key), rows.get(run_key)
+        rows = instance.run_storage.get_cursor_values({self.key, self.run_key})
+        own, run_worker = rows.get(self.key), rows.get(self.run_key)
         if own is not None and not own.startswith(self.prefix):
             return True  # fenced, or a new worker's
         if self.parent_token and run_worker and not run_worker.startswith(self.parent_token):
