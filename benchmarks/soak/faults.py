@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks.soak.cpu import TICK
 from benchmarks.soak.system import BEAT_TIMEOUT, descendants
 
 IMMEDIATE = ("kill_run_worker", "kill_step", "kill_host", "partition", "node_loss", "delete_pod")
@@ -103,10 +104,14 @@ def _alive(pid: int, before: float | None = None) -> bool:
 
 def _started(ticks: int) -> float:
     """A process's start time (``/proc/<pid>/stat``'s field 22), as a timestamp."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return int(line.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
-    return 0.0
+    return BOOTED + ticks / TICK
+
+
+BOOTED = next(  # the machine's boot time (/proc/stat's btime)
+    int(line.split()[1])
+    for line in Path("/proc/stat").read_text().splitlines()
+    if line.startswith("btime ")
+)
 
 
 def _kill(pids: list[int], sig: signal.Signals) -> None:
